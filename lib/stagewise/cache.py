@@ -1,0 +1,152 @@
+"""Artifact cache: expensive results (checkpoints, LLC sweeps) on disk, keyed by their config.
+
+Layout::
+
+    <cache_dir>/<kind>/<config-hash>/config.json   # the config that produced the artifact
+    <cache_dir>/<kind>/<config-hash>/...           # files written by the producer
+
+``cache_dir()`` is ``$STAGEWISE_CACHE`` if set, else ``<repo>/.cache/stagewise`` when running
+from a checkout (ignored by git), else ``~/.cache/stagewise``.
+
+Every write goes through :func:`atomic_save` / :func:`atomic_write_text`: the data is written to a
+temporary file in the same directory, flushed to disk, then renamed over the target, so a killed
+run never leaves a half-written file under a real name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CorruptArtifactError",
+    "cache_dir",
+    "config_hash",
+    "config_to_dict",
+    "artifact_dir",
+    "atomic_save",
+    "atomic_write_text",
+    "load_artifact",
+]
+
+ENV_VAR = "STAGEWISE_CACHE"
+
+
+class CorruptArtifactError(RuntimeError):
+    """A cached file exists but cannot be read; delete it (the message says which) to recompute."""
+
+
+def _repo_root() -> Path | None:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").exists() and (parent / "lib" / "stagewise").exists():
+            return parent
+    return None
+
+
+def cache_dir() -> Path:
+    """Root of the artifact cache (created on demand)."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        root = Path(env).expanduser()
+    else:
+        repo = _repo_root()
+        root = repo / ".cache" / "stagewise" if repo else Path.home() / ".cache" / "stagewise"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def config_to_dict(config: Any) -> Any:
+    """A JSON-able, canonical view of a config (dataclasses, dicts, tuples, enums, numbers)."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        out = {"__type__": type(config).__name__}
+        for f in dataclasses.fields(config):
+            out[f.name] = config_to_dict(getattr(config, f.name))
+        return out
+    if isinstance(config, dict):
+        return {str(k): config_to_dict(v) for k, v in sorted(config.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(config, (list, tuple)):
+        return [config_to_dict(v) for v in config]
+    if isinstance(config, enum.Enum):
+        return config.value
+    if isinstance(config, float):
+        if math.isnan(config) or math.isinf(config):
+            return repr(config)
+        return config
+    if isinstance(config, (str, int, bool)) or config is None:
+        return config
+    if isinstance(config, Path):
+        return str(config)
+    if isinstance(config, torch.Tensor):
+        # Tensors in a config are hashed by content, not identity.
+        return {"__tensor__": hashlib.sha256(config.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
+                "shape": list(config.shape), "dtype": str(config.dtype)}
+    raise TypeError(f"config value of type {type(config).__name__} cannot be hashed: {config!r}")
+
+
+def config_hash(config: Any, length: int = 16) -> str:
+    """Stable hex digest of a config: equal configs give equal hashes across runs and machines."""
+    blob = json.dumps(config_to_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def artifact_dir(kind: str, config: Any, root: Path | None = None) -> Path:
+    """Directory for the artifact of ``kind`` produced by ``config``; writes ``config.json`` once."""
+    if not kind or "/" in kind:
+        raise ValueError(f"kind must be a non-empty name without '/', got {kind!r}")
+    path = (root or cache_dir()) / kind / config_hash(config)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        atomic_write_text(cfg_file, json.dumps(config_to_dict(config), indent=2, sort_keys=True))
+    return path
+
+
+def _atomic_replace(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` that never leaves a partial file at ``path``."""
+    _atomic_replace(path, lambda fh: torch.save(obj, fh))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_replace(path, lambda fh: fh.write(text.encode()))
+
+
+def load_artifact(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with a clear error naming the file when it is truncated or not a checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no artifact at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing here
+        raise CorruptArtifactError(
+            f"cached artifact {path} is corrupt or not a stagewise checkpoint ({type(exc).__name__}: {exc}); "
+            f"delete it to recompute"
+        ) from exc

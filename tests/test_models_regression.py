@@ -1,0 +1,68 @@
+import pytest
+import torch
+from torch.func import functional_call
+
+from stagewise.models.regression import RegressionTransformer, RegressionTransformerConfig, count_parameters
+
+
+def test_paper_model_has_exactly_51717_parameters():
+    assert count_parameters(RegressionTransformer(RegressionTransformerConfig())) == 51_717
+
+
+def test_parameter_count_scales_as_expected_with_width():
+    # token emb D+1->d (no bias), pos 2K*d, per block: qkv 3d², out d², 2 LN 4d, MLP 2*d*d_mlp + d_mlp + d,
+    # final LN 2d, unembedding d*(D+1) + D+1.
+    D, K, d, m, L = 3, 5, 16, 24, 3
+    cfg = RegressionTransformerConfig(task_size=D, max_examples=K, n_layers=L, n_heads=2, d_embed=d, d_mlp=m)
+    per_block = 3 * d * d + d * d + 4 * d + 2 * d * m + m + d
+    expected = (D + 1) * d + 2 * K * d + L * per_block + 2 * d + d * (D + 1) + D + 1
+    assert count_parameters(RegressionTransformer(cfg)) == expected
+
+
+def test_model_is_causal():
+    torch.manual_seed(0)
+    model = RegressionTransformer()
+    x = torch.randn(2, 16, 5)
+    x2 = x.clone()
+    x2[:, 9:] = torch.randn(2, 7, 5)
+    out, out2 = model(x), model(x2)
+    assert torch.allclose(out[:, :9], out2[:, :9], atol=1e-6)
+    assert not torch.allclose(out[:, 9:], out2[:, 9:], atol=1e-3)
+
+
+def test_attention_patterns_are_causal_distributions():
+    model = RegressionTransformer()
+    pats = model.attention_patterns(torch.randn(3, 16, 5))
+    assert pats.shape == (3, 2, 4, 16, 16)
+    assert torch.allclose(pats.sum(-1), torch.ones(3, 2, 4, 16), atol=1e-5)
+    assert torch.all(pats.triu(1) == 0)
+
+
+def test_functional_call_matches_module_and_vmaps_over_parameter_sets():
+    model = RegressionTransformer()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x = torch.randn(4, 16, 5)
+    assert torch.allclose(functional_call(model, params, (x,)), model(x), atol=1e-6)
+    stacked = {k: torch.stack([v, v + 0.01]) for k, v in params.items()}
+    outs = torch.func.vmap(lambda p: functional_call(model, p, (x,)))(stacked)
+    assert torch.allclose(outs[0], model(x), atol=1e-5)
+    assert not torch.allclose(outs[1], outs[0])
+
+
+@pytest.mark.parametrize("field,value", [("task_size", 0), ("n_layers", -1), ("d_embed", 0), ("max_examples", 0)])
+def test_bad_sizes_raise_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        RegressionTransformerConfig(**{field: value})
+
+
+def test_heads_must_divide_width():
+    with pytest.raises(ValueError, match="n_heads"):
+        RegressionTransformerConfig(n_heads=5)
+
+
+def test_wrong_token_dimension_or_length_is_a_clear_error():
+    model = RegressionTransformer()
+    with pytest.raises(ValueError, match="D\\+1 = 5"):
+        model(torch.randn(2, 16, 4))
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        model(torch.randn(2, 18, 5))

@@ -1,0 +1,60 @@
+import dataclasses
+
+import pytest
+
+from stagewise.data.regression import RegressionTask
+from stagewise.profiles import PROFILE_NAMES, check_profile, default_profile, get_profile, settings
+
+
+def test_every_setting_defines_all_three_profiles():
+    import importlib
+
+    assert "regression" in settings()
+    for setting in settings():
+        module = importlib.import_module(f"stagewise.profiles.{setting}")
+        assert set(module.PROFILES) == set(PROFILE_NAMES), setting
+        for preset in module.PROFILES.values():
+            assert dataclasses.is_dataclass(preset)
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                preset.name = "x"
+
+
+def test_paper_regression_profile_has_the_papers_hyperparameters():
+    p = get_profile("regression", "paper")
+    assert (p.task.task_size, p.task.max_examples, p.task.noise_variance) == (4, 8, 0.125)
+    assert (p.model.n_layers, p.model.n_heads, p.model.d_embed, p.model.d_mlp) == (2, 4, 64, 64)
+    t = p.train
+    assert (t.num_steps, t.lr, t.optimizer, t.weight_decay, t.betas) == (500_000, 0.003, "adam", 0.0, (0.9, 0.999))
+    assert (t.schedule, t.pct_start) == ("onecycle", 0.5)
+    assert p.batch_size == 256 and p.seeds == (0, 1, 2, 3, 4)
+    assert len(t.checkpoint_steps()) == 190
+
+
+def test_overrides_apply_and_unknown_fields_are_rejected():
+    assert get_profile("regression", "cpu", seeds=(7,)).seeds == (7,)
+    with pytest.raises(ValueError, match="unknown override"):
+        get_profile("regression", "cpu", sedes=(7,))
+
+
+def test_bad_profile_and_setting_names_list_the_allowed_values():
+    with pytest.raises(ValueError, match="smoke, cpu, paper"):
+        get_profile("regression", "fast")
+    with pytest.raises(ValueError, match="setting must be one of"):
+        get_profile("vision", "cpu")
+    with pytest.raises(ValueError, match="profile must be one of"):
+        check_profile("")
+
+
+def test_default_profile_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("STAGEWISE_PROFILE", "paper")
+    assert default_profile() == "paper"
+    monkeypatch.delenv("STAGEWISE_PROFILE")
+    assert default_profile() == "cpu"
+    monkeypatch.setenv("STAGEWISE_PROFILE", "gpu")
+    with pytest.raises(ValueError, match="gpu"):
+        default_profile()
+
+
+def test_task_and_model_dimensions_must_agree():
+    with pytest.raises(ValueError, match="must agree on D and K"):
+        get_profile("regression", "cpu", task=RegressionTask(task_size=3))

@@ -1,0 +1,152 @@
+import json
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from stagewise.cache import CorruptArtifactError, artifact_dir
+from stagewise.data.regression import RegressionBatches, RegressionTask, regression_loss, sample_batch
+from stagewise.models.regression import RegressionTransformer, RegressionTransformerConfig
+from stagewise.train import TrainConfig, TrainedRun, checkpoint_schedule, train
+
+SMALL = RegressionTransformerConfig(task_size=2, max_examples=4, n_layers=1, n_heads=2, d_embed=16, d_mlp=16)
+TASK = RegressionTask(task_size=2, max_examples=4)
+
+
+def _train(run_dir, cfg, batch_fn=None):
+    return train(partial(RegressionTransformer, SMALL), regression_loss, batch_fn or RegressionBatches(TASK, 32, 0),
+                 cfg, run_dir, progress=False)
+
+
+def test_paper_schedule_has_190_checkpoints_from_0_to_500k():
+    steps = checkpoint_schedule(500_000, 100, 90)
+    assert len(steps) == 190
+    assert steps[0] == 0 and steps[-1] == 500_000
+    assert np.all(np.diff(steps) > 0)
+    # log-spaced part is dense early: at least 40 checkpoints before the first linear one (5,051)
+    assert (steps < 5_000).sum() >= 40
+
+
+def test_short_runs_checkpoint_every_step():
+    assert np.array_equal(checkpoint_schedule(10, 100, 90), np.arange(11))
+
+
+def test_training_reduces_loss_and_writes_checkpoints(tmp_path):
+    cfg = TrainConfig(num_steps=300, lr=3e-3, num_linear=5, num_log=5, resume_every=50)
+    run = _train(tmp_path / "run", cfg)
+    assert run.train_loss.shape == (300,)
+    # On held-out sequences the trained model beats the best context-free predictor (always 0,
+    # loss D + σ² = 2.125), i.e. it has started to use the context.
+    b = sample_batch(TASK, 4096, torch.Generator().manual_seed(9))
+    final = regression_loss(run.load_model(300), (b.tokens, b.ys)).item()
+    assert final < 0.95 * (TASK.task_size + TASK.noise_variance)
+    assert final < regression_loss(run.load_model(0), (b.tokens, b.ys)).item() - 0.3
+    assert np.array_equal(run.checkpoint_steps, cfg.checkpoint_steps())
+    first, last = run.load_state(0), run.load_state(300)
+    assert not torch.equal(first["blocks.0.attn.qkv.weight"], last["blocks.0.attn.qkv.weight"])
+    model = run.load_model(300)
+    assert isinstance(model, RegressionTransformer) and not model.training
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def test_killed_run_resumes_bit_identical(tmp_path):
+    cfg = TrainConfig(num_steps=120, lr=3e-3, num_linear=7, num_log=5, resume_every=1)
+    reference = _train(tmp_path / "ref", cfg)
+
+    data = RegressionBatches(TASK, 32, 0)
+
+    def dying(step):
+        if step == 77:
+            raise _Killed("simulated kill")
+        return data(step)
+
+    with pytest.raises(_Killed):
+        _train(tmp_path / "resumed", cfg, dying)
+    assert (tmp_path / "resumed" / "resume.pt").exists()
+    assert not (tmp_path / "resumed" / "done.json").exists()
+    resumed = _train(tmp_path / "resumed", cfg)
+    assert json.loads((tmp_path / "resumed" / "done.json").read_text())["resumed_from"] > 0
+    for step in reference.checkpoint_steps:
+        a, b = reference.load_state(step), resumed.load_state(step)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"checkpoint {step} differs after resume"
+    assert np.array_equal(reference.train_loss, resumed.train_loss)
+
+
+def test_same_seed_same_numbers_different_seed_different(tmp_path):
+    cfg = TrainConfig(num_steps=20, num_linear=2, num_log=2)
+    a = _train(tmp_path / "a", cfg)
+    b = _train(tmp_path / "b", cfg)
+    c = _train(tmp_path / "c", TrainConfig(num_steps=20, num_linear=2, num_log=2, seed=1))
+    assert np.array_equal(a.train_loss, b.train_loss)
+    assert not np.array_equal(a.train_loss, c.train_loss)
+
+
+def test_completed_run_is_loaded_not_retrained(tmp_path):
+    cfg = TrainConfig(num_steps=10, num_linear=2, num_log=2)
+    _train(tmp_path / "r", cfg)
+
+    def must_not_be_called(step):
+        raise AssertionError("a cached run was retrained")
+
+    run = _train(tmp_path / "r", cfg, must_not_be_called)
+    assert len(run.train_loss) == 10
+
+
+def test_corrupt_checkpoint_raises_naming_the_file(tmp_path):
+    cfg = TrainConfig(num_steps=10, num_linear=2, num_log=2)
+    run = _train(tmp_path / "r", cfg)
+    path = run.checkpoint_path(10)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CorruptArtifactError, match="step_00000010.pt"):
+        run.load_state(10)
+
+
+def test_corrupt_resume_state_is_not_silently_restarted(tmp_path):
+    cfg = TrainConfig(num_steps=10, num_linear=2, num_log=2)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "resume.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CorruptArtifactError, match="resume.pt"):
+        _train(tmp_path / "r", cfg)
+
+
+def test_diverging_training_stops_with_the_step(tmp_path):
+    def nan_data(step):
+        tok, ys = RegressionBatches(TASK, 8, 0)(step)
+        return tok, ys * float("nan") if step == 3 else ys
+
+    with pytest.raises(FloatingPointError, match="step 3"):
+        _train(tmp_path / "r", TrainConfig(num_steps=10, num_linear=2, num_log=2), nan_data)
+
+
+@pytest.mark.parametrize("kwargs,name", [({"num_steps": 0}, "num_steps"), ({"lr": -1.0}, "lr"),
+                                         ({"optimizer": "sgd"}, "optimizer"), ({"pct_start": 1.5}, "pct_start"),
+                                         ({"schedule": "cosine"}, "schedule")])
+def test_bad_training_config_raises(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        TrainConfig(**kwargs)
+
+
+def test_not_a_checkpoint_step_is_an_error(tmp_path):
+    run = _train(tmp_path / "r", TrainConfig(num_steps=10, num_linear=2, num_log=2))
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        run.load_state(7 if 7 not in run.checkpoint_steps else 100)
+
+
+def test_onecycle_keeps_betas_and_peaks_at_max_lr(tmp_path):
+    from stagewise.train import _make_optimizer
+
+    cfg = TrainConfig(num_steps=100, lr=0.003)
+    opt, sched = _make_optimizer(torch.nn.Linear(2, 2), cfg)
+    lrs, betas = [], []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        betas.append(opt.param_groups[0]["betas"])
+        opt.step()
+        sched.step()
+    assert max(lrs) == pytest.approx(0.003)
+    assert int(np.argmax(lrs)) in (49, 50)
+    assert set(betas) == {(0.9, 0.999)}
