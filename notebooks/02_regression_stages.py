@@ -25,8 +25,8 @@
 # same model and batch (see the README for what it reproduces); `smoke` only exercises the code.
 
 # %% tags=["parameters"]
-profile = None  # "smoke" | "cpu" | "paper"; None = $STAGEWISE_PROFILE or "cpu"
-seeds = None  # e.g. [0, 1]: override the profile's training seeds
+profile = None  # smoke, cpu or paper; None reads STAGEWISE_PROFILE, else cpu
+seeds = None  # list of training seeds; None keeps the profile's
 
 # %%
 import time

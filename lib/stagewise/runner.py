@@ -82,11 +82,13 @@ def run_notebook(path: Path, profile: str, parameters: dict | None = None,
     out = executed_dir / f"{path.stem}.ipynb"
     params = {"profile": profile, **(parameters or {})}
     try:
-        pm.execute_notebook(str(source_nb), str(out), parameters=params, kernel_name=kernel_name,
+        pm.execute_notebook(str(source_nb), str(out), parameters=params, kernel_name=kernel_name, language="python",
                             cwd=str(path.parent), progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as exc:
         executed = nbformat.read(out, as_version=4)
-        src = executed.cells[exc.cell_index].source if exc.cell_index < len(executed.cells) else ""
+        # papermill adds an error banner cell; the failing cell is the one holding an error output
+        failed = [c for c in executed.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+        src = failed[0].source if failed else ""
         raise NotebookFailure(path.name, exc.exec_count, src, f"{exc.ename}: {exc.evalue}", out) from None
     finally:
         source_nb.unlink(missing_ok=True)

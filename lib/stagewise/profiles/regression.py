@@ -51,7 +51,7 @@ PROFILES = {
     # schedule, which compresses the stages in step count.
     "cpu": RegressionProfile(
         name="cpu",
-        train=TrainConfig(num_steps=20_000, resume_every=2_000),
+        train=TrainConfig(num_steps=10_000, resume_every=1_000),
         seeds=(0, 1, 2, 3, 4),
         num_analysis_checkpoints=60,
     ),

@@ -1,0 +1,39 @@
+# Two entry points (see README): `make figures` and `make test`. Both create/refresh .venv first.
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= cpu
+ONLY    ?=
+NBMAKE  := build/nbmake
+
+.PHONY: figures test install notebooks-ipynb benchmarks clean-cache
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: on a CPU machine this takes the CPU wheel, never a multi-GB CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+## Regenerate every figure at $(PROFILE) (default cpu); ONLY=02 runs one notebook.
+figures: install
+	$(VENV)/bin/stagewise-figures --profile $(PROFILE) $(foreach n,$(ONLY),--only $(n))
+
+## Unit tests + every notebook at the smoke profile through nbmake.
+test: install notebooks-ipynb
+	$(PY) -m pytest tests $(NBMAKE) --nbmake --nbmake-timeout=900 --durations=15
+
+notebooks-ipynb: install
+	rm -rf $(NBMAKE) && mkdir -p $(NBMAKE)
+	for f in notebooks/[0-9][0-9]_*.py; do \
+	  $(PY) -m jupytext --quiet --to ipynb -o $(NBMAKE)/$$(basename $$f .py).ipynb $$f || exit 1; \
+	done
+
+benchmarks: install
+	$(PY) benchmarks/bench_llc.py
+	$(PY) benchmarks/stage_detection_accuracy.py
+
+clean-cache:
+	rm -rf .cache/stagewise
