@@ -66,18 +66,23 @@ for seed in cfg.seeds:
 # regression averaged over k (computed on the evaluation set).
 
 # %%
-from stagewise.data.regression import sample_batch
 import torch
+
+from stagewise.data.regression import sample_batch
+from stagewise.ridge import ridge_predict
 
 gen = torch.Generator().manual_seed(12345)
 evalb = sample_batch(cfg.task, cfg.num_eval, gen)
 zero_loss = float((evalb.ys**2).mean())
+ridge_loss = float(((ridge_predict(evalb.xs, evalb.ys, cfg.task.noise_variance) - evalb.ys) ** 2).mean())
+print(f"reference losses: predict 0 = {zero_loss:.3f}, ridge (Bayes-optimal) = {ridge_loss:.3f}")
 
 fig, ax = plt.subplots(figsize=(6, 3.2))
 for seed, run in runs.items():
     steps = np.arange(1, len(run.train_loss) + 1)
     ax.plot(steps, run.smoothed_loss(), lw=1, label=f"seed {seed}")
 ax.axhline(zero_loss, ls="--", color="grey", lw=0.8, label="predict 0")
+ax.axhline(ridge_loss, ls=":", color="k", lw=0.8, label="ridge (optimal)")
 ax.set(xscale="log", yscale="log", xlabel="training step", ylabel="training loss (MSE)",
        title=f"Regression transformer, {cfg.name} profile")
 ax.legend(ncol=2)

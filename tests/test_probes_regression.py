@@ -1,0 +1,338 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stagewise.data.regression import RegressionBatch, RegressionTask, sample_batch, tokenize
+from stagewise.models.regression import RegressionTransformer, RegressionTransformerConfig
+from stagewise.probes import regression as P
+from stagewise.ridge import ridge_predict
+
+SIGMA2 = 0.125
+TASK = RegressionTask(task_size=4, max_examples=8, noise_variance=SIGMA2)
+SMALL = RegressionTransformerConfig(task_size=4, max_examples=8, n_layers=2, n_heads=4, d_embed=16, d_mlp=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The probes run on tiny tensors: with 2 intra-op threads on a shared 2-core machine each
+    forward pass waits ~0.3 s on thread hand-offs, with 1 it takes ~1 ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _batch(n=256, seed=0, task=TASK):
+    return sample_batch(task, n, torch.Generator().manual_seed(seed))
+
+
+def _model(seed=0, cfg=SMALL):
+    torch.manual_seed(seed)
+    return RegressionTransformer(cfg)
+
+
+def _repeated_batch(n=64, seed=0):
+    """Every example of a sequence is the same (x, y) and there is no noise: ℓ_k is the same for all k
+    for any predictor that ignores the context."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(n, 4, generator=g)
+    xs = torch.randn(n, 1, 4, generator=g).expand(n, 8, 4).contiguous()
+    ys = torch.einsum("bkd,bd->bk", xs, t)
+    return RegressionBatch(tokenize(xs, ys), ys, xs, t)
+
+
+# --- behaviour -----------------------------------------------------------------------------------
+
+def test_zero_unembedding_predicts_zero():
+    model = _model()
+    with torch.no_grad():
+        model.unembedding.weight.zero_()
+        model.unembedding.bias.zero_()
+    b = _batch()
+    assert P.distance_to_zero(model, b) == 0.0
+    assert torch.equal(P.distance_to_zero(model, b, per_token=True), torch.zeros(8))
+    assert P.distance_to_task_prior(model, b) == 0.0
+    assert math.isclose(float(P.per_token_loss(model, b).mean()), float((b.ys**2).mean()), rel_tol=1e-6)
+    ood = P.ood_generalisation(model, b, gains=[0.1, 1.0, 10.0])
+    np.testing.assert_allclose(ood["normalised_loss"], 1.0, rtol=1e-6)
+    assert (ood["mean_abs_prediction"] == 0).all()
+
+
+def test_icl_score_from_losses():
+    losses = torch.tensor([5.0, 4.5, 4.0, 3.0, 2.5, 2.0, 1.9, 1.0])
+    assert P.icl_score(losses, 1, 4) == 2.0
+    assert P.icl_score(losses, 4, 8) == 2.0
+    with pytest.raises(ValueError, match="k1"):
+        P.icl_score(losses, 4, 4)
+    with pytest.raises(ValueError, match="K = 8"):
+        P.icl_score(losses, 1, 9)
+
+
+def test_icl_scores_ridge_positive_constant_zero():
+    b = _batch(n=4096)
+    scores = P.icl_scores(P.RidgePredictor(SIGMA2), b)
+    # ℓ_1 = E[y²] = D + σ² for ridge (ŷ_1 = 0); both scores are clearly positive
+    assert scores["icl_1_D"] > 1.0 and scores["icl_D_K"] > 0.1
+    rep = _repeated_batch()
+    for const in (P.TaskPriorPredictor(torch.zeros(4)), P.TaskPriorPredictor(torch.tensor([1.0, -2.0, 0.5, 0.0]))):
+        assert P.icl_scores(const, rep) == {"icl_1_D": 0.0, "icl_D_K": 0.0}
+
+
+def test_function_distances_to_references():
+    b = _batch()
+    ridge = P.RidgePredictor(SIGMA2)
+    assert P.distance_to_ridge(ridge, b, SIGMA2) == 0.0
+    t_bar = torch.tensor([0.5, -1.0, 0.0, 2.0])
+    prior = P.TaskPriorPredictor(t_bar)
+    assert P.distance_to_task_prior(prior, b, t_bar) == 0.0
+    assert math.isclose(P.distance_to_zero(prior, b), float(((b.xs @ t_bar) ** 2).mean()), rel_tol=1e-6)
+    expected = float(((b.xs @ t_bar - ridge_predict(b.xs, b.ys, SIGMA2)) ** 2).mean())
+    assert math.isclose(P.distance_to_ridge(prior, b, SIGMA2), expected, rel_tol=1e-6)
+    # the ridge predictor works in the model's output format too
+    assert torch.equal(ridge(b.tokens)[:, ::2, 0], ridge.predict(b.tokens))
+
+
+def test_behaviour_summary_matches_separate_probes():
+    model, b = _model(seed=1), _batch()
+    t_bar = torch.tensor([0.5, -1.0, 0.0, 2.0])
+    summary = P.behaviour_summary(model, b, SIGMA2, t_bar)
+    expected = {
+        "loss": float(P.per_token_loss(model, b).mean()), **P.icl_scores(model, b),
+        "distance_to_zero": P.distance_to_zero(model, b),
+        "distance_to_task_prior": P.distance_to_task_prior(model, b, t_bar),
+        "distance_to_ridge": P.distance_to_ridge(model, b, SIGMA2),
+    }
+    assert summary.keys() == expected.keys()
+    for key, value in expected.items():
+        assert summary[key] == pytest.approx(value, rel=1e-6), key
+
+
+def test_task_prior_mean():
+    assert torch.equal(P.task_prior_mean(TASK), torch.zeros(4))
+    finite = RegressionTask(num_tasks=16)
+    from stagewise.data.regression import task_set
+    assert torch.allclose(P.task_prior_mean(finite), task_set(finite).mean(0))
+
+
+def test_ood_batch_rescales_and_keeps_noise():
+    b = _batch(n=32)
+    same = P.ood_batch(b, 1.0, "inputs")
+    assert torch.allclose(same.tokens, b.tokens, atol=1e-6)
+    noise = b.ys - torch.einsum("bkd,bd->bk", b.xs, b.tasks)
+    for kind in ("inputs", "tasks"):
+        o = P.ood_batch(b, 9.0, kind)
+        assert torch.allclose(o.ys - torch.einsum("bkd,bd->bk", o.xs, o.tasks), noise, atol=1e-5)
+    assert torch.allclose(P.ood_batch(b, 9.0, "inputs").xs, 3 * b.xs)
+    assert torch.allclose(P.ood_batch(b, 9.0, "tasks").tasks, 3 * b.tasks)
+
+
+def test_ood_ridge_at_gain_one_is_in_distribution():
+    b = _batch(n=1024)
+    ridge = P.RidgePredictor(SIGMA2)
+    table = P.ood_generalisation(ridge, b, gains=[0.1, 1.0, 10.0])
+    in_dist = float(((ridge.predict(b.tokens) - b.ys) ** 2).mean()) / float((b.ys**2).mean())
+    at_one = table[table.gain == 1.0]
+    assert len(at_one) == 2 and set(at_one.kind) == {"inputs", "tasks"}
+    np.testing.assert_allclose(at_one["normalised_loss"], in_dist, rtol=1e-5)
+    np.testing.assert_allclose(at_one["loss_over_g2"], at_one["loss"])
+    # ridge with the right prior beats the task prior at every gain
+    assert (table["normalised_loss"] < 1).all()
+
+
+@pytest.mark.parametrize("gain", [0.0, -1.0, float("nan"), float("inf"), "big"])
+def test_bad_gain_raises(gain):
+    b = _batch(n=8)
+    with pytest.raises(ValueError, match="gain"):
+        P.ood_batch(b, gain, "inputs")
+    with pytest.raises(ValueError, match="gain"):
+        P.ood_generalisation(P.RidgePredictor(SIGMA2), b, gains=[1.0, gain])
+
+
+def test_bad_kind_raises():
+    with pytest.raises(ValueError, match="kind"):
+        P.ood_batch(_batch(n=8), 2.0, "outputs")
+
+
+def test_batch_model_mismatch_raises():
+    model = _model()
+    b3 = _batch(n=8, task=RegressionTask(task_size=3, max_examples=8))
+    with pytest.raises(ValueError, match="task_size"):
+        P.per_token_loss(model, b3)
+    with pytest.raises(ValueError, match="task_size"):
+        P.attention_head_scores(model, b3)
+    b_long = _batch(n=8, task=RegressionTask(task_size=4, max_examples=10))
+    with pytest.raises(ValueError, match="max_examples"):
+        P.icl_scores(model, b_long)
+    with pytest.raises(ValueError, match="mean_task"):
+        P.distance_to_task_prior(model, _batch(n=8), torch.zeros(3))
+
+
+# --- structure -----------------------------------------------------------------------------------
+
+def test_embedding_singular_values_and_effective_rank():
+    model = _model()
+    with torch.no_grad():
+        model.token_embedding.weight.zero_()
+        for i, s in enumerate([5.0, 4.0, 3.0, 2.0, 1.0]):
+            model.token_embedding.weight[3 * i, i] = s
+    assert torch.allclose(P.embedding_singular_values(model), torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0]))
+    assert math.isclose(P.effective_rank(torch.ones(6)), 6.0, rel_tol=1e-6)
+    assert math.isclose(P.effective_rank(torch.tensor([3.0, 0.0, 0.0])), 1.0, rel_tol=1e-6)
+    assert torch.allclose(P.explained_variance(torch.tensor([2.0, 1.0, 1.0])), torch.tensor([4 / 6, 1 / 6, 1 / 6]))
+    sv = P.positional_embedding_singular_values(model)
+    assert sv.shape == (16,) and torch.allclose((sv**2).sum(), (model.pos_embedding**2).sum())
+    assert torch.allclose(P.positional_embedding_norms(model), model.pos_embedding.norm(dim=-1))
+
+
+def test_subspace_cosines_known_angles():
+    eye = torch.eye(6)
+    a, b = eye[:3], eye[3:]
+    assert torch.allclose(P.subspace_cosines(a, a), torch.ones(3))
+    assert torch.allclose(P.subspace_cosines(a, torch.randn(3, 3, generator=torch.Generator().manual_seed(0)) @ a), torch.ones(3))
+    assert torch.allclose(P.subspace_cosines(a, b), torch.zeros(3))
+    diag = (eye[0] + eye[3]).unsqueeze(0)
+    assert torch.allclose(P.subspace_cosines(diag, a), torch.tensor([2**-0.5]))
+    assert torch.allclose(P.principal_angle_cosines(a, a), torch.ones(3))
+    assert torch.allclose(P.principal_angle_cosines(a, b), torch.zeros(3), atol=1e-7)
+    assert torch.allclose(P.principal_angle_cosines(a, torch.cat([eye[:1], eye[4:]])), torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_embedding_alignment_identical_and_orthogonal():
+    model = _model()
+    with torch.no_grad():
+        model.token_embedding.weight.copy_(torch.eye(16)[:, :5])
+        model.unembedding.weight.copy_(torch.eye(16)[:5] * 3)
+        model.pos_embedding.copy_(torch.eye(16)[torch.arange(16) % 11 + 5])  # spans e_5 ... e_15
+    assert torch.allclose(P.embedding_alignment(model, "unembedding"), torch.ones(5))
+    assert torch.allclose(P.embedding_alignment(model, "positional"), torch.zeros(5))
+    with pytest.raises(ValueError, match="other"):
+        P.embedding_alignment(model, "mlp")
+
+
+def test_layer_norm_collapse_counts_small_weights():
+    model = _model()
+    small = [0, 3, 7, 8, 15]
+    with torch.no_grad():
+        model.blocks[0].ln_attn.weight[small] = torch.tensor([0.05, -0.09, 0.0, 0.099, -0.01])
+        model.blocks[0].ln_attn.weight[1] = 0.1  # exactly the threshold is not small
+        model.ln_final.bias.fill_(0.5)
+    table = P.layer_norm_collapse(model).set_index("layer_norm")
+    assert list(table.index) == ["blocks.0.ln_attn", "blocks.0.ln_mlp", "blocks.1.ln_attn", "blocks.1.ln_mlp", "ln_final"]
+    assert table.loc["blocks.0.ln_attn", "frac_small_weight"] == len(small) / 16
+    assert (table.drop("blocks.0.ln_attn")["frac_small_weight"] == 0).all()
+    assert table.loc["ln_final", "frac_small_bias"] == 0 and table.loc["blocks.1.ln_mlp", "frac_small_bias"] == 1
+    assert P.small_weight_fraction(torch.tensor([0.5, -0.2, 0.01]), threshold=0.25) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="threshold"):
+        P.small_weight_fraction(torch.ones(3), threshold=0.0)
+
+
+def test_unembedding_weights_reproduce_the_prediction():
+    model = _model(seed=3)
+    with torch.no_grad():
+        model.ln_final.weight[:10] = 0.01
+        model.ln_final.bias.normal_()
+    u = P.unembedding_weights(model)
+    b = _batch(n=16)
+    z = model.residual_stream(b.tokens)[-1][:, ::2]
+    z_hat = F.layer_norm(z, (16,), eps=model.ln_final.eps)
+    with torch.no_grad():
+        assert torch.allclose(z_hat @ u.effective_weight + u.effective_bias, model.predict(b.tokens), atol=1e-5)
+    stats = P.unembedding_collapse(model)
+    assert stats["frac_small_ln_weight"] == 10 / 16
+    assert stats["frac_small_effective"] >= 10 / 16
+
+
+def test_attention_entropy_uniform_and_one_hot():
+    T = 6
+    uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1).unsqueeze(1)
+    expected = torch.log2(torch.arange(1, T + 1, dtype=torch.float32))
+    assert torch.allclose(P.attention_entropy(uniform), expected, atol=1e-6)
+    norm = P.attention_entropy(uniform, normalised=True)
+    assert torch.isnan(norm[0]) and torch.allclose(norm[1:], torch.ones(T - 1))
+    prev = torch.zeros(T, T)
+    prev[0, 0] = 1
+    prev[torch.arange(1, T), torch.arange(T - 1)] = 1
+    assert torch.equal(P.attention_entropy(prev), torch.zeros(T))
+
+
+def test_attention_variability_known_values():
+    T = 4
+    uniform = (torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1).unsqueeze(1)).expand(5, 2, T, T)
+    assert torch.allclose(P.attention_variability(uniform), torch.zeros(2, T))
+    a = torch.zeros(2, 2, 2)
+    a[:, 0, 0] = 1
+    a[0, 1, 0], a[1, 1, 1] = 1, 1  # position 1: sample 0 attends to 0, sample 1 to 1
+    assert torch.allclose(P.attention_variability(a), torch.tensor([0.0, 0.5]))
+
+
+class _FixedAttention(RegressionTransformer):
+    """A model whose attention patterns are hand-set: uniform causal, except one-hot at the final y query."""
+
+    def attention_patterns(self, tokens):
+        B, T = tokens.shape[0], tokens.shape[1]
+        pats = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1).unsqueeze(1)
+        pats[-1] = 0
+        pats[-1, 0] = 1
+        return pats.expand(B, self.cfg.n_layers, self.cfg.n_heads, T, T)
+
+
+def test_attention_head_scores_split_x_y_and_omit_final_y():
+    model = _FixedAttention(SMALL)
+    table = P.attention_head_scores(model, _batch(n=8))
+    assert len(table) == 2 * 4 * 2 and table.label.iloc[0] == "B1H1x" and "B2H4y" in set(table.label)
+    log2 = np.log2(np.arange(1, 17))
+    x_rows, y_rows = table[table.token == "x"], table[table.token == "y"]
+    np.testing.assert_allclose(x_rows.entropy, log2[0::2].mean(), rtol=1e-5)
+    np.testing.assert_allclose(y_rows.entropy, log2[1:15:2].mean(), rtol=1e-5)  # position 15 left out
+    np.testing.assert_allclose(table.normalised_entropy, 1.0, rtol=1e-5)
+    np.testing.assert_allclose(table.variability, 0.0, atol=1e-6)
+
+
+def test_mean_attention_patterns_real_model():
+    model = _model()
+    b = _batch(n=32)
+    mean = P.mean_attention_patterns(model, b)
+    assert mean.shape == (2, 4, 16, 16)
+    assert torch.allclose(mean.sum(-1), torch.ones(2, 4, 16), atol=1e-5)
+    assert torch.equal(mean.triu(1), torch.zeros_like(mean))
+    table = P.attention_head_scores(model, b)
+    assert table.normalised_entropy.between(0, 1 + 1e-6).all() and table.variability.between(0, 1).all()
+
+
+# --- over checkpoints ------------------------------------------------------------------------------
+
+def test_probe_checkpoints_matches_direct_calls_and_leaves_models_alone():
+    models = {step: _model(seed=step) for step in (0, 10, 100)}
+    before = {s: {k: v.clone() for k, v in m.state_dict().items()} for s, m in models.items()}
+    b = _batch(n=64)
+    table = P.probe_checkpoints(models.__getitem__, [0, 10, 100], b, progress=False)
+    assert isinstance(table, pd.DataFrame) and list(table.step) == [0, 10, 100]
+    assert table.columns[0] == "step" and not table.drop(columns="step").isna().all().any()
+    for step, model in models.items():
+        row = table.set_index("step").loc[step]
+        assert row["behaviour.distance_to_zero"] == P.distance_to_zero(model, b)
+        assert row["behaviour.icl_1_D"] == P.icl_scores(model, b)["icl_1_D"]
+        heads = P.attention_head_scores(model, b).set_index("label")
+        assert row["attention.B1H2y.normalised_entropy"] == heads.loc["B1H2y", "normalised_entropy"]
+        assert row["attention.B2H3x.variability"] == heads.loc["B2H3x", "variability"]
+        ood = P.ood_generalisation(model, b, gains=[10.0]).set_index("kind")
+        assert row["ood.tasks.g=10.normalised_loss"] == ood.loc["tasks", "normalised_loss"]
+        assert all(torch.equal(v, before[step][k]) for k, v in model.state_dict().items())
+    again = P.probe_checkpoints(models.__getitem__, [0, 10, 100], b, progress=False)
+    pd.testing.assert_frame_equal(table, again)
+
+
+def test_probe_checkpoints_custom_probes_and_errors():
+    models = {1: _model()}
+    b = _batch(n=16)
+    table = P.probe_checkpoints(models.__getitem__, [1], b, {"e2": P.distance_to_zero}, progress=False)
+    assert list(table.columns) == ["step", "e2"]
+    with pytest.raises(ValueError, match="steps"):
+        P.probe_checkpoints(models.__getitem__, [], b, progress=False)
+    b3 = _batch(n=8, task=RegressionTask(task_size=3, max_examples=8))
+    with pytest.raises(ValueError, match="task_size"):
+        P.probe_checkpoints(models.__getitem__, [1], b3, progress=False)
