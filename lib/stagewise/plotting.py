@@ -10,12 +10,15 @@ import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 __all__ = [
     "INCREASE_COLORS",
     "DECREASE_COLORS",
     "apply_style",
     "figures_dir",
+    "plot_essential_dynamics",
+    "plot_stages",
     "save_figure",
     "stage_color",
 ]
@@ -90,3 +93,159 @@ def save_figure(fig, name: str, profile: str | None = None, directory: Path | No
         fig.savefig(path, format=fmt, metadata=metadata)
         paths.append(path)
     return paths
+
+
+# ------------------------------------------------------------------------------------------------
+# The standard stage figure (Fig. 1, B.2, C.1) and the essential-dynamics figure ([T] Fig. 2)
+
+
+def _stage_colors(stages) -> list[str]:
+    """Successive hues within each direction, as in Fig. 1 (orange: LLC increases, blue: decreases)."""
+    counts = {"increase": 0, "decrease": 0}
+    colors = []
+    for st in stages:
+        colors.append(stage_color(counts[st.direction], st.direction))
+        counts[st.direction] += 1
+    return colors
+
+
+def _log_step_axis(ax, steps) -> None:
+    steps = np.asarray(steps, dtype=float)
+    if np.any(steps <= 0):  # step 0 is a checkpoint: linear below the first positive step
+        ax.set_xscale("symlog", linthresh=float(steps[steps > 0].min()), linscale=0.3)
+    else:
+        ax.set_xscale("log")
+
+
+def _shade_stages(ax, result, colors, label: bool = False) -> None:
+    for i, (st, color) in enumerate(zip(result.stages, colors)):
+        ax.axvspan(st.start, st.end, color=color, alpha=0.35, lw=0, zorder=0)
+        if label:
+            mid = np.sqrt(max(st.start, 1.0) * st.end)
+            ax.text(mid, 1.0, str(i + 1), transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+    for b in result.boundaries:
+        ax.axvline(b, color="0.3", lw=0.8, ls="--", zorder=1)
+
+
+def plot_stages(result, steps, values, stds=None, loss=None, extra=None, axes=None, title=None,
+                value_label: str = "LLC $\\hat\\lambda(w_t)$", loss_label: str = "test loss"):
+    """The one stage figure: [loss], LLC with error band and GP fit, [extra curves], slope.
+
+    ``result`` is a :class:`stagewise.stages.StageResult` for (``steps``, ``values``); ``stds`` draws
+    the error band; ``extra`` is a dict {label: values over ``steps``} (e.g. weight norm), one panel
+    each. Stages are shaded (orange hues: LLC increasing, blue: decreasing, Fig. 1), boundaries
+    dashed, their intervals drawn as bars on the slope panel, whose grey band is ± the tolerance.
+    ``axes``: a sequence of as many Axes as panels (else a new figure). Returns the Figure.
+    """
+    apply_style()
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    extra = dict(extra or {})
+    n_panels = 2 + (loss is not None) + len(extra)
+    if axes is None:
+        fig, axes = plt.subplots(n_panels, 1, figsize=(6.5, 1.6 * n_panels + 0.6), sharex=True)
+    else:
+        if len(axes) != n_panels:
+            raise ValueError(f"axes: need {n_panels} axes (loss, LLC, extra, slope), got {len(axes)}")
+        fig = axes[0].figure
+    axes = list(np.atleast_1d(axes))
+    colors = _stage_colors(result.stages)
+    panel = iter(axes)
+
+    if loss is not None:
+        ax = next(panel)
+        ax.plot(steps, loss, color="k", lw=1)
+        ax.set_ylabel(loss_label)
+        ax.set_yscale("log" if np.all(np.asarray(loss) > 0) else "linear")
+    ax = next(panel)
+    if stds is not None:
+        stds = np.asarray(stds, dtype=float)
+        ax.fill_between(steps, values - stds, values + stds, color="0.5", alpha=0.25, lw=0, label="± std")
+    ax.plot(steps, values, ".", color="k", ms=2.5, label="estimate")
+    ax.plot(steps, result.smoothed, color="tab:red", ls=":", lw=1.5, label="GP fit")
+    ax.set_ylabel(value_label)
+    ax.legend(loc="best")
+    for label, curve in extra.items():
+        ax = next(panel)
+        ax.plot(steps, curve, color="k", lw=1)
+        ax.set_ylabel(label)
+    ax = next(panel)
+    ax.axhspan(-result.tolerance, result.tolerance, color="0.6", alpha=0.3, lw=0, label="tolerance")
+    ax.axhline(0, color="0.3", lw=0.6)
+    ax.fill_between(steps, result.slope - 2 * result.slope_std, result.slope + 2 * result.slope_std,
+                    color="tab:red", alpha=0.15, lw=0)
+    ax.plot(steps, result.slope, color="tab:red", lw=1.2, label="GP slope (± 2 std)")
+    for b, (lo, hi) in zip(result.boundaries, result.intervals):
+        if np.isfinite(lo):
+            ax.errorbar([b], [0], xerr=[[b - lo], [hi - b]], fmt="o", color="k", ms=3, capsize=2, lw=1)
+    ax.set_ylabel(r"$d\hat\lambda / d\log t$" if result.log_time else r"$d\hat\lambda / dt$")
+    ax.set_xlabel("training step $t$")
+    ax.legend(loc="best")
+    for i, ax in enumerate(axes):
+        _shade_stages(ax, result, colors, label=(i == 0))
+        _log_step_axis(ax, steps)
+    if title:
+        axes[0].set_title(title, pad=12)
+    return fig
+
+
+def plot_essential_dynamics(ed, stages=None, pairs=None, extra_points=None, circles: bool = True,
+                            max_radius: float | None = None, axes=None, title=None):
+    """Plane projections γ_ij of an :class:`stagewise.essential_dynamics.EssentialDynamics` ([T] Fig. 2).
+
+    Raw PC scores (faint dots), the smoothed trajectory coloured by stage (``stages``: a StageResult,
+    Fig. 1 colours) or by log-step, osculating circles (grey; radius clipped at ``max_radius``,
+    default the trajectory's extent), the evolute (black dots), cusps (red ×) and forms (stars).
+    ``extra_points``: {label: PC scores [n, k]} (e.g. ideal predictors via ``pca.project``).
+    """
+    from matplotlib.collections import LineCollection
+    from matplotlib.patches import Circle
+
+    from stagewise.essential_dynamics import osculating_circles
+
+    apply_style()
+    pairs = [p for p in ed.cusps] if pairs is None else [tuple(p) for p in pairs]
+    if axes is None:
+        fig, axes = plt.subplots(1, len(pairs), figsize=(3.3 * len(pairs), 3.3), squeeze=False)
+        axes = axes[0]
+    fig = axes[0].figure
+    if stages is not None:
+        stage_index = np.searchsorted(stages.boundaries, ed.steps, side="right")
+        seg_colors = [_stage_colors(stages.stages)[i] for i in stage_index[:-1]]
+    else:
+        t = np.log1p(ed.steps)
+        seg_colors = plt.get_cmap("viridis")((t[:-1] - t.min()) / max(np.ptp(t), 1e-12))
+    for ax, (i, j) in zip(axes, pairs):
+        curve = ed.smoothed[:, [i, j]]
+        extent = np.ptp(curve, axis=0).max()
+        rmax = max_radius if max_radius is not None else extent
+        ax.plot(ed.scores[:, i], ed.scores[:, j], ".", color="0.6", ms=2, zorder=1)
+        if circles:
+            centres, radii, _ = osculating_circles(curve)
+            for c, r in zip(centres, radii):
+                if np.isfinite(r) and r < rmax:
+                    ax.add_patch(Circle(c, r, fill=False, color="0.5", lw=0.3, alpha=0.25, zorder=0))
+            ok = np.isfinite(radii) & (radii < rmax)
+            ax.plot(centres[ok, 0], centres[ok, 1], ".", color="k", ms=1.5, zorder=2)
+        segments = np.stack([curve[:-1], curve[1:]], axis=1)
+        ax.add_collection(LineCollection(segments, colors=seg_colors, lw=2.5, zorder=3))
+        for c in ed.cusps.get((i, j), ()):
+            ax.plot(*c.centre, "x", color="tab:red", ms=6, mew=1.5, zorder=4)
+        for f in ed.forms:
+            ax.plot(f.point[i], f.point[j], "*", color="gold", mec="k", ms=12, zorder=5)
+            ax.annotate(f"{f.step:.0f}", (f.point[i], f.point[j]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
+        for label, pts in (extra_points or {}).items():
+            pts = np.atleast_2d(pts)
+            ax.plot(pts[:, i], pts[:, j], "D", ms=5, label=label, zorder=5)
+        pad = 0.15 * extent
+        ax.set_xlim(curve[:, 0].min() - pad, curve[:, 0].max() + pad)
+        ax.set_ylim(curve[:, 1].min() - pad, curve[:, 1].max() + pad)
+        ax.set_aspect("equal", adjustable="datalim")
+        evr = ed.pca.explained_variance_ratio
+        ax.set_xlabel(f"PC{i + 1} ({evr[i]:.0%})")
+        ax.set_ylabel(f"PC{j + 1} ({evr[j]:.0%})")
+        if extra_points:
+            ax.legend(loc="best")
+    if title:
+        fig.suptitle(title)
+    return fig
