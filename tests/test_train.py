@@ -150,3 +150,17 @@ def test_onecycle_keeps_betas_and_peaks_at_max_lr(tmp_path):
     assert max(lrs) == pytest.approx(0.003)
     assert int(np.argmax(lrs)) in (49, 50)
     assert set(betas) == {(0.9, 0.999)}
+
+
+def test_analysis_steps_spread_in_log_time_and_keep_the_ends():
+    from stagewise.train import analysis_steps
+
+    steps = checkpoint_schedule(10_000, 100, 90)
+    sub = analysis_steps(steps, 30)
+    assert len(sub) == 30 and len(set(sub.tolist())) == 30
+    assert sub[0] == 0 and sub[-1] == 10_000 and set(sub) <= set(steps)
+    gaps = np.diff(np.log1p(sub[1:]))
+    assert gaps.max() < 3 * np.median(gaps)  # roughly even in log time
+    assert np.array_equal(analysis_steps(steps[:5], 30), steps[:5])
+    with pytest.raises(ValueError, match="num"):
+        analysis_steps(steps, 1)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from stagewise.cache import artifact_dir, atomic_save, atomic_write_text, load_artifact
 
-__all__ = ["TrainConfig", "TrainedRun", "checkpoint_schedule", "train", "train_cached"]
+__all__ = ["TrainConfig", "TrainedRun", "analysis_steps", "checkpoint_schedule", "train", "train_cached"]
 
 log = logging.getLogger(__name__)
 
@@ -251,3 +251,21 @@ def train_cached(kind: str, key: Any, model_fn, loss_fn, batch_fn, config: Train
     """:func:`train` in the artifact cache entry of ``kind`` keyed by ``key`` (which should
     include ``config`` and everything else that determines the run)."""
     return train(model_fn, loss_fn, batch_fn, config, artifact_dir(kind, key), **kwargs)
+
+
+def analysis_steps(checkpoint_steps, num: int) -> np.ndarray:
+    """A subset of ``num`` checkpoint steps spread evenly in log(step + 1), always keeping the first
+    and last: the checkpoints at which expensive per-checkpoint analyses (LLC, Hessian) run."""
+    steps = np.asarray(checkpoint_steps, dtype=np.int64)
+    if num < 2:
+        raise ValueError(f"num must be >= 2, got {num}")
+    if num >= len(steps):
+        return steps
+    targets = np.linspace(np.log1p(steps[0]), np.log1p(steps[-1]), num)
+    chosen: list[int] = []
+    available = list(range(len(steps)))
+    for t in targets:
+        i = min(available, key=lambda j: abs(np.log1p(steps[j]) - t))
+        chosen.append(i)
+        available.remove(i)
+    return np.sort(steps[chosen])
