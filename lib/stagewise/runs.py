@@ -1,7 +1,9 @@
 """Cached training runs of each setting: the one place a notebook asks for a trained model.
 
 ``regression_run(profile, seed)`` trains the regression transformer of a profile (or loads it from
-the artifact cache, or resumes it) and returns a :class:`~stagewise.train.TrainedRun`.
+the artifact cache, or resumes it) and returns a :class:`~stagewise.train.TrainedRun`;
+``language_run(profile)`` does the same for the attention-only language model (building the corpus
+first if it is missing).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from stagewise.models.regression import RegressionTransformer, RegressionTransfo
 from stagewise.profiles.regression import RegressionProfile
 from stagewise.train import TrainConfig, TrainedRun, train_cached
 
-__all__ = ["RegressionRunKey", "regression_run"]
+__all__ = ["RegressionRunKey", "regression_run", "LanguageRunKey", "language_run"]
 
 
 @dataclass(frozen=True)
@@ -46,4 +48,37 @@ def regression_run(profile: RegressionProfile, seed: int, progress: bool = True)
         config=train_cfg,
         progress=progress,
         description=f"regression seed {seed}",
+    )
+
+
+@dataclass(frozen=True)
+class LanguageRunKey:
+    """Everything that determines a language-model training run (the cache key)."""
+
+    model: object  # LanguageModelConfig
+    train: TrainConfig
+    batch_size: int
+    data_seed: int
+    corpus: object  # CorpusConfig
+    tokenizer: str  # hash of the tokenizer files
+
+
+def language_run(profile, progress: bool = True) -> TrainedRun:
+    """Train (or load) the ``profile``'s attention-only language model (main paper §5, App. D.1)."""
+    from stagewise.data.language import LMBatches, _tokenizer_hash, load_contexts
+    from stagewise.models.language import lm_loss, make_language_model
+
+    contexts = load_contexts(profile.corpus, "train", profile.model.n_ctx).long()
+    key = LanguageRunKey(profile.model, profile.train, profile.batch_size, profile.data_seed, profile.corpus,
+                         _tokenizer_hash())
+    return train_cached(
+        "language_runs",
+        key,
+        model_fn=partial(make_language_model, profile.model),
+        loss_fn=lm_loss,
+        batch_fn=LMBatches(contexts, profile.batch_size, profile.data_seed),
+        config=profile.train,
+        progress=progress,
+        description=f"{profile.model.n_layers}-layer LM",
+        tokens_per_batch=profile.tokens_per_step,
     )

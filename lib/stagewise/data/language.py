@@ -1,0 +1,138 @@
+"""Token streams, BOS-prefixed contexts and step-indexed batches for the language models (§5, D.1).
+
+The paper's data is a collection of length-``K`` contexts ``{S_K^i}`` (§5) with ``K = 1024``,
+each beginning with the BOS token (the prefix-matching and ICL probes assume position 0 is BOS).
+Here documents are tokenised with the 5k tokenizer, joined into one stream with BOS between
+documents, cut into pieces of ``K - 1`` tokens, and BOS is prepended to each piece.
+
+:class:`LMBatches` is the training loop's ``batch_fn``: ``batch_fn(step)`` is a deterministic
+function of the step (an epoch-seeded permutation of the contexts), so a resumed run sees the
+same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from stagewise.cache import artifact_dir, atomic_save, load_artifact
+from stagewise.data.corpus import SPLITS, CorpusConfig, load_corpus
+from stagewise.data.tokenizer import BOS_TOKEN, TOKENIZER_DIR, load_tokenizer
+
+__all__ = ["tokenize_documents", "pack_contexts", "load_token_stream", "load_contexts", "LMBatches"]
+
+log = logging.getLogger(__name__)
+
+
+def tokenize_documents(texts: list[str], tokenizer=None, chunk: int = 512, progress: bool = True) -> Tensor:
+    """One int32 stream ``[BOS, doc_1, BOS, doc_2, ...]`` of the documents' token ids."""
+    tokenizer = tokenizer or load_tokenizer()
+    bos = tokenizer.token_to_id(BOS_TOKEN)
+    if bos is None:
+        raise ValueError(f"tokenizer has no BOS token {BOS_TOKEN!r}")
+    if not texts:
+        raise ValueError("texts is empty: nothing to tokenize")
+    pieces = []
+    for start in tqdm(range(0, len(texts), chunk), desc="tokenize", disable=not progress, unit="chunk"):
+        for enc in tokenizer.encode_batch(list(texts[start:start + chunk]), add_special_tokens=False):
+            pieces.append(np.array([bos], dtype=np.int32))
+            pieces.append(np.asarray(enc.ids, dtype=np.int32))
+    return torch.from_numpy(np.concatenate(pieces))
+
+
+def pack_contexts(stream: Tensor, n_ctx: int, bos_id: int) -> Tensor:
+    """Cut ``stream`` into ``N = len // (n_ctx - 1)`` pieces and prepend BOS: shape ``[N, n_ctx]``.
+
+    The tail shorter than ``n_ctx - 1`` tokens is dropped.
+    """
+    if not isinstance(n_ctx, int) or n_ctx < 2:
+        raise ValueError(f"n_ctx must be an integer >= 2, got {n_ctx!r}")
+    if stream.dim() != 1:
+        raise ValueError(f"stream must be 1-dimensional, got shape {tuple(stream.shape)}")
+    body = n_ctx - 1
+    n = stream.numel() // body
+    if n == 0:
+        raise ValueError(f"stream of {stream.numel()} tokens is shorter than one context of n_ctx={n_ctx}")
+    bos = torch.full((n, 1), bos_id, dtype=stream.dtype)
+    return torch.cat([bos, stream[: n * body].view(n, body)], dim=1)
+
+
+def _tokenizer_hash(directory=TOKENIZER_DIR) -> str:
+    return hashlib.sha256((directory / "tokenizer.json").read_bytes()).hexdigest()[:16]
+
+
+def load_token_stream(config: CorpusConfig, split: str, progress: bool = True) -> Tensor:
+    """The token stream of one corpus split (cached; builds the corpus first if needed)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    key = {"corpus": config, "split": split, "tokenizer": _tokenizer_hash()}
+    path = artifact_dir("lm-tokens", key) / "tokens.pt"
+    if path.exists():
+        return load_artifact(path)
+    texts = load_corpus(config)[split]["text"]
+    stream = tokenize_documents(texts, progress=progress)
+    atomic_save(stream, path)
+    log.info("%s split: %d documents, %d tokens", split, len(texts), stream.numel())
+    return stream
+
+
+@lru_cache(maxsize=8)
+def load_contexts(config: CorpusConfig, split: str, n_ctx: int) -> Tensor:
+    """BOS-prefixed contexts ``[N, n_ctx]`` (int32) of one split; ``.long()`` them for the model."""
+    bos = load_tokenizer().token_to_id(BOS_TOKEN)
+    return pack_contexts(load_token_stream(config, split), n_ctx, bos)
+
+
+class LMBatches:
+    """``batch_fn(step) -> (tokens,)``: batches of contexts, reshuffled every epoch.
+
+    Sample ``p = step * batch_size + j`` of the stream of samples is context
+    ``perm_e[p mod N]`` with ``e = p // N`` and ``perm_e`` a permutation seeded by ``(seed, e)``,
+    so every context is seen once per epoch and any step's batch can be computed directly.
+    """
+
+    def __init__(self, tokens: Tensor, batch_size: int, seed: int = 0):
+        if tokens.dim() != 2 or tokens.shape[0] == 0:
+            raise ValueError(f"tokens must have shape [N, n_ctx] with N >= 1, got {tuple(tokens.shape)}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if batch_size > tokens.shape[0]:
+            raise ValueError(f"batch_size ({batch_size}) exceeds the number of contexts ({tokens.shape[0]})")
+        self.tokens, self.batch_size, self.seed = tokens, batch_size, seed
+        self._perms: dict[int, Tensor] = {}
+
+    @property
+    def num_contexts(self) -> int:
+        return self.tokens.shape[0]
+
+    def steps_per_epoch(self) -> float:
+        return self.num_contexts / self.batch_size
+
+    def _perm(self, epoch: int) -> Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms[epoch] = torch.randperm(self.num_contexts, generator=g)
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> Tensor:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        n = self.num_contexts
+        p = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        epochs, offsets = p // n, p % n
+        out = torch.empty_like(p)
+        for e in torch.unique(epochs).tolist():  # at most two epochs per batch
+            mask = epochs == e
+            out[mask] = self._perm(e)[offsets[mask]]
+        return out
+
+    def __call__(self, step: int) -> tuple[Tensor]:
+        return (self.tokens[self.indices(step)].long(),)
