@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from stagewise.data.regression import RegressionBatches, RegressionTask, regression_loss
+from stagewise.data.regression import (RegressionBatches, RegressionTask, regression_forward_loss, regression_loss,
+                                       sgld_dataset)
 from stagewise.models.regression import RegressionTransformer, RegressionTransformerConfig
 from stagewise.profiles.regression import RegressionProfile
 from stagewise.train import TrainConfig, TrainedRun, train_cached
 
-__all__ = ["RegressionRunKey", "regression_run", "LanguageRunKey", "language_run"]
+__all__ = ["RegressionRunKey", "regression_run", "regression_llc", "LanguageRunKey", "language_run"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,28 @@ def regression_run(profile: RegressionProfile, seed: int, progress: bool = True)
         config=train_cfg,
         progress=progress,
         description=f"regression seed {seed}",
+    )
+
+
+def regression_llc(profile: RegressionProfile, seed: int, executor="serial", progress: bool = True):
+    """λ̂(w_t) of ``regression_run(profile, seed)`` at the profile's analysis checkpoints.
+
+    Same SGLD seed, noise and batches at every checkpoint (App. D.3.2); each checkpoint's estimate
+    is cached, so an interrupted sweep resumes where it stopped. Returns an ``LLCSweep``.
+    """
+    from stagewise.llc import estimate_llc_sweep
+    from stagewise.train import analysis_steps
+
+    run = regression_run(profile, seed, progress=progress)
+    steps = analysis_steps(run.checkpoint_steps, profile.num_analysis_checkpoints)
+    return estimate_llc_sweep(
+        [(int(s), run.checkpoint_path(s)) for s in steps],
+        model_fn=partial(RegressionTransformer, profile.model),
+        loss=regression_forward_loss,
+        data=sgld_dataset(profile.task, profile.num_sgld_samples),
+        config=profile.sgld,
+        executor=executor,
+        progress=progress,
     )
 
 

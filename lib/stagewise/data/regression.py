@@ -31,6 +31,8 @@ __all__ = [
     "task_set",
     "regression_loss",
     "per_token_loss",
+    "regression_forward_loss",
+    "sgld_dataset",
 ]
 
 
@@ -148,3 +150,21 @@ def regression_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Ten
     if tokens.shape[1] != 2 * ys.shape[1]:
         raise ValueError(f"tokens hold {tokens.shape[1] // 2} examples but ys has K = {ys.shape[1]}")
     return ((model(tokens)[:, ::2, 0] - ys) ** 2).mean()
+
+
+def regression_forward_loss(forward, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """:func:`regression_loss` for the LLC engine's ``loss(forward, batch)`` convention, where
+    ``forward`` is the model's forward pass at the sampled weights."""
+    tokens, ys = batch[0], batch[1]
+    return ((forward(tokens)[:, ::2, 0] - ys) ** 2).mean()
+
+
+def sgld_dataset(task: RegressionTask, num_samples: int, seed: int = 2**20) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed data set SGLD draws its minibatches from (App. D.2.4: 2^20 samples), as (tokens, ys).
+
+    Its seed is separate from every training seed, so it is fresh data for all runs.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    b = sample_batch(task, num_samples, torch.Generator().manual_seed(seed))
+    return b.tokens, b.ys

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stagewise.data.regression import RegressionTask
+from stagewise.llc import SGLDConfig
 from stagewise.models.regression import RegressionTransformerConfig
 from stagewise.train import TrainConfig
 
@@ -27,6 +28,12 @@ class RegressionProfile:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     num_eval: int = 2048  # N_test, sequences in the fixed evaluation set
     num_analysis_checkpoints: int = 190  # checkpoints the LLC / probes are run at
+    # LLC (App. D.2.4): ε = 3e-4, β̃ = εnβ/2 = 0.01, γ̃ = εγ/2 = 0.01, i.e. nβ = γ = 66.7;
+    # 10 chains x 5,000 steps (1,000 burn-in), m = 1024, on a fixed set of 2^20 samples.
+    sgld: SGLDConfig = SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=10, num_draws=4000, num_burnin=1000,
+                                             batch_size=1024)
+    num_sgld_samples: int = 2**20
+    llc_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # training seeds whose LLC curve is estimated
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -37,6 +44,8 @@ class RegressionProfile:
             raise ValueError(f"num_eval must be >= 1, got {self.num_eval}")
         if self.num_analysis_checkpoints < 2:
             raise ValueError(f"num_analysis_checkpoints must be >= 2, got {self.num_analysis_checkpoints}")
+        if not set(self.llc_seeds) <= set(self.seeds):
+            raise ValueError(f"llc_seeds {self.llc_seeds} must be among the training seeds {self.seeds}")
         if self.task.task_size != self.model.task_size or self.task.max_examples != self.model.max_examples:
             raise ValueError(
                 f"task (D={self.task.task_size}, K={self.task.max_examples}) and model "
@@ -54,6 +63,10 @@ PROFILES = {
         train=TrainConfig(num_steps=10_000, resume_every=1_000),
         seeds=(0, 1, 2, 3, 4),
         num_analysis_checkpoints=60,
+        # the paper's ε, β̃, γ̃ with fewer, shorter chains on smaller batches, for seed 0 only
+        sgld=SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=2, num_draws=200, num_burnin=100, batch_size=256),
+        num_sgld_samples=2**16,
+        llc_seeds=(0,),
     ),
     "smoke": RegressionProfile(
         name="smoke",
@@ -62,6 +75,9 @@ PROFILES = {
         batch_size=32,
         seeds=(0,),
         num_eval=64,
-        num_analysis_checkpoints=8,
+        num_analysis_checkpoints=10,
+        sgld=SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=1, num_draws=10, num_burnin=5, batch_size=32),
+        num_sgld_samples=256,
+        llc_seeds=(0,),
     ),
 }
