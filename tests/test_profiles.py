@@ -31,7 +31,9 @@ def test_paper_regression_profile_has_the_papers_hyperparameters():
 
 
 def test_overrides_apply_and_unknown_fields_are_rejected():
-    assert get_profile("regression", "cpu", seeds=(7,)).seeds == (7,)
+    assert get_profile("regression", "cpu", seeds=(7,), llc_seeds=(7,)).seeds == (7,)
+    with pytest.raises(ValueError, match="llc_seeds"):
+        get_profile("regression", "cpu", seeds=(7,))
     with pytest.raises(ValueError, match="unknown override"):
         get_profile("regression", "cpu", sedes=(7,))
 
