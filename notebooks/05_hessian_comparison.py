@@ -131,3 +131,28 @@ for column, label in (("trace", "Hessian trace"), ("top_eig", "top Hessian eigen
     save_figure(fig, f"fig6b_regression_{column}", profile=cfg.name)
     plt.show()
     print(label, "boundaries:", np.round(result.boundaries).astype(int))
+
+# %% [markdown]
+# ## Which LLC boundaries does curvature find?
+# The LLC sweep of the same run (notebook 02's cache; computed here if missing) and its stages. A
+# curvature boundary "finds" an LLC boundary when it lies within a factor `match_factor` in steps
+# (a tolerance in log-step, stated here because the paper matched by eye).
+
+# %%
+from stagewise.runs import regression_llc
+
+match_factor = 1.5
+sweep = regression_llc(reg, seed)
+keep = sweep.steps > 0
+llc_stages = detect_stages(sweep.steps[keep], sweep.llc_mean[keep])
+rows = []
+for b in llc_stages.boundaries:
+    row = {"LLC boundary": int(round(b))}
+    for column in ("trace", "top_eig"):
+        found = [c for c in figs[column].boundaries if abs(np.log(c / b)) <= np.log(match_factor)]
+        row[f"{column} boundary"] = int(round(found[0])) if found else None
+    rows.append(row)
+matches = pd.DataFrame(rows, columns=["LLC boundary", "trace boundary", "top_eig boundary"])
+print(f"LLC boundaries found by the trace: {matches['trace boundary'].notna().sum()} of {len(matches)}; "
+      f"by the top eigenvalue: {matches['top_eig boundary'].notna().sum()} of {len(matches)} (paper: 1 of 4)")
+matches
