@@ -118,7 +118,14 @@ sweep = sweeps[seed]
 keep = sweep.steps > 0  # log-step axis
 steps_llc = sweep.steps[keep]
 norms = np.array([torch.cat([p.flatten() for p in runs[seed].load_state(s).values()]).norm().item() for s in steps_llc])
-result = detect_stages(steps_llc, sweep.llc_mean[keep], stds=sweep.llc_sem[keep] if cfg.sgld.num_chains > 1 else None)
+llc_sem = sweep.llc_sem[keep] if cfg.sgld.num_chains > 1 else None
+# Choice (stated, since App. A.5 does not cover it): the LLC is flat from initialisation until the
+# task-prior stage ends, so we let that initial plateau be a stage of its own (edge_plateaus=True);
+# the bare rule only places boundaries between two periods of change. Both are printed.
+result = detect_stages(steps_llc, sweep.llc_mean[keep], stds=llc_sem, edge_plateaus=True)
+bare = detect_stages(steps_llc, sweep.llc_mean[keep], stds=llc_sem)
+print("boundaries with edge plateaus:", np.round(result.boundaries).astype(int).tolist(),
+      "| bare App. A.5 rule:", np.round(bare.boundaries).astype(int).tolist())
 stage_results[seed] = result
 fig = plot_stages(result, steps_llc, sweep.llc_mean[keep], stds=sweep.llc_std[keep] if cfg.sgld.num_chains > 1 else None,
                   loss=sweep.loss_init[keep], extra={"weight norm $\\|w_t\\|$": norms},

@@ -136,3 +136,20 @@ def test_plot_stages_draws_every_panel():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_edge_plateaus_mark_the_onset_of_the_first_change():
+    from stagewise.stages import detect_stages, synthetic_stage_curve
+
+    steps = np.unique(np.round(np.geomspace(1, 10_000, 120))).astype(float)
+    # flat until step 150, a rise to 2k, a fall to 8k, flat again: the default rule finds the peak
+    # (and the end of the fall), not the onset of the rise
+    values = synthetic_stage_curve(steps, [150, 2000, 8000], [0.0, 100.0, -50.0, 0.0], start=1.0)
+    default = detect_stages(steps, values, n_samples=0)
+    with_edges = detect_stages(steps, values, n_samples=0, edge_plateaus=True)
+    assert not any(abs(np.log(b / 150)) < 0.4 for b in default.boundaries)
+    onset = [b for b in with_edges.boundaries if abs(np.log(b / 150)) < 0.4]
+    assert len(onset) == 1
+    end_of_fall = [b for b in with_edges.boundaries if abs(np.log(b / 8000)) < 0.4]
+    assert len(end_of_fall) == 1
+    assert len(with_edges.boundaries) == len(default.boundaries) + 2

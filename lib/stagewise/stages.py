@@ -99,6 +99,7 @@ def detect_stages(
     absolute_tolerance: float | None = None,
     significance: float = 2.0,
     min_stage_length: float = 0.15,
+    edge_plateaus: bool = False,
     n_samples: int = 200,
     interval: float = 0.9,
     seed: int = 0,
@@ -129,6 +130,12 @@ def detect_stages(
         min_stage_length: shortest stage kept, in x units (0.15 ≈ a factor 1.16 in steps); of
             the two boundaries of a shorter stage, the one with the larger |slope| is dropped, and
             no boundary lies closer than this to the first or last checkpoint.
+        edge_plateaus: if True, a flat stretch (|slope| below the tolerance) at least
+            ``min_stage_length`` long before the first period of change is a stage of its own, ending
+            where the change starts (and likewise after the last period). Off by default: the
+            paper's rule puts boundaries *between* changes; on curves whose LLC is flat at the start
+            of training (the regression model before its task-prior stage ends) turning it on marks
+            that onset.
         n_samples: GP posterior samples of the slope used for the boundary intervals (0: none).
         interval: central probability mass of the reported boundary intervals.
         seed: seed of the posterior samples.
@@ -141,14 +148,14 @@ def detect_stages(
     tol = absolute_tolerance if absolute_tolerance is not None else tolerance * np.max(np.abs(gp.slope[interior]))
     # a period of change must also be distinguishable from zero under the GP posterior
     threshold = np.maximum(tol, significance * gp.slope_std)
-    bx = boundary_positions(x, gp.slope, threshold, min_stage_length)
+    bx = boundary_positions(x, gp.slope, threshold, min_stage_length, edge_plateaus)
 
     intervals = np.full((len(bx), 2), np.nan)
     support = np.full(len(bx), np.nan)
     if n_samples > 0 and len(bx) > 0:
         rng = np.random.default_rng(seed)
         samples = gp.sample_slopes(rng, n_samples)
-        sampled = [boundary_positions(x, s, threshold, min_stage_length) for s in samples]
+        sampled = [boundary_positions(x, s, threshold, min_stage_length, edge_plateaus) for s in samples]
         intervals, support = _boundary_intervals(bx, sampled, interval, x[0], x[-1])
     to_steps = (lambda z: np.exp(z) - offset) if log_time else (lambda z: np.asarray(z, dtype=float))
 
@@ -164,7 +171,7 @@ def detect_stages(
     )
 
 
-def boundary_positions(x, slope, tolerance, min_stage_length: float = 0.0) -> np.ndarray:
+def boundary_positions(x, slope, tolerance, min_stage_length: float = 0.0, edge_plateaus: bool = False) -> np.ndarray:
     """The boundary rule of App. A.5 on a slope sampled at increasing ``x``; returns boundary x's.
 
     ``tolerance`` is a number or one per checkpoint. A *period of change* is a run of checkpoints
@@ -177,7 +184,9 @@ def boundary_positions(x, slope, tolerance, min_stage_length: float = 0.0) -> np
     On a clean curve this is exactly "local minima of |slope| below the tolerance, plus sign
     changes"; on a noisy one, a plateau holds one boundary however often noise wiggles the slope
     across zero inside it, and flat stretches before the first / after the last period of change
-    hold none. The end checkpoints are ignored (their GP slope is one-sided).
+    hold none — unless ``edge_plateaus``: then a flat stretch of at least ``min_stage_length``
+    before the first (after the last) period of change ends (starts) a stage where the change
+    begins (ends). The end checkpoints are ignored (their GP slope is one-sided).
     """
     x_first, x_last = float(x[0]), float(x[-1])
     x, slope = np.asarray(x, dtype=float)[1:-1], np.asarray(slope, dtype=float)[1:-1]
@@ -194,6 +203,12 @@ def boundary_positions(x, slope, tolerance, min_stage_length: float = 0.0) -> np
             pos.append(x[i] - slope[i] * (x[i + 1] - x[i]) / (slope[i + 1] - slope[i]))
         else:
             pos.append(x[gap[np.argmin(np.abs(slope[gap]))]])
+    if edge_plateaus and len(idx):
+        first, last = idx[0], idx[-1]
+        if first > 0 and x[first - 1] - x_first >= min_stage_length:
+            pos.insert(0, x[first - 1])
+        if last < len(x) - 1 and x_last - x[last + 1] >= min_stage_length:
+            pos.append(x[last + 1])
     pos = np.asarray(pos, dtype=float)
     # the first and last stage must be as long as any other (GP slopes swing at the ends)
     pos = pos[(pos - x_first >= min_stage_length) & (x_last - pos >= min_stage_length)]
