@@ -26,7 +26,7 @@
 
 # %% tags=["parameters"]
 profile = None  # smoke, cpu or paper; None reads STAGEWISE_PROFILE, else cpu
-seed = None  # regression training seed to analyse; None = the profile's first seed
+seed = None  # regression training seed to analyse; None takes the first seed of the profile
 
 # %%
 import time
@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stagewise.hessian import hessian_spectrum, hessian_statistics
+from stagewise.hessian import hessian_spectrum
 from stagewise.llc import SGLDConfig, estimate_llc
 from stagewise.plotting import apply_style, plot_stages, save_figure
 from stagewise.potentials import FIGURE_2, POTENTIALS
@@ -93,28 +93,14 @@ plt.show()
 # sequences, then the same stage detector as for the LLC.
 
 # %%
-from stagewise.data.regression import regression_loss, sample_batch
-from stagewise.hessian import module_hessian_statistics
-from stagewise.runs import regression_run
+from stagewise.runs import regression_hessian
 from stagewise.stages import detect_stages
-from stagewise.train import analysis_steps
 
 reg = get_profile("regression", profile)
 seed = reg.seeds[0] if seed is None else seed
-run = regression_run(reg, seed)
-steps = analysis_steps(run.checkpoint_steps, cfg.num_checkpoints)
-b = sample_batch(reg.task, cfg.hessian_batch, torch.Generator().manual_seed(2024))
-batch = (b.tokens, b.ys)
-
-curv = []
 t0 = time.perf_counter()
-for step in steps:
-    stats = module_hessian_statistics(run.load_model(step), regression_loss, batch, num_probes=cfg.num_probes, chunk_size=10,
-                                      tol=cfg.lanczos_tol, seed=0)
-    curv.append({"step": step, "trace": stats.trace.mean, "trace_se": stats.trace.stderr,
-                 "top_eig": stats.eigen.top, "converged": stats.eigen.converged})
-curv = pd.DataFrame(curv).set_index("step")
-print(f"{len(steps)} checkpoints in {time.perf_counter() - t0:.0f} s; "
+curv = regression_hessian(reg, cfg, seed)
+print(f"{len(curv)} checkpoints in {time.perf_counter() - t0:.0f} s (cached per checkpoint); "
       f"Lanczos converged at {curv.converged.mean():.0%} of them")
 curv.head()
 
@@ -127,7 +113,8 @@ for column, label in (("trace", "Hessian trace"), ("top_eig", "top Hessian eigen
     stds = curv["trace_se"].values[positive] if column == "trace" else None
     result = detect_stages(x, values, stds=stds)
     figs[column] = result
-    fig = plot_stages(result, x, values, stds=stds, title=f"{label} over training ({reg.name} profile, seed {seed})")
+    fig = plot_stages(result, x, values, stds=stds, value_label=label,
+                      title=f"{label} over training ({reg.name} profile, seed {seed})")
     save_figure(fig, f"fig6b_regression_{column}", profile=cfg.name)
     plt.show()
     print(label, "boundaries:", np.round(result.boundaries).astype(int))

@@ -17,7 +17,8 @@ from stagewise.models.regression import RegressionTransformer, RegressionTransfo
 from stagewise.profiles.regression import RegressionProfile
 from stagewise.train import TrainConfig, TrainedRun, train_cached
 
-__all__ = ["RegressionRunKey", "regression_run", "regression_llc", "LanguageRunKey", "language_run"]
+__all__ = ["RegressionRunKey", "regression_run", "regression_llc", "regression_hessian", "LanguageRunKey",
+           "language_run"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,43 @@ def regression_llc(profile: RegressionProfile, seed: int, executor="serial", pro
         executor=executor,
         progress=progress,
     )
+
+
+def regression_hessian(profile: RegressionProfile, hessian, seed: int, progress: bool = True):
+    """Hutchinson trace (± s.e.) and top Lanczos eigenvalue of ``regression_run(profile, seed)`` at
+    ``hessian.num_checkpoints`` checkpoints, on one fixed batch of ``hessian.hessian_batch``
+    sequences (App. C.2.2). Cached per checkpoint (resumable). Returns a DataFrame indexed by step.
+    """
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from stagewise.cache import artifact_dir, atomic_save, config_to_dict, load_artifact
+    from stagewise.data.regression import sample_batch
+    from stagewise.hessian import module_hessian_statistics
+    from stagewise.train import analysis_steps
+
+    run = regression_run(profile, seed, progress=progress)
+    steps = analysis_steps(run.checkpoint_steps, hessian.num_checkpoints)
+    b = sample_batch(profile.task, hessian.hessian_batch, torch.Generator().manual_seed(2024))
+    base = {"run": config_to_dict(RegressionRunKey(profile.task, profile.model, profile.train, profile.batch_size,
+                                                   seed)),
+            "seed": seed, "num_probes": hessian.num_probes, "tol": hessian.lanczos_tol,
+            "batch": hessian.hessian_batch}
+    rows = []
+    for step in tqdm(steps, desc="Hessian", disable=not progress):
+        path = artifact_dir("hessian", {**base, "step": int(step)}) / "stats.pt"
+        if path.exists():
+            row = load_artifact(path)
+        else:
+            stats = module_hessian_statistics(run.load_model(step), regression_loss, (b.tokens, b.ys),
+                                              num_probes=hessian.num_probes, chunk_size=10, tol=hessian.lanczos_tol,
+                                              seed=0)
+            row = {"step": int(step), "trace": stats.trace.mean, "trace_se": stats.trace.stderr,
+                   "top_eig": stats.eigen.top, "converged": bool(stats.eigen.converged)}
+            atomic_save(row, path)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("step")
 
 
 @dataclass(frozen=True)
