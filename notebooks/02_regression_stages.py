@@ -33,6 +33,7 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from stagewise.models.regression import RegressionTransformer, count_parameters
 from stagewise.plotting import apply_style, save_figure
@@ -141,10 +142,10 @@ result.summary()
 # stages by different factors.
 
 # %%
-pd_table = __import__("pandas").DataFrame({
+boundary_table = pd.DataFrame({
     "paper boundary (500k steps)": PAPER_BOUNDARIES,
     "rescaled to this run": np.round(PAPER_BOUNDARIES * scale).astype(int),
 })
 print("detected boundaries:", np.round(result.boundaries).astype(int).tolist())
 print("90% intervals:", np.round(result.intervals).astype(int).tolist())
-pd_table
+boundary_table
