@@ -3,7 +3,8 @@
 ``regression_run(profile, seed)`` trains the regression transformer of a profile (or loads it from
 the artifact cache, or resumes it) and returns a :class:`~stagewise.train.TrainedRun`;
 ``language_run(profile)`` does the same for the attention-only language model (building the corpus
-first if it is missing).
+first if it is missing). ``regression_llc`` and ``regression_hessian`` compute the per-checkpoint
+curves of a regression run (LLC, Hessian trace and top eigenvalue), cached per checkpoint.
 """
 
 from __future__ import annotations
