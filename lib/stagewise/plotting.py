@@ -177,7 +177,10 @@ def plot_stages(result, steps, values, stds=None, loss=None, extra=None, axes=No
     for b, (lo, hi) in zip(result.boundaries, result.intervals):
         if np.isfinite(lo):
             ax.errorbar([b], [0], xerr=[[b - lo], [hi - b]], fmt="o", color="k", ms=3, capsize=2, lw=1)
-    ax.set_ylabel(r"$d\hat\lambda / d\log t$" if result.log_time else r"$d\hat\lambda / dt$")
+    if value_label.startswith("LLC"):
+        ax.set_ylabel(r"$d\hat\lambda / d\log t$" if result.log_time else r"$d\hat\lambda / dt$")
+    else:
+        ax.set_ylabel("slope per log step" if result.log_time else "slope per step")
     ax.set_xlabel("training step $t$")
     ax.legend(loc="best")
     for i, ax in enumerate(axes):
