@@ -34,6 +34,7 @@ import pandas as pd
 
 from stagewise.data.language import load_contexts
 from stagewise.llc import estimate_llc_module
+from stagewise.models.language import lm_forward_loss
 from stagewise.plotting import apply_style, save_figure
 from stagewise.profiles import default_profile, get_profile
 from stagewise.refined import head_labels, head_param_mask
@@ -57,13 +58,6 @@ sgld_data = (load_contexts(lm.corpus, "sgld", lm.model.n_ctx).long(),)
 print(f"checkpoints analysed: {steps.tolist()}; SGLD contexts: {len(sgld_data[0]):,}")
 
 
-def next_token_loss(forward, batch):
-    from stagewise.models.language import per_token_loss
-
-    tokens = batch[0]
-    return per_token_loss(forward(tokens, return_type="logits"), tokens).mean()
-
-
 # %% [markdown]
 # ## wrLLC of every head
 # Each head's W_Q, W_K, W_V, W_O and per-head biases move; every other weight stays exactly at w*
@@ -79,7 +73,7 @@ for step in steps:
     for label in labels:
         layer, head = map(int, label.split(":"))
         names, mask = head_param_mask(model, layer, head)
-        r = estimate_llc_module(model, next_token_loss, sgld_data, cfg.sgld, params_to_sample=names,
+        r = estimate_llc_module(model, lm_forward_loss, sgld_data, cfg.sgld, params_to_sample=names,
                                 param_mask=mask, progress=False)
         rows.append({"step": int(step), "head": label, "layer": layer, "wrllc": r.llc_mean, "sem": r.llc_sem,
                      "flags": r.diagnostics or ""})

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from stagewise.llc import SGLDConfig, estimate_llc_module
-from stagewise.models.language import LanguageModelConfig, make_language_model
+from stagewise.models.language import LanguageModelConfig, lm_forward_loss, make_language_model
 from stagewise.refined import head_labels, head_param_mask
 
 
@@ -28,12 +28,8 @@ def test_head_refined_llc_runs_and_leaves_the_model_untouched(tiny_lm):
     tokens = torch.randint(0, 5000, (32, 16))
     before = {n: p.detach().clone() for n, p in tiny_lm.named_parameters()}
 
-    def loss(forward, batch):
-        out = forward(batch[0], return_type="logits")
-        return torch.nn.functional.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]), batch[0][:, 1:].reshape(-1))
-
     cfg = SGLDConfig(epsilon=1e-3, gamma=100.0, num_chains=1, num_draws=5, num_burnin=0, batch_size=4, seed=0)
-    r = estimate_llc_module(tiny_lm, loss, (tokens,), cfg, params_to_sample=names, param_mask=masks, progress=False)
+    r = estimate_llc_module(tiny_lm, lm_forward_loss, (tokens,), cfg, params_to_sample=names, param_mask=masks, progress=False)
     assert r.loss_trace.shape == (1, 5)
     for n, p in tiny_lm.named_parameters():  # the model itself is never modified
         assert torch.equal(p, before[n])

@@ -33,22 +33,25 @@ class RegressionRunKey:
     data_seed: int
 
 
+def _regression_key(profile: RegressionProfile, seed: int) -> RegressionRunKey:
+    from dataclasses import replace
+
+    return RegressionRunKey(profile.task, profile.model, replace(profile.train, seed=seed), profile.batch_size, seed)
+
+
 def regression_run(profile: RegressionProfile, seed: int, progress: bool = True) -> TrainedRun:
     """Train (or load) the ``profile``'s regression transformer with training seed ``seed``.
 
     The seed sets both the initialisation and the data stream, as in the paper's seeds 0-4.
     """
-    from dataclasses import replace
-
-    train_cfg = replace(profile.train, seed=seed)
-    key = RegressionRunKey(profile.task, profile.model, train_cfg, profile.batch_size, seed)
+    key = _regression_key(profile, seed)
     return train_cached(
         "regression_runs",
         key,
         model_fn=partial(RegressionTransformer, profile.model),
         loss_fn=regression_loss,
         batch_fn=RegressionBatches(profile.task, profile.batch_size, seed),
-        config=train_cfg,
+        config=key.train,
         progress=progress,
         description=f"regression seed {seed}",
     )
@@ -93,9 +96,7 @@ def regression_hessian(profile: RegressionProfile, hessian, seed: int, progress:
     run = regression_run(profile, seed, progress=progress)
     steps = analysis_steps(run.checkpoint_steps, hessian.num_checkpoints)
     b = sample_batch(profile.task, hessian.hessian_batch, torch.Generator().manual_seed(2024))
-    base = {"run": config_to_dict(RegressionRunKey(profile.task, profile.model, profile.train, profile.batch_size,
-                                                   seed)),
-            "seed": seed, "num_probes": hessian.num_probes, "tol": hessian.lanczos_tol,
+    base = {"run": config_to_dict(_regression_key(profile, seed)), "num_probes": hessian.num_probes, "tol": hessian.lanczos_tol,
             "batch": hessian.hessian_batch}
     rows = []
     for step in tqdm(steps, desc="Hessian", disable=not progress):

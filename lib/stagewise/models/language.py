@@ -112,6 +112,13 @@ def lm_loss(model, batch) -> Tensor:
     return per_token_loss(model(tokens, return_type="logits"), tokens).mean()
 
 
+def lm_forward_loss(forward, batch) -> Tensor:
+    """:func:`lm_loss` for the LLC engine's ``loss(forward, batch)`` convention (``forward`` is the
+    model's forward pass at the sampled weights; see :func:`stagewise.llc.module_loss_fn`)."""
+    tokens = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return per_token_loss(forward(tokens, return_type="logits"), tokens).mean()
+
+
 def lm_loss_functional(model, params: dict[str, Tensor], batch) -> Tensor:
     """:func:`lm_loss` at parameters ``params`` via ``torch.func.functional_call`` (for SGLD / vmap)."""
     tokens = batch[0] if isinstance(batch, (tuple, list)) else batch
