@@ -336,3 +336,137 @@ def test_probe_checkpoints_custom_probes_and_errors():
     b3 = _batch(n=8, task=RegressionTask(task_size=3, max_examples=8))
     with pytest.raises(ValueError, match="task_size"):
         P.probe_checkpoints(models.__getitem__, [1], b3, progress=False)
+
+
+def test_probe_checkpoint_is_one_row_and_weights_over_training_stacks():
+    models = {0: _model(seed=0), 5: _model(seed=5)}
+    b = _batch(n=32)
+    row = P.probe_checkpoint(models[5], b)
+    table = P.probe_checkpoints(models.__getitem__, [0, 5], b, progress=False).set_index("step")
+    assert row == table.loc[5].to_dict()
+    sv = P.embedding_singular_values(models[5])
+    assert row["embedding.min_variance_fraction"] == pytest.approx(float(sv[-1] ** 2 / (sv**2).sum()))
+    assert row["positional.sv15"] == pytest.approx(float(P.positional_embedding_singular_values(models[5])[-1]))
+    w = P.weights_over_training(models.__getitem__, [0, 5], lambda m: {"gamma": m.ln_final.weight * 2})
+    assert w["gamma"].shape == (2, 16)
+    assert torch.equal(w["gamma"][1], models[5].ln_final.weight.detach() * 2)
+    with pytest.raises(ValueError, match="steps"):
+        P.weights_over_training(models.__getitem__, [], lambda m: {})
+
+
+# --- stage signatures --------------------------------------------------------------------------------
+
+from stagewise.probes import regression_signatures as S  # noqa: E402
+from stagewise.stages import Stage  # noqa: E402
+
+STEPS = np.unique(np.round(np.geomspace(1, 10_000, 60)))
+
+
+def _sigmoid(steps, centre, width=0.3):
+    return 1 / (1 + np.exp(-(np.log10(steps) - np.log10(centre)) / width * 4))
+
+
+def test_change_window_finds_a_sigmoid_rise_and_fall():
+    v = 2.0 + 3.0 * _sigmoid(STEPS, 1_000)
+    c = S.change_window(STEPS, v, "rise")
+    assert c.size == pytest.approx(v[-1] - v[0]) and (c.before, c.after) == (v[0], v[-1])
+    # the first checkpoint past 50% is the first at or after the centre (within one checkpoint)
+    assert c.step == STEPS[np.argmax(v >= v[0] + 0.5 * c.size)] and 1_000 <= c.step < 1_000 * 1.2
+    assert c.start < c.step < c.end
+    assert S.change_window(STEPS, -v, "fall") == S.Change(c.size, c.start, c.step, c.end, -v[0], -v[-1])
+    # a curve that rises and then falls by more: the fall is the largest fall, the rise the largest rise
+    w = np.concatenate([np.zeros(10), np.ones(10), -np.ones(10)])
+    s = np.arange(1, 31)
+    assert S.change_window(s, w, "rise").size == 1 and S.change_window(s, w, "rise").step == 11
+    fall = S.change_window(s, w, "fall")
+    assert fall.size == 2 and (fall.before, fall.after) == (1, -1) and fall.step == 21
+    with pytest.raises(ValueError, match="direction"):
+        S.change_window(s, w, "up")
+    with pytest.raises(ValueError, match="increasing"):
+        S.change_window(s[::-1], w, "rise")
+
+
+def test_minimum_and_dip():
+    v = np.array([0.0, -0.1, -0.4, -0.2, 0.1, 0.5, 0.45])
+    s = np.array([1, 2, 4, 8, 16, 32, 64])
+    assert S.curve_minimum(s, v) == (4.0, -0.4)
+    d = S.dip(s, v)
+    assert (d.step, d.value) == (4.0, -0.4)
+    assert d.depth == pytest.approx(0.4) and d.rebound == pytest.approx(0.9)
+    assert d.start == 2.0 and d.end == 16.0  # last above -0.2 before, first above 0.05 after
+    mono = S.dip(s, np.arange(7.0))  # no dip: minimum at the start
+    assert mono.depth == 0 and mono.step == 1.0
+
+
+def test_align_stages_by_llc_direction():
+    def stages(*deltas):
+        return [Stage(i, i + 1, "increase" if d > 0 else "decrease", 1, d) for i, d in enumerate(deltas)]
+
+    # flat start (edge plateau), rise, fall, rise: the paper's LR3 and LR4 merge
+    assert S.align_stages(stages(0.5, 130, -60, 10)) == [("LR1",), ("LR2",), ("LR3", "LR4"), ("LR5",)]
+    # a flat start with a slightly negative Δ is still flat
+    assert S.align_stages(stages(-0.5, 130, -60, 10)) == [("LR1",), ("LR2",), ("LR3", "LR4"), ("LR5",)]
+    assert S.align_stages(stages(130, -60, 10)) == [("LR1", "LR2"), ("LR3", "LR4"), ("LR5",)]
+    assert S.align_stages(stages(20, 100, -30, -40, 10)) == [("LR1",), ("LR2",), ("LR3",), ("LR4",), ("LR5",)]
+    assert S.align_stages(stages(-30, 100)) is None  # starts with a decrease
+    assert S.align_stages(stages(100, -30)) is None  # no final rise
+
+
+def test_boundary_table_pairs_boundaries_with_the_papers():
+    labels = [("LR1",), ("LR2",), ("LR3", "LR4"), ("LR5",)]
+    table = S.boundary_table([124, 1694, 7185], [[13, 124], [1541, 2062], [6879, 7608]], labels, 10_000)
+    assert list(table.boundary) == ["LR1|LR2", "LR2|LR3", "LR3|LR4", "LR4|LR5"]
+    assert list(table.paper) == [1_000, 40_000, 126_000, 320_000]
+    np.testing.assert_allclose(table.rescaled, [20, 800, 2520, 6400])
+    np.testing.assert_array_equal(table.detected, [124, 1694, np.nan, 7185])
+    assert table.interval_hi.iloc[3] == 7608
+    with pytest.raises(ValueError, match="labels"):
+        S.boundary_table([124], [[1, 2]], labels, 10_000)
+
+
+def test_signature_table_measures_and_places_each_signature():
+    probes = pd.DataFrame({
+        "step": STEPS,
+        "a.h1.e": 1.0 - 0.1 * _sigmoid(STEPS, 100),  # falls by 0.1
+        "a.h2.e": 1.0 - 0.8 * _sigmoid(STEPS, 3_000),  # falls by 0.8: the one reported
+        "ln": 0.7 * _sigmoid(STEPS, 5_000),
+        "d": 0.2 - 0.3 * _sigmoid(STEPS, 30) + 0.1 * _sigmoid(STEPS, 2_000),
+    })
+    sigs = [
+        S.Signature("LR2", "heads harden", "a.*.e", "fall", 0.3),
+        S.Signature("LR3", "collapse", "ln", "rise", 0.5),
+        S.Signature("LR4", "big collapse", "ln", "rise", 0.9),
+        S.Signature("LR1", "low", "d", "minimum", 0.0),
+        S.Signature("LR2", "halves", "a.h2.e", "fall", 0.5, relative=True),
+    ]
+    labels = [("LR1",), ("LR2",), ("LR3", "LR4"), ("LR5",)]
+    table = S.signature_table(probes, sigs, boundaries=[124, 1694, 7185], labels=labels).set_index("signature")
+    heads = table.loc["heads harden"]
+    assert heads.column == "a.h2.e" and heads.effect == pytest.approx(0.8, abs=0.01) and heads.appears
+    assert 3_000 <= heads.step < 3_600 and heads["our stage"] == 3 and heads["our stage name"] == "LR3+LR4"
+    assert not heads.in_paper_stage  # appears, but in LR3+LR4 rather than LR2
+    assert table.loc["collapse"].appears and table.loc["collapse"].in_paper_stage
+    assert not table.loc["big collapse"].appears and not table.loc["big collapse"].in_paper_stage
+    low = table.loc["low"]
+    assert low.appears and low.value_after == pytest.approx(probes.d.min()) and low.step < 1_694
+    assert table.loc["halves"].effect == pytest.approx(0.8, abs=0.01) and table.loc["halves"].appears
+    lowest = S.evaluate_signature(probes, S.Signature("LR2", "lowest", "a.*.e", "minimum", 0.5))
+    assert lowest["column"] == "a.h2.e" and lowest["effect"] == pytest.approx(probes["a.h2.e"].min())
+    with pytest.raises(ValueError, match="no probe column"):
+        S.evaluate_signature(probes, S.Signature("LR1", "x", "nope.*", "rise", 1))
+    with pytest.raises(ValueError, match="kind"):
+        S.Signature("LR1", "x", "ln", "wiggle", 1)
+    with pytest.raises(ValueError, match="relative"):
+        S.Signature("LR1", "x", "ln", "minimum", 1, relative=True)
+
+
+def test_paper_signatures_name_real_probe_columns():
+    ridge = P.behaviour_summary(P.RidgePredictor(SIGMA2), _batch(n=1024), SIGMA2)
+    sigs = S.paper_signatures(SIGMA2, ridge)
+    assert {s.stage for s in sigs} == {"LR1", "LR2", "LR3", "LR4"}
+    models = {0: _model(0), 1: _model(1)}
+    probes = P.probe_checkpoints(models.__getitem__, [0, 1], _batch(n=32), progress=False)
+    table = S.signature_table(probes, sigs)  # raises if a pattern names no column
+    assert len(table) == len(sigs) and table.appears.dtype == bool
+    with pytest.raises(ValueError, match="icl_1_D"):
+        S.paper_signatures(SIGMA2, {"icl_D_K": 0.2})

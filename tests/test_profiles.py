@@ -60,3 +60,22 @@ def test_default_profile_reads_the_environment(monkeypatch):
 def test_task_and_model_dimensions_must_agree():
     with pytest.raises(ValueError, match="must agree on D and K"):
         get_profile("regression", "cpu", task=RegressionTask(task_size=3))
+
+
+def test_llc_profile_of_other_seeds_changes_only_the_llc_settings():
+    from stagewise.llc import SGLDConfig
+
+    sgld = SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=1, num_draws=50, num_burnin=10, batch_size=64)
+    p = get_profile("regression", "smoke", seeds=(0, 1, 2), llc_seeds=(0, 2), other_seeds_llc_checkpoints=5,
+                    other_seeds_sgld=sgld)
+    assert p.llc_profile(0) is p
+    other = p.llc_profile(2)
+    assert (other.num_analysis_checkpoints, other.sgld) == (5, sgld)
+    assert (other.task, other.model, other.train, other.batch_size, other.seeds) == (p.task, p.model, p.train,
+                                                                                      p.batch_size, p.seeds)
+    same = get_profile("regression", "smoke", seeds=(0, 1), llc_seeds=(0, 1)).llc_profile(1)
+    assert (same.num_analysis_checkpoints, same.sgld) == (p.num_analysis_checkpoints, p.sgld)
+    with pytest.raises(ValueError, match="llc_seeds"):
+        p.llc_profile(1)
+    with pytest.raises(ValueError, match="other_seeds_llc_checkpoints"):
+        get_profile("regression", "smoke", other_seeds_llc_checkpoints=1)

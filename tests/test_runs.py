@@ -24,3 +24,24 @@ def test_regression_run_is_cached_and_hessian_curve_is_cached_per_checkpoint(tmp
     pd.testing.assert_frame_equal(regression_hessian(reg, hess, 0, progress=False), first)
     with pytest.raises(AssertionError, match="recomputed"):
         regression_hessian(reg, get_profile("hessian", "smoke", num_checkpoints=3, num_probes=3), 0, progress=False)
+
+
+def test_regression_probes_match_direct_probes_and_are_cached_per_checkpoint(tmp_cache, monkeypatch):
+    from stagewise.probes import regression as P
+    from stagewise.runs import regression_probe_batch, regression_probes
+
+    reg = get_profile("regression", "smoke")
+    table = regression_probes(reg, 0, num_checkpoints=3, progress=False)
+    run = regression_run(reg, 0, progress=False)
+    assert len(table) == 3 and table.step.iloc[0] == 0 and table.step.iloc[-1] == run.checkpoint_steps[-1]
+    direct = P.probe_checkpoints(run.load_model, table.step, regression_probe_batch(reg),
+                                 P.scalar_probes(reg.task.noise_variance), progress=False)
+    pd.testing.assert_frame_equal(table, direct)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a cached probe row was recomputed")
+
+    monkeypatch.setattr(P, "probe_checkpoint", must_not_run)
+    pd.testing.assert_frame_equal(regression_probes(reg, 0, num_checkpoints=3, progress=False), table)
+    with pytest.raises(AssertionError, match="recomputed"):  # a checkpoint not probed yet
+        regression_probes(reg, 0, num_checkpoints=4, progress=False)

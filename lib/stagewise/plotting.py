@@ -18,8 +18,10 @@ __all__ = [
     "apply_style",
     "figures_dir",
     "plot_essential_dynamics",
+    "plot_over_training",
     "plot_stages",
     "save_figure",
+    "shade_stages",
     "stage_color",
 ]
 
@@ -252,3 +254,43 @@ def plot_essential_dynamics(ed, stages=None, pairs=None, extra_points=None, circ
     if title:
         fig.suptitle(title)
     return fig
+
+
+def shade_stages(ax, result, label: bool = False) -> None:
+    """Shade ``result``'s stages (a :class:`stagewise.stages.StageResult`) on any over-training axis,
+    as in :func:`plot_stages` (orange hues: LLC increasing, blue: decreasing; boundaries dashed;
+    ``label`` numbers the stages on top), and put the axis on the standard log-step scale of
+    ``result.steps``. For probe curves drawn against the LLC's stages (App. C figures)."""
+    _shade_stages(ax, result, _stage_colors(result.stages), label=label)
+    _log_step_axis(ax, result.steps)
+
+
+def plot_over_training(ax, steps, curves, result=None, ylabel: str | None = None, yscale: str = "linear",
+                       colors=None, legend: bool = True, label_stages: bool = False, **line_kw):
+    """Draw curves ``{label: values over steps}`` against the training step on ``ax``, shaded by the
+    stages of ``result`` (if given; else a plain log-step axis). Steps ≤ 0 are left out on the log
+    axis. ``colors``: one colour per curve (default: the colour cycle, or ``color`` in ``line_kw``).
+    Shade an axis once: when several calls draw on it, pass ``result`` to one of them. Returns ``ax``."""
+    apply_style()
+    steps = np.asarray(steps, dtype=float)
+    keep = steps > 0
+    colors = list(colors) if colors is not None else [None] * len(curves)
+    if len(colors) != len(curves):
+        raise ValueError(f"colors: need one per curve ({len(curves)}), got {len(colors)}")
+    for (label, values), color in zip(curves.items(), colors):
+        values = np.asarray(values, dtype=float)
+        if values.shape != steps.shape:
+            raise ValueError(f"curve {label!r} has shape {values.shape}, steps have {steps.shape}")
+        kw = {"lw": 1.2, **line_kw, **({"color": color} if color is not None else {})}
+        ax.plot(steps[keep], values[keep], label=label, **kw)
+    if result is not None:
+        shade_stages(ax, result, label=label_stages)
+    else:
+        ax.set_xscale("log")
+    ax.set_yscale(yscale)
+    ax.set_xlabel("training step $t$")
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if legend and len(curves) > 1:
+        ax.legend(loc="best")
+    return ax

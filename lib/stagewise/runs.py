@@ -3,8 +3,9 @@
 ``regression_run(profile, seed)`` trains the regression transformer of a profile (or loads it from
 the artifact cache, or resumes it) and returns a :class:`~stagewise.train.TrainedRun`;
 ``language_run(profile)`` does the same for the attention-only language model (building the corpus
-first if it is missing). ``regression_llc`` and ``regression_hessian`` compute the per-checkpoint
-curves of a regression run (LLC, Hessian trace and top eigenvalue), cached per checkpoint.
+first if it is missing). ``regression_llc``, ``regression_hessian`` and ``regression_probes`` compute
+the per-checkpoint curves of a regression run (LLC, Hessian trace and top eigenvalue, App. C probes),
+cached per checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from stagewise.profiles.regression import RegressionProfile
 from stagewise.train import TrainConfig, TrainedRun, train_cached
 
 __all__ = ["RegressionRunKey", "regression_run", "regression_llc", "regression_hessian", "LanguageRunKey",
-           "language_run"]
+           "language_run", "regression_probe_batch", "regression_probes"]
 
 
 @dataclass(frozen=True)
@@ -145,3 +146,59 @@ def language_run(profile, progress: bool = True) -> TrainedRun:
         description=f"{profile.model.n_layers}-layer LM",
         tokens_per_batch=profile.tokens_per_step,
     )
+
+
+PROBE_BATCH_SEED = 1  # seed of the fixed evaluation batch every probe checkpoint sees
+
+
+def regression_probe_batch(profile: RegressionProfile):
+    """The fixed evaluation batch of ``profile.num_eval`` sequences the App. C probes are run on."""
+    import torch
+
+    from stagewise.data.regression import sample_batch
+
+    return sample_batch(profile.task, profile.num_eval, torch.Generator().manual_seed(PROBE_BATCH_SEED))
+
+
+def regression_probes(profile: RegressionProfile, seed: int, num_checkpoints: int | None = None,
+                      progress: bool = True):
+    """The scalar probes of App. C (:func:`stagewise.probes.regression.scalar_probes`) of
+    ``regression_run(profile, seed)`` at ``num_checkpoints`` checkpoints (default the profile's
+    ``num_analysis_checkpoints``, spread evenly in log step), on :func:`regression_probe_batch`.
+
+    Cached per checkpoint; the key includes the source of the probe modules, so editing a probe
+    recomputes instead of serving stale numbers. Returns a DataFrame, one row per step (``step``
+    column first), as :func:`~stagewise.probes.regression.probe_checkpoints`.
+    """
+    import hashlib
+    import inspect
+
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from stagewise.cache import artifact_dir, atomic_save, config_to_dict, load_artifact
+    from stagewise.probes import regression as probes_mod
+    from stagewise.probes import regression_behaviour, regression_structure
+    from stagewise.train import analysis_steps
+
+    num = profile.num_analysis_checkpoints if num_checkpoints is None else num_checkpoints
+    run = regression_run(profile, seed, progress=progress)
+    steps = analysis_steps(run.checkpoint_steps, num)
+    batch = regression_probe_batch(profile)
+    mean_task = probes_mod.task_prior_mean(profile.task) if profile.task.num_tasks is not None else None
+    probes = probes_mod.scalar_probes(profile.task.noise_variance, mean_task=mean_task)
+    source = hashlib.sha256("".join(inspect.getsource(m) for m in (probes_mod, regression_behaviour,
+                                                                    regression_structure)).encode()).hexdigest()[:16]
+    directory = artifact_dir("regression_probes", {"run": config_to_dict(_regression_key(profile, seed)),
+                                                   "num_eval": profile.num_eval, "batch_seed": PROBE_BATCH_SEED,
+                                                   "probe_source": source})
+    rows = []
+    for step in tqdm(steps, desc=f"probes seed {seed}", disable=not progress):
+        path = directory / f"step_{int(step):08d}.pt"
+        if path.exists():
+            row = load_artifact(path)
+        else:
+            row = {"step": int(step), **probes_mod.probe_checkpoint(run.load_model(int(step)), batch, probes)}
+            atomic_save(row, path)
+        rows.append(row)
+    return pd.DataFrame(rows)

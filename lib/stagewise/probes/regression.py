@@ -32,12 +32,14 @@ from stagewise.probes.regression_structure import (
     effective_rank,
     embedding_alignment,
     embedding_singular_values,
+    explained_variance,
     layer_norm_collapse,
     positional_embedding_singular_values,
     unembedding_collapse,
 )
 
-__all__ = [*_behaviour_all, *_structure_all, "ScalarProbe", "scalar_probes", "probe_checkpoints"]
+__all__ = [*_behaviour_all, *_structure_all, "ScalarProbe", "scalar_probes", "probe_checkpoint", "probe_checkpoints",
+           "weights_over_training"]
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,16 @@ def _embedding(model, batch):
     sv = embedding_singular_values(model)
     out = {f"sv{i}": float(s) for i, s in enumerate(sv)}
     out["effective_rank"] = effective_rank(sv)
+    out["min_variance_fraction"] = float(explained_variance(sv)[-1])  # C.4.1: 2.9% vs ~24%
     return out
 
 
 def _positional(model, batch):
     sv = positional_embedding_singular_values(model)
-    return {"effective_rank": effective_rank(sv), "sv0": float(sv[0]), "frob_norm": float(model.pos_embedding.detach().norm())}
+    out = {f"sv{i}": float(s) for i, s in enumerate(sv)}
+    out["effective_rank"] = effective_rank(sv)
+    out["frob_norm"] = float(model.pos_embedding.detach().norm())
+    return out
 
 
 def _alignment(model, batch):
@@ -62,8 +68,12 @@ def _alignment(model, batch):
 
 
 def _layer_norms(model, batch, threshold):
-    table = layer_norm_collapse(model, threshold)
-    return {f"{r.layer_norm}.frac_small_weight": r.frac_small_weight for r in table.itertuples()}
+    out = {}
+    for r in layer_norm_collapse(model, threshold).itertuples():
+        out[f"{r.layer_norm}.frac_small_weight"] = r.frac_small_weight
+        out[f"{r.layer_norm}.weight_std"] = r.weight_std
+        out[f"{r.layer_norm}.bias_std"] = r.bias_std
+    return out
 
 
 def _attention(model, batch):
@@ -109,15 +119,36 @@ def scalar_probes(noise_variance: float = 0.125, mean_task: torch.Tensor | None 
     }
 
 
+def probe_checkpoint(model: nn.Module, batch: RegressionBatch,
+                     probes: Mapping[str, ScalarProbe] | None = None) -> dict[str, float]:
+    """Evaluate scalar probes on one model: ``{column: value}`` (one row of :func:`probe_checkpoints`).
+
+    A probe returning a float gives column ``name``; one returning a mapping gives ``name.key`` columns.
+    ``probes`` defaults to :func:`scalar_probes` with the paper's σ² = 0.125.
+    """
+    probes = scalar_probes() if probes is None else probes
+    if not probes:
+        raise ValueError("probes must hold at least one probe")
+    check_batch(model, batch)
+    row: dict[str, float] = {}
+    with torch.no_grad():
+        for name, probe in probes.items():
+            value = probe(model, batch)
+            if isinstance(value, Mapping):
+                row.update({f"{name}.{k}": float(v) for k, v in value.items()})
+            else:
+                row[name] = float(value)
+    return row
+
+
 def probe_checkpoints(run_loader: Callable[[int], nn.Module], steps: Iterable[int], batch: RegressionBatch,
                       probes: Mapping[str, ScalarProbe] | None = None, progress: bool = True) -> pd.DataFrame:
     """Evaluate scalar probes at every checkpoint: one row per step (wide format).
 
     ``run_loader(step)`` returns the model at that checkpoint (e.g. ``TrainedRun.load_model``);
     ``batch`` is the fixed evaluation batch, the same at every checkpoint. ``probes`` defaults to
-    :func:`scalar_probes` with the paper's σ² = 0.125 (pass your own for another task). A probe
-    returning a float gives column ``name``; one returning a mapping gives ``name.key`` columns.
-    The first column is ``step``.
+    :func:`scalar_probes` with the paper's σ² = 0.125 (pass your own for another task); columns as in
+    :func:`probe_checkpoint`. The first column is ``step``.
     """
     steps = [int(s) for s in steps]
     if not steps:
@@ -125,18 +156,26 @@ def probe_checkpoints(run_loader: Callable[[int], nn.Module], steps: Iterable[in
     probes = scalar_probes() if probes is None else probes
     if not probes:
         raise ValueError("probes must hold at least one probe")
-    rows = []
-    for step in tqdm(steps, desc="probes", disable=not progress):
-        model = run_loader(step)
-        check_batch(model, batch)
-        row: dict[str, float] = {"step": step}
-        with torch.no_grad():
-            for name, probe in probes.items():
-                value = probe(model, batch)
-                if isinstance(value, Mapping):
-                    row.update({f"{name}.{k}": float(v) for k, v in value.items()})
-                else:
-                    row[name] = float(value)
-        rows.append(row)
+    rows = [{"step": step, **probe_checkpoint(run_loader(step), batch, probes)}
+            for step in tqdm(steps, desc="probes", disable=not progress)]
     log.info("probed %d checkpoints with %d probes", len(steps), len(probes))
     return pd.DataFrame(rows)
+
+
+def weights_over_training(run_loader: Callable[[int], nn.Module], steps: Iterable[int],
+                          read: Callable[[nn.Module], Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack tensors read from each checkpoint's model: ``{name: [len(steps), ...]}``.
+
+    For the whole-vector plots of App. C.4.3–C.4.4 (Figs. C.6, C.7: every component of γ, β, W_U
+    over time), e.g. ``read=lambda m: {"gamma": m.ln_final.weight}``. ``read`` must return tensors
+    of the same shapes at every checkpoint.
+    """
+    steps = [int(s) for s in steps]
+    if not steps:
+        raise ValueError("steps must hold at least one checkpoint step")
+    stacked: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for step in steps:
+            for name, tensor in read(run_loader(step)).items():
+                stacked.setdefault(name, []).append(tensor.detach().clone())
+    return {name: torch.stack(ts) for name, ts in stacked.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from stagewise.data.regression import RegressionTask
 from stagewise.llc import SGLDConfig
@@ -34,6 +34,10 @@ class RegressionProfile:
                                              batch_size=1024)
     num_sgld_samples: int = 2**20
     llc_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # training seeds whose LLC curve is estimated
+    # Fig. B.1b: the llc_seeds after the first may be estimated at fewer checkpoints and with another
+    # SGLD config, to fit a budget (None: the same as the first seed's).
+    other_seeds_llc_checkpoints: int | None = None
+    other_seeds_sgld: SGLDConfig | None = None
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -44,6 +48,8 @@ class RegressionProfile:
             raise ValueError(f"num_eval must be >= 1, got {self.num_eval}")
         if self.num_analysis_checkpoints < 2:
             raise ValueError(f"num_analysis_checkpoints must be >= 2, got {self.num_analysis_checkpoints}")
+        if self.other_seeds_llc_checkpoints is not None and self.other_seeds_llc_checkpoints < 2:
+            raise ValueError(f"other_seeds_llc_checkpoints must be >= 2 or None, got {self.other_seeds_llc_checkpoints}")
         if not set(self.llc_seeds) <= set(self.seeds):
             raise ValueError(f"llc_seeds {self.llc_seeds} must be among the training seeds {self.seeds}")
         if self.task.task_size != self.model.task_size or self.task.max_examples != self.model.max_examples:
@@ -51,6 +57,19 @@ class RegressionProfile:
                 f"task (D={self.task.task_size}, K={self.task.max_examples}) and model "
                 f"(D={self.model.task_size}, K={self.model.max_examples}) must agree on D and K"
             )
+
+
+    def llc_profile(self, seed: int) -> RegressionProfile:
+        """The profile whose ``num_analysis_checkpoints`` and ``sgld`` give ``seed``'s LLC curve: this one
+        for the first of ``llc_seeds``, with the ``other_seeds_*`` settings for the others. The training
+        run (keyed by task, model, train, batch size and seed) is the same."""
+        if seed not in self.llc_seeds:
+            raise ValueError(f"seed {seed} is not among llc_seeds {self.llc_seeds}")
+        if seed == self.llc_seeds[0]:
+            return self
+        return replace(self,
+                       num_analysis_checkpoints=self.other_seeds_llc_checkpoints or self.num_analysis_checkpoints,
+                       sgld=self.other_seeds_sgld or self.sgld)
 
 
 PROFILES = {
@@ -73,11 +92,12 @@ PROFILES = {
         model=RegressionTransformerConfig(),
         train=TrainConfig(num_steps=60, num_linear=10, num_log=10, resume_every=20),
         batch_size=32,
-        seeds=(0,),
+        seeds=(0, 1),  # two, so that every multi-seed cell (Fig. B.1b) runs
         num_eval=64,
         num_analysis_checkpoints=10,
         sgld=SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=1, num_draws=10, num_burnin=5, batch_size=32),
         num_sgld_samples=256,
-        llc_seeds=(0,),
+        llc_seeds=(0, 1),
+        other_seeds_llc_checkpoints=9,  # 8 positive steps, the least stage detection takes
     ),
 }
