@@ -73,7 +73,8 @@ def test_llc_profile_of_other_seeds_changes_only_the_llc_settings():
     assert (other.num_analysis_checkpoints, other.sgld) == (5, sgld)
     assert (other.task, other.model, other.train, other.batch_size, other.seeds) == (p.task, p.model, p.train,
                                                                                       p.batch_size, p.seeds)
-    same = get_profile("regression", "smoke", seeds=(0, 1), llc_seeds=(0, 1)).llc_profile(1)
+    same = get_profile("regression", "smoke", seeds=(0, 1), llc_seeds=(0, 1), other_seeds_llc_checkpoints=None,
+                       other_seeds_sgld=None).llc_profile(1)
     assert (same.num_analysis_checkpoints, same.sgld) == (p.num_analysis_checkpoints, p.sgld)
     with pytest.raises(ValueError, match="llc_seeds"):
         p.llc_profile(1)
