@@ -294,3 +294,84 @@ def plot_over_training(ax, steps, curves, result=None, ylabel: str | None = None
     if legend and len(curves) > 1:
         ax.legend(loc="best")
     return ax
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-token loss change rendered as text (main paper Fig. 5)
+
+__all__ += ["plot_token_loss_change"]
+
+_MONO_ADVANCE = 0.602  # advance width of DejaVu Sans Mono, in em
+
+
+def plot_token_loss_change(tokens, change, width: int = 80, vmax: float | None = None, fontsize: float = 9.0,
+                           title: str | None = None, cmap: str = "RdBu"):
+    """The text of ``tokens``, each token on a background coloured by its loss change (Fig. 5).
+
+    ``tokens``: the token strings in order (e.g. the ``token`` column of
+    :func:`stagewise.probes.language.per_token_loss_change`); ``change``: loss_after - loss_before
+    per token in nats (NaN, e.g. for the first token, is left white). Red: the later checkpoint
+    predicts the token better; blue: worse (the paper's colours), on a scale symmetric about 0 up to
+    ``vmax`` (default: the largest |change|). Monospace, wrapped at ``width`` characters; a newline
+    inside a token is drawn as ``↵`` and breaks the line. Returns the Figure (save it with
+    :func:`save_figure`).
+    """
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
+
+    apply_style()
+    tokens = [str(t) for t in tokens]
+    change = np.asarray(change, dtype=float)
+    if change.shape != (len(tokens),):
+        raise ValueError(f"change must hold one value per token ({len(tokens)}), got shape {change.shape}")
+    if not isinstance(width, int) or width < 10:
+        raise ValueError(f"width must be an integer >= 10 characters, got {width!r}")
+    finite = np.isfinite(change)
+    if vmax is None:
+        vmax = float(np.abs(change[finite]).max()) if finite.any() else 1.0
+    if not vmax > 0:
+        raise ValueError(f"vmax must be > 0, got {vmax!r}")
+    norm, colormap = Normalize(-vmax, vmax), plt.get_cmap(cmap)
+
+    # lay the text out on a character grid: (row, column, text, value) per drawn piece
+    pieces, row, col = [], 0, 0
+    for text, value in zip(tokens, change):
+        parts = text.replace("\t", "    ").split("\n")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            shown = part if last else part + "\u21b5"
+            if col > 0 and col + len(shown) > width:
+                row, col = row + 1, 0
+            if shown:
+                pieces.append((row, col, shown, value))
+                col += len(shown)
+            if not last:
+                row, col = row + 1, 0
+    n_rows = row + 1
+
+    char_in = _MONO_ADVANCE * fontsize / 72
+    line_in = 1.45 * fontsize / 72
+    margin, bar_in = 0.15, 0.45
+    fig_w, fig_h = width * char_in + 2 * margin, n_rows * line_in + bar_in + 2 * margin + (0.3 if title else 0)
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes([margin / fig_w, (margin + bar_in) / fig_h, width * char_in / fig_w, n_rows * line_in / fig_h])
+    ax.set_xlim(0, width)
+    ax.set_ylim(n_rows, 0)
+    ax.axis("off")
+    for r, c, text, value in pieces:
+        if np.isfinite(value):
+            face = colormap(norm(value))
+            ax.add_patch(Rectangle((c, r + 0.05), len(text), 0.9, facecolor=face, edgecolor="none", lw=0))
+            luminance = 0.299 * face[0] + 0.587 * face[1] + 0.114 * face[2]
+            color = "white" if luminance < 0.5 else "black"
+        else:
+            color = "0.35"
+        ax.text(c, r + 0.5, text, family="DejaVu Sans Mono", fontsize=fontsize, va="center", ha="left",
+                color=color, parse_math=False)
+    cax = fig.add_axes([0.25, margin / fig_h, 0.5, 0.12 / fig_h])
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=colormap), cax=cax, orientation="horizontal")
+    bar.ax.grid(False)
+    bar.set_label("loss change (nats): red = better, blue = worse", fontsize=8)
+    if title:
+        fig.suptitle(title, y=1 - 0.1 / fig_h, va="top")
+    return fig
