@@ -56,11 +56,41 @@ def test_dmmse_matches_direct_softmax_and_m1_is_the_root_task():
     np.testing.assert_allclose(dmmse_predict(b.xs, b.ys, root, SIGMA2), b.xs @ root[0], atol=1e-6)
 
 
-def test_dmmse_is_exact_without_overflow_for_huge_m():
-    tasks = task_set(RegressionTask(task_size=3, num_tasks=2**15))
-    b = _batch(n=4, K=16)
-    pred = dmmse_predict(b.xs * 30, b.ys * 30, tasks, SIGMA2)  # huge residuals: exp would underflow
-    assert torch.isfinite(pred).all()
+def _dmmse_direct_logsumexp(x, y, tasks):
+    """Per-sequence dMMSE_M with scipy's logsumexp over tasks (an independent code path)."""
+    from scipy.special import logsumexp
+
+    out = np.zeros(len(y))
+    for k in range(len(y)):
+        logw = -((y[:k, None] - x[:k] @ tasks.T) ** 2).sum(0) / (2 * SIGMA2)  # [M]
+        w = np.exp(logw - logsumexp(logw))
+        out[k] = (w @ tasks) @ x[k]
+    return out
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_dmmse_is_exact_for_m_2_15_even_where_naive_weights_underflow(scale):
+    tasks = task_set(RegressionTask(task_size=3, num_tasks=2**15)).double()
+    b = _batch(n=3, K=16)
+    xs, ys = b.xs.double() * scale, b.ys.double() * scale
+    if scale > 1:  # every un-normalised weight exp(-SSE / 2σ²) is 0.0 in float64 at the last prefix
+        sse = ((ys[:, None, :-1] - torch.einsum("bkd,md->bmk", xs[:, :-1], tasks)) ** 2).sum(-1)
+        assert torch.all(torch.exp(-sse / (2 * SIGMA2)) == 0)
+    pred = dmmse_predict(xs, ys, tasks, SIGMA2, ).numpy()
+    assert np.all(np.isfinite(pred))
+    for i in range(3):
+        np.testing.assert_allclose(pred[i], _dmmse_direct_logsumexp(xs[i].numpy(), ys[i].numpy(), tasks.numpy()),
+                                   rtol=1e-7, atol=1e-9)
+
+
+def test_dmmse_chunking_does_not_change_the_answer():
+    from stagewise.ridge import dmmse_task_estimates
+
+    tasks = task_set(RegressionTask(task_size=3, num_tasks=300))
+    b = _batch(n=50, K=6)
+    whole = dmmse_task_estimates(b.xs, b.ys, tasks, SIGMA2)
+    chunked = dmmse_task_estimates(b.xs, b.ys, tasks, SIGMA2, chunk_elements=300 * 6 * 7)  # 7 sequences a chunk
+    torch.testing.assert_close(whole, chunked)
 
 
 def test_dmmse_approaches_ridge_as_task_diversity_grows():
@@ -94,3 +124,9 @@ def test_bad_inputs():
         dmmse_predict(b.xs, b.ys, torch.zeros(4, 2), SIGMA2)
     with pytest.raises(ValueError, match="xs must be"):
         ridge_predict(b.xs[0], b.ys, SIGMA2)
+    with pytest.raises(ValueError, match="xs must be"):  # K of xs and ys disagree
+        dmmse_predict(b.xs[:, :3], b.ys, torch.zeros(4, 3), SIGMA2)
+    with pytest.raises(ValueError, match=r"M >= 1"):  # an empty task set, M = 0
+        dmmse_predict(b.xs, b.ys, torch.zeros(0, 3), SIGMA2)
+    with pytest.raises(ValueError, match="num_tasks"):
+        RegressionTask(task_size=3, num_tasks=0)

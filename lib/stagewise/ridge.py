@@ -26,14 +26,22 @@ def _check(xs: torch.Tensor, ys: torch.Tensor, noise_variance: float) -> None:
         raise ValueError(f"noise_variance (σ²) must be > 0 for the ideal predictors, got {noise_variance}")
 
 
+def _exclusive_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """out_k = Σ_{j<k} x_j along ``dim`` (out_1 = 0). Summed directly rather than as cumsum − x,
+    which cancels catastrophically in float32 when the terms are large (huge residuals)."""
+    x = x.movedim(dim, -1)
+    out = torch.cat([torch.zeros_like(x[..., :1]), torch.cumsum(x[..., :-1], dim=-1)], dim=-1)
+    return out.movedim(-1, dim)
+
+
 def ridge_task_estimates(xs: torch.Tensor, ys: torch.Tensor, noise_variance: float) -> torch.Tensor:
     """Posterior-mean task t̂_k under N(0, I_D) from the first k−1 examples, shape [B, K, D]."""
     _check(xs, ys, noise_variance)
     B, K, D = xs.shape
     outer = xs.unsqueeze(-1) * xs.unsqueeze(-2)  # [B, K, D, D]
     # exclusive cumulative sums: prefix k uses examples j < k
-    gram = torch.cumsum(outer, dim=1) - outer
-    rhs = torch.cumsum(ys.unsqueeze(-1) * xs, dim=1) - ys.unsqueeze(-1) * xs  # [B, K, D]
+    gram = _exclusive_cumsum(outer, dim=1)
+    rhs = _exclusive_cumsum(ys.unsqueeze(-1) * xs, dim=1)  # [B, K, D]
     eye = torch.eye(D, dtype=xs.dtype, device=xs.device)
     return torch.linalg.solve(gram + noise_variance * eye, rhs.unsqueeze(-1)).squeeze(-1)
 
@@ -54,7 +62,9 @@ def dmmse_task_estimates(
     if tasks.dim() != 2 or tasks.shape[1] != xs.shape[2]:
         raise ValueError(f"tasks must be [M, D] with D = {xs.shape[2]}, got {tuple(tasks.shape)}")
     if len(tasks) < 1:
-        raise ValueError("tasks must hold at least one task (M >= 1)")
+        raise ValueError("tasks must hold at least one task (M >= 1), got an empty task set")
+    if chunk_elements < 1:
+        raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements}")
     B, K, D = xs.shape
     M = len(tasks)
     step = max(1, chunk_elements // (M * K))
@@ -63,7 +73,7 @@ def dmmse_task_estimates(
         x, y = xs[lo:lo + step], ys[lo:lo + step]
         resid2 = (y.unsqueeze(1) - torch.einsum("bkd,md->bmk", x, tasks)) ** 2  # [b, M, K]
         # exclusive cumulative sum over k: prefix k sees residuals of examples j < k
-        sse = torch.cumsum(resid2, dim=-1) - resid2
+        sse = _exclusive_cumsum(resid2, dim=-1)
         weights = torch.softmax(-sse / (2 * noise_variance), dim=1)  # [b, M, K]
         out.append(torch.einsum("bmk,md->bkd", weights, tasks))
     return torch.cat(out)
