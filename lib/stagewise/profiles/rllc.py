@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stagewise.data.domains import DomainConfig
 from stagewise.llc import SGLDConfig
+from stagewise.profiles.language import PROFILES as LANGUAGE_PROFILES
 
 __all__ = ["RefinedLLCProfile", "PROFILES"]
 
@@ -12,7 +14,17 @@ __all__ = ["RefinedLLCProfile", "PROFILES"]
 @dataclass(frozen=True)
 class RefinedLLCProfile:
     """Per-head weight-refined LLC settings. ``language`` names the language profile whose trained
-    model (notebook 01's cache) is analysed; ``num_checkpoints`` how many of its checkpoints."""
+    model (notebook 01's cache) is analysed; ``num_checkpoints`` how many of its checkpoints.
+
+    Data-refined LLCs and ablations (refined paper §4.2, App. B, C.1, E, F.5):
+    ``heads``: the heads of the per-head sweeps (empty = all). ``domains``: the other data sets q'
+    (:class:`stagewise.data.domains.DomainConfig`) of the drLLCs, named by ``domain_names``.
+    ``data_refined_nbeta``: nβ of the drLLC runs (paper: 30 instead of 23, App. F.2).
+    ``ablation_contexts``: contexts of the reference set for mean ablation and of the tokens-in-context
+    search (paper: 100k samples); ``tokens_in_context``: how many most-affected tokens in context per
+    head (paper: 1k). ``induction_heads``: the heads of the per-head ICL score (Fig. 10; the paper's
+    1:6 and 1:7 — another run's come from the head classification). ``cluster_counts``: c of App. F.5.
+    """
 
     name: str
     language: str
@@ -20,10 +32,30 @@ class RefinedLLCProfile:
                                                                 num_chains=4, num_draws=200, num_burnin=0,
                                                                 batch_size=100, seed=0))
     num_checkpoints: int = 50
+    heads: tuple[str, ...] = ()
+    domains: tuple[DomainConfig, ...] = (DomainConfig("code"), DomainConfig("german"))
+    domain_names: tuple[str, ...] = ("code", "german")
+    data_refined_nbeta: float = 30.0
+    ablation_contexts: int = 100_000
+    tokens_in_context: int = 1000
+    induction_heads: tuple[str, ...] = ("1:6", "1:7")
+    cluster_counts: tuple[int, ...] = (2, 3, 4)
 
     def __post_init__(self):
         if self.num_checkpoints < 1:
             raise ValueError(f"num_checkpoints must be >= 1, got {self.num_checkpoints}")
+        if len(self.domains) != len(self.domain_names) or len(set(self.domain_names)) != len(self.domain_names):
+            raise ValueError(f"domain_names must name each of the {len(self.domains)} domains once, "
+                             f"got {self.domain_names}")
+        if "train" in self.domain_names:
+            raise ValueError("domain_names must not use 'train' (the name of the training distribution)")
+        if not self.data_refined_nbeta > 0:
+            raise ValueError(f"data_refined_nbeta must be > 0, got {self.data_refined_nbeta}")
+        for name in ("ablation_contexts", "tokens_in_context"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not self.cluster_counts or any(c < 2 for c in self.cluster_counts):
+            raise ValueError(f"cluster_counts must be integers >= 2, got {self.cluster_counts}")
 
 
 PROFILES = {
@@ -34,9 +66,16 @@ PROFILES = {
     "cpu": RefinedLLCProfile(name="cpu", language="cpu",
                              sgld=SGLDConfig(epsilon=1e-3, gamma=200.0, nbeta=23.0, num_chains=2, num_draws=50,
                                              num_burnin=10, batch_size=4, seed=0),
-                             num_checkpoints=2),
+                             num_checkpoints=2, ablation_contexts=2000),
     "smoke": RefinedLLCProfile(name="smoke", language="smoke",
                                sgld=SGLDConfig(epsilon=1e-3, gamma=200.0, nbeta=23.0, num_chains=1, num_draws=5,
                                                num_burnin=0, batch_size=4, seed=0),
-                               num_checkpoints=2),
+                               num_checkpoints=2,
+                               # no downloads in CI: a slice of the local standard library and one
+                               # source of the committed sample corpus
+                               domains=(DomainConfig("code", max_chars=200_000),
+                                        DomainConfig("corpus", corpus=LANGUAGE_PROFILES["smoke"].corpus,
+                                                     corpus_source="austen", min_document_chars=0)),
+                               domain_names=("code", "austen"), ablation_contexts=8, tokens_in_context=20,
+                               induction_heads=("1:0", "1:1"), cluster_counts=(2,)),
 }
