@@ -201,3 +201,16 @@ def test_sweep_bad_arguments(tmp_cache):
     with pytest.raises(ValueError, match="executor"):
         head_llc_sweep(cks, SWEEP_MODEL, lm_forward_loss, data, SWEEP_CFG, heads=["0:1"], executor="threads",
                        progress=False)
+
+
+def test_weights_digest_is_the_llc_caches_and_handles_scalar_buffers(tiny_lm):
+    from stagewise.llc.sweep import _tensor_digest
+    from stagewise.refined import _weights_digest
+
+    state = tiny_lm.state_dict()
+    assert any(t.dim() == 0 for t in state.values())  # TransformerLens' attn.IGNORE
+    non_scalar = {k: v for k, v in state.items() if v.dim() > 0}
+    assert _weights_digest(non_scalar) == _tensor_digest(non_scalar)  # same key as estimate_llc_sweep's
+    changed = dict(state)
+    changed["blocks.0.attn.IGNORE"] = torch.tensor(-1e4)
+    assert _weights_digest(changed) != _weights_digest(state)

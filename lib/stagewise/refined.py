@@ -1,5 +1,8 @@
 """Refined LLCs of attention heads (Wang et al., refined LLC; shared/refined-llc.md).
 
+The estimator λ̂(w*; V, q') (§3.2: eq. 2 with the Gibbs posterior of eq. 6 over V, for the
+refined LLC of eqs. 4-5) is the LLC engine's SGLD with updates projected onto V and batches from q':
+
 * Weight-refined LLC (wrLLC) λ̂(w*; V): SGLD moves only the weights V of one head — its W_Q, W_K,
   W_V, W_O and biases b_Q, b_K, b_V — with every other weight frozen at w*. In TransformerLens these
   are slices along the head axis of ``blocks.{l}.attn.W_*`` / ``b_*``; the shared output bias b_O
