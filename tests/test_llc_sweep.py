@@ -82,3 +82,14 @@ def test_calibration_grid_and_trace_plot(tmp_cache):
     assert len(df) == 2 * 2 * 2 and set(df["epsilon"]) == {1e-5, 1e-4}
     fig = plot_llc_traces(cal)
     assert len(fig.axes) == 4
+
+
+def test_weight_digest_handles_scalar_buffers():
+    """TransformerLens keeps a 0-d ``IGNORE`` buffer in every attention layer: the cache key must
+    hash it (a plain ``view(uint8)`` refuses 0-d tensors) and still tell different values apart."""
+    from stagewise.llc.sweep import _tensor_digest
+
+    a = _tensor_digest({"w": torch.ones(3), "ignore": torch.tensor(-1e5)})
+    b = _tensor_digest({"w": torch.ones(3), "ignore": torch.tensor(-1e4)})
+    assert a != b
+    assert a == _tensor_digest({"w": torch.ones(3), "ignore": torch.tensor(-1e5)})

@@ -89,7 +89,8 @@ def _tensor_digest(tensors: Mapping[str, torch.Tensor] | Sequence[torch.Tensor])
     for k, t in items:
         t = t.detach().cpu().contiguous()
         h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape first: view(uint8) refuses 0-d tensors (TransformerLens' attn.IGNORE buffer)
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:32]
 
 
