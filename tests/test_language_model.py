@@ -100,3 +100,42 @@ def test_language_profiles():
         get_profile("language", "cpu", model=LanguageModelConfig(d_vocab=4000))
     with pytest.raises(ValueError, match="batch_size"):
         get_profile("language", "cpu", batch_size=0)
+
+
+def test_subsampled_loss_is_the_mean_over_its_positions_and_covers_every_position():
+    """The SGLD loss with the unembedding at every ``stride``-th position equals the cross-entropy
+    averaged over exactly those positions of the full logits, and ``stride`` rows tile each
+    position once (so it is unbiased for the all-position loss)."""
+    from torch.func import functional_call
+
+    from stagewise.models.language import (lm_forward_loss, lm_forward_loss_subsampled, per_token_loss,
+                                           subsampled_positions)
+
+    torch.manual_seed(0)
+    model = make_language_model(LanguageModelConfig(n_layers=2, n_ctx=17, d_model=32, n_heads=4)).eval()
+    with torch.no_grad():
+        model.pos_embed.W_pos.normal_()  # Shortformer positions must still reach the attention layers
+    tokens = torch.randint(0, 5000, (8, 17))
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def forward(*args, **kwargs):
+        return functional_call(model, params, args, kwargs)
+
+    full = per_token_loss(model(tokens, return_type="logits"), tokens)  # [8, 16]
+    pos = subsampled_positions(8, 17, 4)
+    assert pos.shape == (8, 4)
+    counts = torch.bincount(pos[:4].reshape(-1), minlength=16)
+    assert torch.equal(counts, torch.ones(16, dtype=torch.long))  # 4 rows cover 16 positions once
+    expected = torch.gather(full, 1, pos).mean()
+    got = lm_forward_loss_subsampled(forward, (tokens,), stride=4)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(lm_forward_loss_subsampled(forward, (tokens,), stride=1), lm_forward_loss(forward, (tokens,)))
+    # a gradient flows to the attention weights (they still see the whole context)
+    p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    loss = lm_forward_loss_subsampled(lambda *a, **k: functional_call(model, p, a, k), (tokens,), stride=4)
+    loss.backward()
+    assert p["blocks.0.attn.W_Q"].grad.abs().sum() > 0 and p["pos_embed.W_pos"].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="stride"):
+        subsampled_positions(8, 17, 0)
+    with pytest.raises(ValueError, match="stride"):
+        subsampled_positions(8, 17, 17)

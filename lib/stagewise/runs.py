@@ -20,7 +20,7 @@ from stagewise.profiles.regression import RegressionProfile
 from stagewise.train import TrainConfig, TrainedRun, train_cached
 
 __all__ = ["RegressionRunKey", "regression_run", "regression_llc", "regression_hessian", "LanguageRunKey",
-           "language_run", "regression_probe_batch", "regression_probes"]
+           "language_run", "regression_probe_batch", "regression_probes", "language_analysis_steps", "language_llc"]
 
 
 @dataclass(frozen=True)
@@ -202,3 +202,36 @@ def regression_probes(profile: RegressionProfile, seed: int, num_checkpoints: in
             atomic_save(row, path)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def language_analysis_steps(profile, run: TrainedRun):
+    """The ``profile.num_analysis_checkpoints`` checkpoints of a language run, even in log(step)."""
+    from stagewise.train import analysis_steps
+
+    return analysis_steps(run.checkpoint_steps, profile.num_analysis_checkpoints)
+
+
+def language_llc(profile, run: TrainedRun | None = None, steps=None, executor="serial", progress: bool = True):
+    """λ̂(w_t) of ``language_run(profile)`` at its analysis checkpoints (or ``steps``), main paper Fig. 1a.
+
+    SGLD batches come from the corpus's held-out ``sgld`` split (App. D.1.4: a separate set of Pile
+    lines), with the same seed (noise and batch order) at every checkpoint; each estimate is cached
+    per checkpoint, so an interrupted sweep resumes. ``profile.sgld_stride`` > 1 uses the
+    position-subsampled loss. Returns an ``LLCSweep``.
+    """
+    from stagewise.data.language import load_contexts
+    from stagewise.llc import estimate_llc_sweep
+    from stagewise.models.language import lm_forward_loss, lm_forward_loss_subsampled, make_language_model
+
+    run = run or language_run(profile, progress=progress)
+    steps = language_analysis_steps(profile, run) if steps is None else steps
+    loss = lm_forward_loss if profile.sgld_stride == 1 else partial(lm_forward_loss_subsampled, stride=profile.sgld_stride)
+    return estimate_llc_sweep(
+        [(int(s), run.checkpoint_path(s)) for s in steps],
+        model_fn=partial(make_language_model, profile.model),
+        loss=loss,
+        data=(load_contexts(profile.corpus, "sgld", profile.model.n_ctx).long(),),
+        config=profile.sgld,
+        executor=executor,
+        progress=progress,
+    )

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LanguageModelConfig", "make_language_model", "lm_loss", "lm_loss_functional", "per_token_loss"]
+__all__ = ["LanguageModelConfig", "make_language_model", "lm_loss", "lm_forward_loss", "lm_forward_loss_subsampled",
+           "lm_loss_functional", "per_token_loss", "subsampled_positions"]
 
 PAPER_PARAMETER_COUNTS = {1: 3_091_336, 2: 3_355_016}
 
@@ -117,6 +118,47 @@ def lm_forward_loss(forward, batch) -> Tensor:
     model's forward pass at the sampled weights; see :func:`stagewise.llc.module_loss_fn`)."""
     tokens = batch[0] if isinstance(batch, (tuple, list)) else batch
     return per_token_loss(forward(tokens, return_type="logits"), tokens).mean()
+
+
+# HookedTransformer runs ``blocks[start_at_layer:stop_at_layer]``: an index past the last block
+# means "every block" as a stop and "no block" (just ln_final + unembed) as a start.
+_PAST_LAST_BLOCK = 1 << 30
+
+
+def subsampled_positions(batch_size: int, n_ctx: int, stride: int) -> Tensor:
+    """Predicted positions ``[batch, (n_ctx - 1) // stride]`` for :func:`lm_forward_loss_subsampled`:
+    row ``i`` keeps positions ``k ≡ i (mod stride)``, so consecutive rows tile every residue and a
+    batch of ``stride`` rows covers each position once."""
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
+    per_row = (n_ctx - 1) // stride
+    if per_row < 1:
+        raise ValueError(f"stride ({stride}) must be at most n_ctx - 1 = {n_ctx - 1} (positions predicted per context)")
+    offsets = torch.arange(batch_size) % stride
+    return offsets[:, None] + stride * torch.arange(per_row)[None, :]
+
+
+def lm_forward_loss_subsampled(forward, batch, stride: int = 4) -> Tensor:
+    """:func:`lm_forward_loss` with the unembedding evaluated at every ``stride``-th position only.
+
+    The attention layers run over the whole context, but LayerNorm-final, the 256 x 5000
+    unembedding and the softmax (≈ 60% of the model's FLOPs at context 256) only at the positions
+    of :func:`subsampled_positions`. Row ``i`` of the batch predicts positions ``k ≡ i (mod stride)``,
+    so over the rows every position counts equally: the minibatch loss is an unbiased estimate of
+    the all-position loss ℓ_n(w) (eq. 1), with more variance. Its use in SGLD is our choice, for
+    CPU speed (the papers compute every position); the paired ℓ(w*) of the LLC engine is evaluated
+    on the same rows and positions, so the estimator λ̂ = nβ(E ℓ(w) − ℓ(w*)) is unchanged in
+    expectation. ``stride=1`` is exactly :func:`lm_forward_loss`.
+    """
+    tokens = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if stride == 1:
+        return lm_forward_loss(forward, tokens)
+    pos = subsampled_positions(tokens.shape[0], tokens.shape[1], stride).to(tokens.device)
+    resid = forward(tokens, stop_at_layer=_PAST_LAST_BLOCK)  # all blocks, then the residual stream
+    picked = torch.gather(resid, 1, pos[:, :, None].expand(-1, -1, resid.shape[-1]))
+    logits = forward(picked, start_at_layer=_PAST_LAST_BLOCK, return_type="logits")  # ln_final + unembed only
+    targets = torch.gather(tokens, 1, pos + 1)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def lm_loss_functional(model, params: dict[str, Tensor], batch) -> Tensor:

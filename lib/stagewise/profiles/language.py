@@ -7,18 +7,26 @@ context 1024, 5k vocabulary; AdamW lr 0.001, weight decay 0.05, betas (0.9, 0.99
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from stagewise.data.corpus import CorpusConfig
+from stagewise.llc import SGLDConfig
 from stagewise.models.language import LanguageModelConfig
 from stagewise.train import TrainConfig
 
-__all__ = ["LanguageProfile", "PROFILES", "PAPER_TRAIN"]
+__all__ = ["LanguageProfile", "PROFILES", "PAPER_TRAIN", "PAPER_SGLD"]
 
 PAPER_TRAIN = TrainConfig(
     num_steps=50_000, lr=1e-3, optimizer="adamw", weight_decay=0.05, betas=(0.9, 0.999),
     schedule="constant", checkpoint_every=10, seed=1, resume_every=1000,
 )
+
+# App. D.1.4 / Table 2, two-layer model: 20 chains x 200 steps (one draw per step, no burn-in),
+# m = 100, ε = 0.001, γ = 100, β = 1/log m, i.e. nβ = m / log m = 21.71.
+PAPER_SGLD = SGLDConfig(epsilon=1e-3, gamma=100.0, nbeta=100 / math.log(100), num_chains=20, num_draws=200,
+                        num_burnin=0, batch_size=100, seed=0)
 
 
 @dataclass(frozen=True)
@@ -26,8 +34,12 @@ class LanguageProfile:
     """Everything a language-model notebook needs to know about scale.
 
     ``train.seed`` seeds the model initialisation, ``data_seed`` the order of the contexts
-    (:class:`stagewise.data.language.LMBatches`). ``analysis_every`` is the spacing of the
-    checkpoints the LLC and probes are computed at (paper: 100 of the 10-step checkpoints).
+    (:class:`stagewise.data.language.LMBatches`). ``num_analysis_checkpoints`` checkpoints, spread
+    evenly in log(step) (:func:`stagewise.train.analysis_steps`), get the LLC and the probes (paper:
+    every 100th step, 500 of them). ``sgld`` is the LLC sampler; ``sgld_stride`` > 1 evaluates the
+    SGLD loss at every ``stride``-th position only (:func:`~stagewise.models.language.lm_forward_loss_subsampled`,
+    our CPU economy; the paper uses every position). ``one_layer_sgld`` / ``one_layer_steps`` set the
+    one-layer comparison model of App. B.5 (paper: ε = 0.003, γ = 300, the same training).
     """
 
     name: str
@@ -36,19 +48,35 @@ class LanguageProfile:
     batch_size: int = 100
     data_seed: int = 1
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    analysis_every: int = 100
+    num_analysis_checkpoints: int = 500
+    sgld: SGLDConfig = PAPER_SGLD
+    sgld_stride: int = 1
+    one_layer_sgld: SGLDConfig = dataclasses.replace(PAPER_SGLD, epsilon=3e-3, gamma=300.0)
+    one_layer_steps: int = 50_000
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if self.analysis_every < 1:
-            raise ValueError(f"analysis_every must be >= 1, got {self.analysis_every}")
+        if not isinstance(self.num_analysis_checkpoints, int) or self.num_analysis_checkpoints < 2:
+            raise ValueError(f"num_analysis_checkpoints must be an integer >= 2, got {self.num_analysis_checkpoints!r}")
+        if not isinstance(self.sgld_stride, int) or not 1 <= self.sgld_stride < self.model.n_ctx:
+            raise ValueError(f"sgld_stride must be an integer in [1, n_ctx - 1 = {self.model.n_ctx - 1}], got {self.sgld_stride!r}")
+        if not isinstance(self.one_layer_steps, int) or not 1 <= self.one_layer_steps <= self.train.num_steps:
+            raise ValueError(f"one_layer_steps must be an integer in [1, train.num_steps = {self.train.num_steps}], "
+                             f"got {self.one_layer_steps!r}")
         if self.model.d_vocab != 5000:
             raise ValueError(f"model.d_vocab must be 5000 to match the truncated GPT-2 tokenizer, got {self.model.d_vocab}")
 
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.model.n_ctx
+
+    def one_layer(self) -> "LanguageProfile":
+        """The same profile for the one-layer model (App. B.5): L = 1, its own SGLD settings and
+        ``one_layer_steps`` training steps (its checkpoint schedule follows from that run length)."""
+        train = dataclasses.replace(self.train, num_steps=self.one_layer_steps)
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, n_layers=1), train=train,
+                                   sgld=self.one_layer_sgld)
 
 
 PROFILES = {
@@ -66,16 +94,28 @@ PROFILES = {
         train=TrainConfig(num_steps=2_000, lr=1e-3, optimizer="adamw", weight_decay=0.05, betas=(0.9, 0.999),
                           schedule="constant", checkpoint_every=25, seed=1, resume_every=500),
         batch_size=8,
-        analysis_every=50,
+        num_analysis_checkpoints=40,
+        sgld=SGLDConfig(epsilon=1e-3, gamma=100.0, nbeta=100 / math.log(100), num_chains=2, num_draws=100,
+                        num_burnin=0, batch_size=8, seed=0),
+        sgld_stride=4,
+        one_layer_sgld=SGLDConfig(epsilon=3e-3, gamma=300.0, nbeta=100 / math.log(100), num_chains=2, num_draws=100,
+                                  num_burnin=0, batch_size=8, seed=0),
+        one_layer_steps=1_000,
     ),
     "smoke": LanguageProfile(
         name="smoke",
         model=LanguageModelConfig(n_layers=2, n_ctx=32, d_model=64, n_heads=4),
-        train=TrainConfig(num_steps=20, lr=1e-3, optimizer="adamw", weight_decay=0.05, betas=(0.9, 0.999),
-                          schedule="constant", checkpoint_every=5, seed=1, resume_every=10),
+        train=TrainConfig(num_steps=24, lr=1e-3, optimizer="adamw", weight_decay=0.05, betas=(0.9, 0.999),
+                          schedule="constant", num_linear=8, num_log=8, seed=1, resume_every=10),
         batch_size=4,
         # the ~300 kB committed sample, cut small so every split has documents
         corpus=CorpusConfig(source="sample", max_document_chars=1500, validation_fraction=0.1, sgld_fraction=0.1),
-        analysis_every=5,
+        num_analysis_checkpoints=10,
+        sgld=SGLDConfig(epsilon=1e-3, gamma=100.0, nbeta=100 / math.log(100), num_chains=1, num_draws=4,
+                        num_burnin=0, batch_size=4, seed=0),
+        sgld_stride=4,
+        one_layer_sgld=SGLDConfig(epsilon=3e-3, gamma=300.0, nbeta=100 / math.log(100), num_chains=1, num_draws=4,
+                                  num_burnin=0, batch_size=4, seed=0),
+        one_layer_steps=10,
     ),
 }
