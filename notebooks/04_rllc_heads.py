@@ -14,31 +14,49 @@
 # %% [markdown]
 # # 04 — Refined LLC of attention heads
 #
-# Wang et al.: restricting SGLD to one attention head's weights (the weight-refined LLC, wrLLC)
-# gives a per-head complexity curve over training; heads of the same type (previous-token,
-# induction, multigram) share curve shapes, and the curves differentiate as training proceeds.
+# Wang et al.: restricting SGLD to one attention head's weights (the weight-refined LLC, wrLLC
+# λ̂(w*; V_h)) gives a per-head complexity curve over training; heads of the same type
+# (previous-token, current-token, induction, multigram) share curve shapes, and the curves
+# differentiate as training proceeds. Drawing the SGLD batches from another distribution q'
+# (the data-refined LLC, drLLC λ̂(w*; q')) shows which heads specialise in which data: multigram
+# heads have lower drLLC on code, induction heads higher.
 #
-# This notebook analyses the language model trained by notebook 01 at the same profile (shared
-# through the artifact cache; trained here if missing). It currently computes the wrLLC of every
-# head at a few checkpoints. Data-refined variants, head classification and clustering follow.
+# This notebook analyses the two-layer language model of notebook 01 at the same profile (shared
+# through the artifact cache; trained here if missing): per-head wrLLC and wdrLLC curves (code and
+# German as q'), head classes from notebook 01's probes, the whole-model drLLC per data set
+# (Fig. 12), the per-head ICL score under mean ablation (Fig. 10), ablation-based tokens-in-context
+# patterns (App. B), clustering of the curves (App. F.5) and layer-0 → layer-1 composition (Fig. 7).
+#
+# **Our choices** (the paper is silent or our data differs): "code" is the Python standard library
+# of the running interpreter and the other domain is German text (Debian `fortunes-de`), both offline
+# (`stagewise.data.domains`, licences in the manifests); the SGLD loss may be evaluated at every
+# `sgld_stride`-th position (an unbiased CPU economy, `lm_forward_loss_subsampled`); mean ablation
+# uses per-position means over a reference set of training-distribution contexts.
 
 # %% tags=["parameters"]
 profile = None  # smoke, cpu or paper; None reads STAGEWISE_PROFILE, else cpu
 
 # %%
+import dataclasses
 import time
+from functools import partial
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from stagewise.data.language import load_contexts
-from stagewise.llc import estimate_llc_module
-from stagewise.models.language import lm_forward_loss
-from stagewise.plotting import apply_style, save_figure
+from stagewise.clustering import cluster_table, curve_matrix
+from stagewise.data.domains import load_domain_contexts
+from stagewise.data.language import load_contexts, load_token_stream
+from stagewise.models.language import lm_forward_loss, lm_forward_loss_subsampled, make_language_model
+from stagewise.plotting import apply_style, plot_over_training, save_figure
+from stagewise.probes.ablation import (classify_tokens_in_context, head_output_means, pattern_fractions,
+                                       per_head_icl_scores, tokens_in_context, vocabulary_strings)
+from stagewise.probes.language import (bigram_distribution, classify_heads, composition_at, head_scores_at,
+                                       icl_tokens, lm_probe_checkpoints, lm_probe_config)
 from stagewise.profiles import default_profile, get_profile
-from stagewise.refined import head_labels, head_param_mask
-from stagewise.runs import language_run
+from stagewise.refined import data_llc_sweep, head_labels, head_llc_sweep
+from stagewise.runs import language_analysis_steps, language_run
 from stagewise.train import analysis_steps
 
 profile = profile or default_profile()
@@ -48,48 +66,257 @@ apply_style()
 print(cfg)
 
 # %% [markdown]
-# ## The trained model and the SGLD data
-# SGLD batches come from the corpus's held-out `sgld` split (as the paper used separate Pile lines).
+# ## The trained model, checkpoints and data sets
+# The checkpoints analysed are `num_checkpoints` of notebook 01's analysis checkpoints, spread evenly
+# in log(step) (initialisation excluded). SGLD batches of the training distribution come from the
+# corpus's held-out `sgld` split (as the paper used separate Pile lines).
 
 # %%
 run = language_run(lm)
-steps = analysis_steps(run.checkpoint_steps[1:], cfg.num_checkpoints)  # skip initialisation
-sgld_data = (load_contexts(lm.corpus, "sgld", lm.model.n_ctx).long(),)
-print(f"checkpoints analysed: {steps.tolist()}; SGLD contexts: {len(sgld_data[0]):,}")
-
+steps = analysis_steps(language_analysis_steps(lm, run)[1:], cfg.num_checkpoints)
+checkpoints = [(int(s), run.checkpoint_path(s)) for s in steps]
+n_ctx = lm.model.n_ctx
+data = {"train": (load_contexts(lm.corpus, "sgld", n_ctx).long(),)}
+for name, domain in zip(cfg.domain_names, cfg.domains):
+    data[name] = (load_domain_contexts(domain, n_ctx).long(),)
+model_fn = partial(make_language_model, lm.model)
+loss = lm_forward_loss if lm.sgld_stride == 1 else partial(lm_forward_loss_subsampled, stride=lm.sgld_stride)
+print(f"checkpoints: {steps.tolist()}")
+print({k: tuple(v[0].shape) for k, v in data.items()})
 
 # %% [markdown]
-# ## wrLLC of every head
-# Each head's W_Q, W_K, W_V, W_O and per-head biases move; every other weight stays exactly at w*
-# (tested in `tests/test_refined.py` and the LLC engine's tests). Same SGLD seed at every
-# checkpoint and head (same noise and batches).
+# ## Head classes at the end of training
+# From the same probes as notebook 01 (previous-/current-token scores on random sequences,
+# prefix-matching score on repeated random sequences; thresholds in `stagewise.probes.language_structure`).
 
 # %%
+val = load_contexts(lm.corpus, "validation", n_ctx).long()
+bigrams = bigram_distribution(load_token_stream(lm.corpus, "train"), lm.model.d_vocab)
+probe_table = lm_probe_checkpoints(run.load_model, steps, val, bigrams, lm_probe_config(lm.name))
+final = int(steps[-1])
+scores = head_scores_at(probe_table, final)
+classes = classify_heads(scores)
+display(pd.concat([scores, classes], axis=1).round(3))
 labels = head_labels(lm.model.n_layers, lm.model.n_heads)
-rows = []
-t0 = time.perf_counter()
-for step in steps:
-    model = run.load_model(step)
-    for label in labels:
-        layer, head = map(int, label.split(":"))
-        names, mask = head_param_mask(model, layer, head)
-        r = estimate_llc_module(model, lm_forward_loss, sgld_data, cfg.sgld, params_to_sample=names,
-                                param_mask=mask, progress=False)
-        rows.append({"step": int(step), "head": label, "layer": layer, "wrllc": r.llc_mean, "sem": r.llc_sem,
-                     "flags": r.diagnostics or ""})
-wr = pd.DataFrame(rows)
-print(f"{len(rows)} estimates in {time.perf_counter() - t0:.0f} s")
-wr.pivot(index="head", columns="step", values="wrllc").round(2)
+CLASS_COLORS = {"previous-token": "tab:green", "current-token": "tab:orange", "induction": "tab:red",
+                "multigram": "tab:blue"}
+
+# %% [markdown]
+# ## wrLLC and wdrLLC of every head over training (Fig. 1–3)
+# Each head's W_Q, W_K, W_V, W_O and per-head biases move; every other weight stays exactly at w*
+# (tested). The same SGLD seed, noise and batch order at every checkpoint and head; each estimate is
+# cached (`head_llc_sweep`), so an interrupted sweep resumes. The data-refined runs use nβ = 30
+# (App. F.2) instead of 23.
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 3.2))
-width = 0.8 / len(steps)
-x = np.arange(len(labels))
-for i, step in enumerate(steps):
-    sub = wr[wr.step == step].set_index("head").loc[labels]
-    ax.bar(x + i * width, sub.wrllc, width, yerr=sub["sem"].fillna(0), label=f"step {step}", capsize=1.5)
-ax.set_xticks(x + 0.4 - width / 2, labels, rotation=90)
-ax.set(xlabel="head (layer:head)", ylabel="wrLLC", title=f"Weight-refined LLC per head ({cfg.name} profile)")
-ax.legend()
+t0 = time.perf_counter()
+wr = head_llc_sweep(checkpoints, model_fn, loss, {"train": data["train"]}, cfg.sgld, heads=cfg.heads or None)
+dr_cfg = dataclasses.replace(cfg.sgld, nbeta=cfg.data_refined_nbeta)
+wdr = head_llc_sweep(checkpoints, model_fn, loss, {k: v for k, v in data.items() if k != "train"}, dr_cfg,
+                     heads=cfg.heads or None)
+heads_frame = pd.concat([wr, wdr], ignore_index=True)
+n_est = len(heads_frame)
+n_heads, n_data = heads_frame["head"].nunique(), heads_frame["data"].nunique()
+print(f"{n_est} per-head estimates ({n_heads} heads x {len(steps)} checkpoints x "
+      f"{n_data} data sets x {cfg.sgld.num_chains} chains x {cfg.sgld.num_steps} steps) "
+      f"in {time.perf_counter() - t0:.0f} s (cached estimates load instantly)")
+flagged = heads_frame[heads_frame["flags"] != ""]
+print(f"flagged estimates: {len(flagged)}" + ("" if flagged.empty else "\n" + flagged[["data", "head", "step", "flags"]].to_string()))
+
+# %%
+fig, axes = plt.subplots(1, lm.model.n_layers, figsize=(5 * lm.model.n_layers, 3.4), sharey=True, squeeze=False)
+for ax, layer in zip(axes[0], range(lm.model.n_layers)):
+    part = wr[wr["layer"] == layer]
+    for head, g in part.groupby("head"):
+        ax.plot(g["step"], g["llc_mean"], "o-", ms=2.5, lw=1.2, color=CLASS_COLORS[classes[head]], label=f"{head} ({classes[head]})")
+    ax.set(xscale="log", xlabel="training step $t$", title=f"layer {layer}")
+    ax.legend(fontsize=6, ncol=2)
+axes[0, 0].set_ylabel("wrLLC $\\hat\\lambda(w_t; V_h)$")
+fig.suptitle(f"Weight-refined LLC per head, coloured by class at step {final:,} ({cfg.name} profile)")
+fig.tight_layout()
 save_figure(fig, "fig2_rllc_per_head", profile=cfg.name)
 plt.show()
+
+# %% [markdown]
+# ### Differentiation over training
+# The paper's curves start alike and spread apart. We measure the spread as the coefficient of
+# variation (std / mean) of the wrLLC across the heads of a layer, at every checkpoint.
+
+# %%
+spread = wr.groupby(["layer", "step"])["llc_mean"].agg(lambda v: v.std() / abs(v.mean())).unstack("layer")
+spread.columns = [f"layer {c} CV" for c in spread.columns]
+display(spread.round(3))
+
+# %% [markdown]
+# ## Data-refined LLC per head: code (and German) against the training distribution (Fig. 3)
+# Ratio wdrLLC(q') / wrLLC(train) per head at the final checkpoint, and the curves over training.
+# The paper: multigram heads lower on code, induction heads higher.
+
+# %%
+pivot = heads_frame.pivot_table(index=["head", "step"], columns="data", values="llc_mean").reset_index()
+end = pivot[pivot["step"] == final].set_index("head").loc[labels]
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+x = np.arange(len(labels))
+width = 0.8 / len(data)
+for i, name in enumerate(data):
+    axes[0].bar(x + i * width, end[name], width, label=name)
+axes[0].set_xticks(x + 0.4 - width / 2, labels, rotation=90)
+for tick, head in zip(axes[0].get_xticklabels(), labels):
+    tick.set_color(CLASS_COLORS[classes[head]])
+axes[0].set(ylabel="(w)drLLC at the final checkpoint", title=f"per head, step {final:,} (label colour = class)")
+axes[0].legend(fontsize=7)
+for head, g in pivot.groupby("head"):
+    axes[1].plot(g["step"], g["code"] / g["train"], lw=1, color=CLASS_COLORS[classes[head]], alpha=0.8)
+axes[1].axhline(1, color="k", lw=0.6, ls=":")
+axes[1].set(xscale="log", xlabel="training step $t$", ylabel="code / train", title="wdrLLC(code) / wrLLC(train)")
+fig.tight_layout()
+save_figure(fig, "fig3_drllc_code_vs_train", profile=cfg.name)
+plt.show()
+ratio = (end["code"] / end["train"]).rename("code/train")
+display(pd.concat([ratio, classes.rename("class")], axis=1).groupby("class")["code/train"].describe().round(3))
+
+# %% [markdown]
+# ## Whole-model drLLC on each data set (Fig. 12)
+# The paper finds roughly shifted copies of the LLC curve with the stage boundaries kept.
+
+# %%
+t0 = time.perf_counter()
+whole = data_llc_sweep(checkpoints, model_fn, loss, data, lm.sgld)
+print(f"whole-model (dr)LLCs in {time.perf_counter() - t0:.0f} s")
+fig, ax = plt.subplots(figsize=(6, 3.2))
+plot_over_training(ax, steps, {name: g.set_index("step").loc[steps, "llc_mean"] for name, g in whole.groupby("data")},
+                   ylabel="(dr)LLC", marker="o", ms=2.5)
+ax.set_title(f"Whole-model drLLC per data set ({cfg.name} profile)")
+save_figure(fig, "fig12_drllc_whole_model", profile=cfg.name)
+plt.show()
+
+# %% [markdown]
+# ## Per-head ICL score under mean ablation (Fig. 10)
+# For each of two layer-1 heads, the ICL score (loss late − loss early in the context) with the
+# *other* head mean-ablated: a head that carries in-context learning alone keeps a negative score.
+# The heads are the run's two layer-1 heads with the highest prefix-matching score at the end (the
+# paper's induction heads 1:6 and 1:7 where they exist).
+
+# %%
+layer1 = scores[scores.index.str.startswith("1:")] if lm.model.n_layers > 1 else scores.iloc[:0]
+pair = list(layer1.sort_values("prefix_matching", ascending=False).index[:2])
+k1, k2 = icl_tokens(n_ctx)
+ablation_ref = load_contexts(lm.corpus, "train", n_ctx)[: cfg.ablation_contexts].long()
+icl_eval = val[: min(len(val), 256)]
+rows = []
+for s in steps:
+    model = run.load_model(int(s))
+    means = head_output_means(model, ablation_ref)
+    rows.append({"step": int(s), **per_head_icl_scores(model, icl_eval, k1, k2, pair, means=means)})
+icl_frame = pd.DataFrame(rows).set_index("step")
+fig, ax = plt.subplots(figsize=(6, 3.2))
+plot_over_training(ax, icl_frame.index, {f"{c} alone (others ablated)" if ":" in c else c: icl_frame[c] for c in icl_frame},
+                   ylabel=f"ICL score (loss at {k2} − at {k1}, nats)", marker="o", ms=2.5)
+ax.set_title(f"Per-head ICL score of {' and '.join(pair)}")
+save_figure(fig, "fig10_per_head_icl_score", profile=cfg.name)
+plt.show()
+icl_frame.round(3)
+
+# %% [markdown]
+# ## Tokens in context most affected by ablating each head (App. B)
+# For every head, the `tokens_in_context` tokens whose loss rises most under mean ablation at the final
+# checkpoint, classified automatically as induction ([A][B] … [A] → [B], attention on the earlier
+# [B] or its neighbours), Dyck (the next token closes a bracket opened earlier), n-gram (the attended
+# span recurs), or unexplained.
+
+# %%
+model = run.load_model(final)
+means = head_output_means(model, ablation_ref)
+vocab = vocabulary_strings()
+tic_tokens = val[: min(len(val), cfg.ablation_contexts)]
+frames = [tokens_in_context(model, tic_tokens, h, top_k=cfg.tokens_in_context, means=means) for h in labels]
+tic = pd.concat(frames, ignore_index=True)
+patterns = classify_tokens_in_context(tic, tic_tokens, vocab)
+fractions = pattern_fractions(tic, patterns)
+fractions["head class (probes)"] = classes
+display(fractions.round(3))
+
+# %% [markdown]
+# ## Clustering the per-head curves (App. F.5, Figs. 18–19)
+# Per layer, the training-distribution wrLLC and code wdrLLC curves of each head concatenated;
+# Euclidean K-means, Ward and K-means on z-normalised curves (shape, = correlation distance); c = 2–4.
+# With 8 heads per layer the cluster-quality scores are unreliable (the paper says so too).
+
+# %%
+cluster_rows = []
+fig, axes = plt.subplots(1, lm.model.n_layers, figsize=(5 * lm.model.n_layers, 3.2), squeeze=False)
+for ax, layer in zip(axes[0], range(lm.model.n_layers)):
+    curves, segments = curve_matrix(heads_frame, data=["train", "code"], layer=layer)
+    if len(curves) < 3 or curves.shape[1] < 2:
+        continue
+    counts = tuple(c for c in cfg.cluster_counts if c <= len(curves) - 1)
+    table = cluster_table(curves, counts, segments=segments)
+    table.insert(0, "layer", layer)
+    cluster_rows.append(table)
+    two = table[(table.method == "shape") & (table.n_clusters == min(counts))].iloc[0]
+    for head in curves.index:
+        ax.plot(np.arange(curves.shape[1]), curves.loc[head], lw=1, color=f"C{int(two[head])}",
+                label=f"{head} ({classes[head]})")
+    ax.axvline(segments[0] - 0.5, color="k", lw=0.6, ls=":")
+    ax.set(xlabel="checkpoint index (train | code)", ylabel="λ̂", title=f"layer {layer}: shape clusters, c = {min(counts)}")
+    ax.legend(fontsize=6, ncol=2)
+fig.tight_layout()
+save_figure(fig, "fig18_head_clusters", profile=cfg.name)
+plt.show()
+clusters = pd.concat(cluster_rows, ignore_index=True) if cluster_rows else pd.DataFrame()
+clusters.round(3)
+
+# %% [markdown]
+# ## K-composition between layer-0 and layer-1 heads over training (Fig. 7)
+# ‖W_QK^{1:h'} W_OV^{0:h}‖ / (‖W_QK‖ ‖W_OV‖) for every pair; the paper finds the composition of
+# layer-0 and layer-1 multigram heads rising during LM4.
+
+# %%
+if lm.model.n_layers > 1:
+    comp = {int(s): composition_at(probe_table, int(s), "K") for s in steps}
+    multigram0 = [h for h in labels if h.startswith("0:") and classes[h] == "multigram"]
+    multigram1 = [h for h in labels if h.startswith("1:") and classes[h] == "multigram"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    mean_mm = [np.mean([float(comp[s].loc[a, b]) for a in multigram0 for b in multigram1]) if multigram0 and multigram1
+               else np.nan for s in comp]
+    mean_all = [float(np.nanmean(comp[s].to_numpy())) for s in comp]
+    plot_over_training(axes[0], list(comp), {"multigram 0 → multigram 1 (mean)": mean_mm, "all pairs (mean)": mean_all},
+                       ylabel="K-composition", marker="o", ms=2.5)
+    im = axes[1].imshow(comp[final].to_numpy(dtype=float), cmap="viridis")
+    axes[1].set(xticks=range(len(comp[final].columns)), xticklabels=comp[final].columns,
+                yticks=range(len(comp[final].index)), yticklabels=comp[final].index,
+                xlabel="layer-1 head (reader)", ylabel="layer-0 head (writer)", title=f"K-composition at step {final:,}")
+    fig.colorbar(im, ax=axes[1])
+    fig.tight_layout()
+    save_figure(fig, "fig7_k_composition", profile=cfg.name)
+    plt.show()
+
+# %% [markdown]
+# ## The paper's findings against this run
+# Each row is computed from the tables above (nothing typed in by hand).
+
+# %%
+def _end_spread(layer):
+    return float(spread[f"layer {layer} CV"].iloc[-1]), float(spread[f"layer {layer} CV"].iloc[0])
+
+findings = []
+cv_end, cv_start = _end_spread(0)
+findings.append({"finding": "per-head wrLLC curves differentiate over training (layer-0 CV grows)",
+                 "ours": f"CV {cv_start:.2f} → {cv_end:.2f}", "holds": cv_end > cv_start})
+if lm.model.n_layers > 1:
+    cv_end1, cv_start1 = _end_spread(1)
+    findings.append({"finding": "… and in layer 1", "ours": f"CV {cv_start1:.2f} → {cv_end1:.2f}",
+                     "holds": cv_end1 > cv_start1})
+by_class = pd.concat([ratio, classes.rename("class")], axis=1).groupby("class")["code/train"].mean()
+for cls, want in (("multigram", "lower"), ("induction", "higher")):
+    if cls in by_class:
+        value = float(by_class[cls])
+        findings.append({"finding": f"{cls} heads: drLLC on code {want} than on train",
+                         "ours": f"mean code/train {value:.2f}", "holds": value < 1 if want == "lower" else value > 1})
+    else:
+        findings.append({"finding": f"{cls} heads: drLLC on code {want} than on train",
+                         "ours": f"no {cls} heads in this run", "holds": None})
+n_induction = int((classes == "induction").sum())
+findings.append({"finding": "two induction heads form in layer 1", "ours": f"{n_induction} induction heads",
+                 "holds": n_induction >= 2})
+pd.DataFrame(findings)
