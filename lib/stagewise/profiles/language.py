@@ -38,8 +38,8 @@ class LanguageProfile:
     evenly in log(step) (:func:`stagewise.train.analysis_steps`), get the LLC and the probes (paper:
     every 100th step, 500 of them). ``sgld`` is the LLC sampler; ``sgld_stride`` > 1 evaluates the
     SGLD loss at every ``stride``-th position only (:func:`~stagewise.models.language.lm_forward_loss_subsampled`,
-    our CPU economy; the paper uses every position). ``one_layer_sgld`` / ``one_layer_steps`` set the
-    one-layer comparison model of App. B.5 (paper: ε = 0.003, γ = 300, the same training).
+    our CPU economy; the paper uses every position). ``one_layer_sgld`` / ``one_layer_steps`` / ``one_layer_analysis_checkpoints``
+    set the one-layer comparison model of App. B.5 (paper: ε = 0.003, γ = 300, the same training).
     """
 
     name: str
@@ -53,6 +53,7 @@ class LanguageProfile:
     sgld_stride: int = 1
     one_layer_sgld: SGLDConfig = dataclasses.replace(PAPER_SGLD, epsilon=3e-3, gamma=300.0)
     one_layer_steps: int = 50_000
+    one_layer_analysis_checkpoints: int = 500
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -61,6 +62,9 @@ class LanguageProfile:
             raise ValueError(f"num_analysis_checkpoints must be an integer >= 2, got {self.num_analysis_checkpoints!r}")
         if not isinstance(self.sgld_stride, int) or not 1 <= self.sgld_stride < self.model.n_ctx:
             raise ValueError(f"sgld_stride must be an integer in [1, n_ctx - 1 = {self.model.n_ctx - 1}], got {self.sgld_stride!r}")
+        if not isinstance(self.one_layer_analysis_checkpoints, int) or self.one_layer_analysis_checkpoints < 2:
+            raise ValueError("one_layer_analysis_checkpoints must be an integer >= 2, "
+                             f"got {self.one_layer_analysis_checkpoints!r}")
         if not isinstance(self.one_layer_steps, int) or not 1 <= self.one_layer_steps <= self.train.num_steps:
             raise ValueError(f"one_layer_steps must be an integer in [1, train.num_steps = {self.train.num_steps}], "
                              f"got {self.one_layer_steps!r}")
@@ -76,7 +80,8 @@ class LanguageProfile:
         ``one_layer_steps`` training steps (its checkpoint schedule follows from that run length)."""
         train = dataclasses.replace(self.train, num_steps=self.one_layer_steps)
         return dataclasses.replace(self, model=dataclasses.replace(self.model, n_layers=1), train=train,
-                                   sgld=self.one_layer_sgld)
+                                   sgld=self.one_layer_sgld,
+                                   num_analysis_checkpoints=self.one_layer_analysis_checkpoints)
 
 
 PROFILES = {
@@ -88,20 +93,23 @@ PROFILES = {
     # and keeps falling (n-grams, LM2), a layer-1 head slowly turns to the previous token, but no
     # layer-0 previous-token head and no induction head form (prefix-matching stays at chance);
     # lr 3e-3 was no faster. The paper's LM3-LM4 came after ~0.65-0.9B tokens: a GPU's job.
-    # Checkpoints: 60 linear + 60 log-spaced steps (the regression schedule's union), 40 analysed.
+    # Checkpoints: 60 linear + 60 log-spaced steps (the regression schedule's union), 30 analysed.
     "cpu": LanguageProfile(
         name="cpu",
         model=LanguageModelConfig(n_layers=2, n_ctx=256),
         train=TrainConfig(num_steps=4_000, lr=1e-3, optimizer="adamw", weight_decay=0.05, betas=(0.9, 0.999),
                           schedule="constant", num_linear=60, num_log=60, seed=1, resume_every=250),
         batch_size=8,
-        num_analysis_checkpoints=40,
-        sgld=SGLDConfig(epsilon=1e-3, gamma=100.0, nbeta=100 / math.log(100), num_chains=2, num_draws=100,
-                        num_burnin=0, batch_size=8, seed=0),
+        num_analysis_checkpoints=30,
+        # the paper's ε, γ and nβ = 21.7 (its m = 100) with 2 chains x 80 draws of 4 contexts, the
+        # loss at every 4th position (measured: 131 ms per chain-step against 197 ms for every position)
+        sgld=SGLDConfig(epsilon=1e-3, gamma=100.0, nbeta=100 / math.log(100), num_chains=2, num_draws=80,
+                        num_burnin=0, batch_size=4, seed=0),
         sgld_stride=4,
-        one_layer_sgld=SGLDConfig(epsilon=3e-3, gamma=300.0, nbeta=100 / math.log(100), num_chains=2, num_draws=100,
-                                  num_burnin=0, batch_size=8, seed=0),
+        one_layer_sgld=SGLDConfig(epsilon=3e-3, gamma=300.0, nbeta=100 / math.log(100), num_chains=2, num_draws=80,
+                                  num_burnin=0, batch_size=4, seed=0),
         one_layer_steps=1_000,
+        one_layer_analysis_checkpoints=20,
     ),
     "smoke": LanguageProfile(
         name="smoke",
@@ -118,5 +126,6 @@ PROFILES = {
         one_layer_sgld=SGLDConfig(epsilon=3e-3, gamma=300.0, nbeta=100 / math.log(100), num_chains=1, num_draws=4,
                                   num_burnin=0, batch_size=4, seed=0),
         one_layer_steps=10,
+        one_layer_analysis_checkpoints=10,
     ),
 }
