@@ -112,8 +112,8 @@ CLASS_COLORS = {"previous-token": "tab:green", "current-token": "tab:orange", "i
 t0 = time.perf_counter()
 wr = head_llc_sweep(checkpoints, model_fn, loss, {"train": data["train"]}, cfg.sgld, heads=cfg.heads or None)
 dr_cfg = dataclasses.replace(cfg.sgld, nbeta=cfg.data_refined_nbeta)
-wdr = head_llc_sweep(checkpoints, model_fn, loss, {k: v for k, v in data.items() if k != "train"}, dr_cfg,
-                     heads=cfg.heads or None)
+head_domains = cfg.head_domains if cfg.head_domains is not None else cfg.domain_names
+wdr = head_llc_sweep(checkpoints, model_fn, loss, {k: data[k] for k in head_domains}, dr_cfg, heads=cfg.heads or None)
 heads_frame = pd.concat([wr, wdr], ignore_index=True)
 n_est = len(heads_frame)
 n_heads, n_data = heads_frame["head"].nunique(), heads_frame["data"].nunique()
@@ -157,8 +157,8 @@ pivot = heads_frame.pivot_table(index=["head", "step"], columns="data", values="
 end = pivot[pivot["step"] == final].set_index("head").loc[labels]
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
 x = np.arange(len(labels))
-width = 0.8 / len(data)
-for i, name in enumerate(data):
+width = 0.8 / len(end.columns.intersection(list(data)))
+for i, name in enumerate(end.columns.intersection(list(data))):
     axes[0].bar(x + i * width, end[name], width, label=name)
 axes[0].set_xticks(x + 0.4 - width / 2, labels, rotation=90)
 for tick, head in zip(axes[0].get_xticklabels(), labels):

@@ -24,6 +24,8 @@ class RefinedLLCProfile:
     search (paper: 100k samples); ``tokens_in_context``: how many most-affected tokens in context per
     head (paper: 1k). ``induction_heads``: the heads of the per-head ICL score (Fig. 10; the paper's
     1:6 and 1:7 — another run's come from the head classification). ``cluster_counts``: c of App. F.5.
+    ``head_domains``: the domains whose per-head wdrLLC is computed (None: all; the whole-model drLLC
+    always uses every domain).
     """
 
     name: str
@@ -40,6 +42,7 @@ class RefinedLLCProfile:
     tokens_in_context: int = 1000
     induction_heads: tuple[str, ...] = ("1:6", "1:7")
     cluster_counts: tuple[int, ...] = (2, 3, 4)
+    head_domains: tuple[str, ...] | None = None  # domains of the per-head wdrLLCs (None: all)
 
     def __post_init__(self):
         if self.num_checkpoints < 1:
@@ -54,6 +57,8 @@ class RefinedLLCProfile:
         for name in ("ablation_contexts", "tokens_in_context"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.head_domains is not None and not set(self.head_domains) <= set(self.domain_names):
+            raise ValueError(f"head_domains {self.head_domains} must be among domain_names {self.domain_names}")
         if not self.cluster_counts or any(c < 2 for c in self.cluster_counts):
             raise ValueError(f"cluster_counts must be integers >= 2, got {self.cluster_counts}")
 
@@ -61,12 +66,15 @@ class RefinedLLCProfile:
 PROFILES = {
     # Wang et al.: step size 1e-3, γ = 200, 4 chains x 200 draws, nβ ≈ 23.
     "paper": RefinedLLCProfile(name="paper", language="paper"),
-    # cpu: 16 heads x 2 chains x 60 SGLD steps (batch 4 contexts) at 2 checkpoints: a first look,
-    # not the paper's per-head curves (see the README for its measured time).
+    # cpu: sized by measurement to ~30 min on 2 cores (README): 16 heads x 6 checkpoints x {train,
+    # code} x 2 chains x (5 + 40) SGLD steps of 4 contexts, the loss at every 4th position (the
+    # language profile's sgld_stride); German only for the whole-model drLLC; 256 reference contexts
+    # for mean ablation and tokens in context.
     "cpu": RefinedLLCProfile(name="cpu", language="cpu",
-                             sgld=SGLDConfig(epsilon=1e-3, gamma=200.0, nbeta=23.0, num_chains=2, num_draws=50,
-                                             num_burnin=10, batch_size=4, seed=0),
-                             num_checkpoints=2, ablation_contexts=2000),
+                             sgld=SGLDConfig(epsilon=1e-3, gamma=200.0, nbeta=23.0, num_chains=2, num_draws=40,
+                                             num_burnin=5, batch_size=4, seed=0),
+                             num_checkpoints=6, ablation_contexts=256, tokens_in_context=200,
+                             head_domains=("code",)),
     "smoke": RefinedLLCProfile(name="smoke", language="smoke",
                                sgld=SGLDConfig(epsilon=1e-3, gamma=200.0, nbeta=23.0, num_chains=1, num_draws=5,
                                                num_burnin=0, batch_size=4, seed=0),
