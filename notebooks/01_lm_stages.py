@@ -35,6 +35,7 @@
 # %% tags=["parameters"]
 profile = None  # smoke, cpu or paper; None reads STAGEWISE_PROFILE, else cpu
 one_layer = True  # also train and analyse the one-layer model (App. B.5, Figs. B.6-B.7)
+seeds = None  # training seeds of Fig. B.1a (first = the main run); None keeps the profile's
 
 # %%
 import time
@@ -60,7 +61,7 @@ from stagewise.runs import language_analysis_steps, language_llc, language_run
 from stagewise.stages import detect_stages
 
 profile = profile or default_profile()
-cfg = get_profile("language", profile)
+cfg = get_profile("language", profile, **({"seeds": tuple(seeds)} if seeds is not None else {}))
 apply_style()
 n_params = sum(p.numel() for p in make_language_model(cfg.model).parameters())
 print(f"profile {cfg.name}: {cfg.model.n_layers}-layer model, {n_params:,} parameters, context {cfg.model.n_ctx}, "
@@ -266,6 +267,31 @@ else:
                            paper=LM_PAPER_STAGES, paper_num_steps=LM_PAPER_NUM_STEPS))
 signatures = signature_table(table, lm_paper_signatures(L), stages.boundaries, labels)
 signatures[["paper stage", "signature", "paper when", "appears", "step", "our stage", "our stage name", "effect"]]
+
+# %% [markdown]
+# ## Other seeds (Fig. B.1a)
+# The paper's five seeds differ in initialisation and batch order; each shows LM1–LM4. Every seed is
+# trained, its LLC estimated at the same analysis checkpoints and its stages detected (skipped when
+# the profile lists one seed, as `cpu` does: one more run costs ~20 min there).
+
+# %%
+if len(cfg.seeds) > 1:
+    fig, axes = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
+    for seed in cfg.seeds:
+        cfg_s = cfg.with_seed(seed)
+        run_s = language_run(cfg_s)
+        sweep_s = language_llc(cfg_s, run_s)
+        ks = sweep_s.steps > 0
+        stages_s = detect_stages(sweep_s.steps[ks], sweep_s.llc_mean[ks])
+        print(f"seed {seed}: boundaries {np.round(stages_s.boundaries).astype(int).tolist()}, "
+              f"flagged chains: {sweep_s.diagnostics or 'none'}")
+        axes[0].plot(np.arange(1, len(run_s.train_loss) + 1), run_s.smoothed_loss(), lw=1, label=f"seed {seed}")
+        axes[1].plot(sweep_s.steps[ks], sweep_s.llc_mean[ks], "o-", ms=2, lw=1, label=f"seed {seed}")
+    axes[0].set(xscale="log", ylabel="training loss")
+    axes[1].set(xscale="log", xlabel="training step $t$", ylabel="$\\hat\\lambda(w_t)$")
+    axes[0].legend(fontsize=7)
+    save_figure(fig, "figB1a_lm_seeds", profile=cfg.name)
+    plt.show()
 
 # %% [markdown]
 # ## The one-layer model (App. B.5, Figs. B.6–B.7)

@@ -80,3 +80,23 @@ def test_llc_profile_of_other_seeds_changes_only_the_llc_settings():
         p.llc_profile(1)
     with pytest.raises(ValueError, match="other_seeds_llc_checkpoints"):
         get_profile("regression", "smoke", other_seeds_llc_checkpoints=1)
+
+
+def test_language_seeds_and_one_layer_profiles():
+    """Other seeds change both the initialisation and the batch order, and nothing else; the main
+    seed's profile is the profile itself (its cached run is the main run); the one-layer profile
+    uses the paper's one-layer SGLD settings."""
+    import dataclasses
+
+    cfg = get_profile("language", "paper")
+    s3 = cfg.with_seed(3)
+    assert (s3.train.seed, s3.data_seed, s3.seeds) == (3, 3, (3,))
+    assert dataclasses.replace(s3, train=cfg.train, data_seed=cfg.data_seed, seeds=cfg.seeds) == cfg
+    cpu = get_profile("language", "cpu")
+    assert cpu.with_seed(cpu.seeds[0]) == cpu
+    one = cfg.one_layer()
+    assert one.model.n_layers == 1 and (one.sgld.epsilon, one.sgld.gamma) == (3e-3, 300.0)
+    with pytest.raises(ValueError, match="seeds must start"):
+        get_profile("language", "cpu", seeds=(2, 1))
+    with pytest.raises(ValueError, match="sgld_stride"):
+        get_profile("language", "cpu", sgld_stride=0)

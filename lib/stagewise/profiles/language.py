@@ -54,6 +54,7 @@ class LanguageProfile:
     one_layer_sgld: SGLDConfig = dataclasses.replace(PAPER_SGLD, epsilon=3e-3, gamma=300.0)
     one_layer_steps: int = 50_000
     one_layer_analysis_checkpoints: int = 500
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)  # Fig. B.1a; the first is the main run (train.seed, data_seed)
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -62,6 +63,9 @@ class LanguageProfile:
             raise ValueError(f"num_analysis_checkpoints must be an integer >= 2, got {self.num_analysis_checkpoints!r}")
         if not isinstance(self.sgld_stride, int) or not 1 <= self.sgld_stride < self.model.n_ctx:
             raise ValueError(f"sgld_stride must be an integer in [1, n_ctx - 1 = {self.model.n_ctx - 1}], got {self.sgld_stride!r}")
+        if not self.seeds or self.seeds[0] != self.train.seed or self.seeds[0] != self.data_seed:
+            raise ValueError(f"seeds must start with the main run's seed (train.seed = {self.train.seed}, "
+                             f"data_seed = {self.data_seed}), got {self.seeds!r}")
         if not isinstance(self.one_layer_analysis_checkpoints, int) or self.one_layer_analysis_checkpoints < 2:
             raise ValueError("one_layer_analysis_checkpoints must be an integer >= 2, "
                              f"got {self.one_layer_analysis_checkpoints!r}")
@@ -74,6 +78,13 @@ class LanguageProfile:
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.model.n_ctx
+
+    def with_seed(self, seed: int) -> "LanguageProfile":
+        """The same profile with training seed ``seed`` for both the initialisation and the batch
+        order (App. B.1: seeds differ "in model initialization and batch schedule")."""
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed), data_seed=seed, seeds=(seed,))
 
     def one_layer(self) -> "LanguageProfile":
         """The same profile for the one-layer model (App. B.5): L = 1, its own SGLD settings and
@@ -110,6 +121,7 @@ PROFILES = {
                                   num_burnin=0, batch_size=4, seed=0),
         one_layer_steps=1_000,
         one_layer_analysis_checkpoints=20,
+        seeds=(1,),
     ),
     "smoke": LanguageProfile(
         name="smoke",
@@ -127,5 +139,6 @@ PROFILES = {
                                   num_burnin=0, batch_size=4, seed=0),
         one_layer_steps=10,
         one_layer_analysis_checkpoints=10,
+        seeds=(1,),
     ),
 }
