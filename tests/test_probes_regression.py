@@ -409,7 +409,9 @@ def test_align_stages_by_llc_direction():
     assert S.align_stages(stages(130, -60, 10)) == [("LR1", "LR2"), ("LR3", "LR4"), ("LR5",)]
     assert S.align_stages(stages(20, 100, -30, -40, 10)) == [("LR1",), ("LR2",), ("LR3",), ("LR4",), ("LR5",)]
     assert S.align_stages(stages(-30, 100)) is None  # starts with a decrease
-    assert S.align_stages(stages(100, -30)) is None  # no final rise
+    assert S.align_stages(stages(100, -30, 10, -20)) is None  # one more change than the paper
+    # the run ends in the decrease (no final rise resolved): LR5 is left unmatched
+    assert S.align_stages(stages(0.5, 130, -60)) == [("LR1",), ("LR2",), ("LR3", "LR4")]
 
 
 def test_boundary_table_pairs_boundaries_with_the_papers():
@@ -422,6 +424,8 @@ def test_boundary_table_pairs_boundaries_with_the_papers():
     assert table.interval_hi.iloc[3] == 7608
     with pytest.raises(ValueError, match="labels"):
         S.boundary_table([124], [[1, 2]], labels, 10_000)
+    short = S.boundary_table([81, 1681], [[10, 81], [1594, 1771]], labels[:3], 10_000)
+    np.testing.assert_array_equal(short.detected, [81, 1681, np.nan, np.nan])
 
 
 def test_signature_table_measures_and_places_each_signature():
@@ -438,6 +442,7 @@ def test_signature_table_measures_and_places_each_signature():
         S.Signature("LR4", "big collapse", "ln", "rise", 0.9),
         S.Signature("LR1", "low", "d", "minimum", 0.0),
         S.Signature("LR2", "halves", "a.h2.e", "fall", 0.5, relative=True),
+        S.Signature("LR2", "onset", "a.h2.e", "fall", 0.5, at="start"),
     ]
     labels = [("LR1",), ("LR2",), ("LR3", "LR4"), ("LR5",)]
     table = S.signature_table(probes, sigs, boundaries=[124, 1694, 7185], labels=labels).set_index("signature")
@@ -450,6 +455,8 @@ def test_signature_table_measures_and_places_each_signature():
     low = table.loc["low"]
     assert low.appears and low.value_after == pytest.approx(probes.d.min()) and low.step < 1_694
     assert table.loc["halves"].effect == pytest.approx(0.8, abs=0.01) and table.loc["halves"].appears
+    onset = table.loc["onset"]  # timed by its 10% point, the window's start
+    assert onset.step == onset.start == heads.start and onset.step < heads.step and onset["our stage"] == 3
     lowest = S.evaluate_signature(probes, S.Signature("LR2", "lowest", "a.*.e", "minimum", 0.5))
     assert lowest["column"] == "a.h2.e" and lowest["effect"] == pytest.approx(probes["a.h2.e"].min())
     with pytest.raises(ValueError, match="no probe column"):
@@ -458,6 +465,8 @@ def test_signature_table_measures_and_places_each_signature():
         S.Signature("LR1", "x", "ln", "wiggle", 1)
     with pytest.raises(ValueError, match="relative"):
         S.Signature("LR1", "x", "ln", "minimum", 1, relative=True)
+    with pytest.raises(ValueError, match="at="):
+        S.Signature("LR1", "x", "ln", "dip", 1, at="start")
 
 
 def test_paper_signatures_name_real_probe_columns():

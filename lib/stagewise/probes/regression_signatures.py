@@ -79,11 +79,15 @@ def align_stages(stages, paper: Sequence[PaperStage] = PAPER_STAGES,
     ``stages`` are :class:`stagewise.stages.Stage` objects (``direction``, ``delta``). A first stage
     whose |Δλ̂| is below ``flat_fraction`` of the largest |Δλ̂| is a plateau (found with
     ``edge_plateaus=True``: the LLC is flat while the task prior is learnt) and joins the run of the
-    stage after it. Only the first: a small final rise is the paper's LR5 (small ↑ too). Both sequences are cut into runs of equal direction (the paper's: LR1–LR2 ↑, LR3–LR4 ↓, LR5 ↑);
-    with as many runs on both sides they are paired in order, and within a pair of runs the stages are
-    paired one to one from the start, the last detected stage taking every paper stage left over
-    (two paper stages merged into one) and extra detected stages repeating the last paper stage.
-    Returns, per detected stage, the tuple of paper stage names it corresponds to.
+    stage after it. Only the first: a small final rise is the paper's LR5 (small ↑ too).
+
+    Both sequences are cut into runs of equal direction (the paper's: LR1–LR2 ↑, LR3–LR4 ↓, LR5 ↑)
+    and paired in order from the start; a run with fewer runs than the paper's (e.g. one that ends
+    in the LLC decrease, its final small rise not resolved) leaves the paper's last stages unmatched.
+    Within a pair of runs the stages are paired one to one from the start, the last detected stage
+    taking every paper stage left over (two paper stages merged into one) and extra detected stages
+    repeating the last paper stage. Returns, per detected stage, the tuple of paper stage names it
+    corresponds to; None if the run starts with an LLC decrease or has more runs than the paper.
     """
     stages = list(stages)
     if not stages:
@@ -94,7 +98,7 @@ def align_stages(stages, paper: Sequence[PaperStage] = PAPER_STAGES,
     if len(stages) > 1 and abs(stages[0].delta) < flat_fraction * max(abs(st.delta) for st in stages):
         dirs[0] = dirs[1]
     ours, theirs = _runs(dirs), _runs([p.direction for p in paper])
-    if len(ours) != len(theirs) or dirs[0] != paper[0].direction:
+    if len(ours) > len(theirs) or dirs[0] != paper[0].direction:
         return None
     labels: list[tuple[str, ...]] = []
     for run, prun in zip(ours, theirs):
@@ -237,7 +241,9 @@ class Signature:
     of the matching columns the one with the largest effect is reported. ``kind``/``threshold``:
 
     * ``"rise"`` / ``"fall"``: :func:`change_window`; appears if its size ≥ ``threshold`` (with
-      ``relative``, size / |value before| ≥ ``threshold``); *when* = the 50% step, window 10–90%;
+      ``relative``, size / |value before| ≥ ``threshold``); *when* = the 50% step (``at="mid"``), or
+      the 10% step (``at="start"``) where the paper names the onset ("starting at the end of LR2");
+      window 10–90%;
     * ``"minimum"``: appears if the minimum ≤ ``threshold``; *when* = the minimum;
     * ``"dip"``: :func:`dip`; appears if depth and rebound are both ≥ ``threshold``; *when* = the
       minimum, window from half-depth to half-rebound.
@@ -250,10 +256,15 @@ class Signature:
     threshold: float
     relative: bool = False
     paper_when: str = ""
+    at: str = "mid"
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.at not in ("start", "mid"):
+            raise ValueError(f"at must be 'start' or 'mid', got {self.at!r}")
+        if self.at == "start" and self.kind not in ("rise", "fall"):
+            raise ValueError("at='start' applies to kind 'rise' or 'fall' only")
         if self.relative and self.kind not in ("rise", "fall"):
             raise ValueError("relative thresholds apply to kind 'rise' or 'fall' only")
 
@@ -264,7 +275,8 @@ def _measure(steps, values, sig: Signature) -> dict:
         effect = c.size / abs(c.before) if sig.relative else c.size
         if sig.relative and c.before == 0:
             effect = np.inf if c.size > 0 else 0.0
-        return {"effect": effect, "appears": effect >= sig.threshold, "step": c.step, "start": c.start, "end": c.end,
+        when = c.start if sig.at == "start" else c.step
+        return {"effect": effect, "appears": effect >= sig.threshold, "step": when, "start": c.start, "end": c.end,
                 "value_before": c.before, "value_after": c.after}
     if sig.kind == "minimum":
         step, value = curve_minimum(steps, values)
@@ -334,7 +346,8 @@ def paper_signatures(noise_variance: float, ridge: Mapping[str, float]) -> list[
     * LR2: ICL_{1:D} rises by at least half of ridge's ICL_{1:D} (``ridge["icl_1_D"]``); ICL_{D:K}
       dips (late tokens temporarily worse) by at least 10% of ridge's ICL_{D:K}; the token
       embedding's smallest component loses half its share of variance (C.5a: 2.9% → "half that");
-      the positional embedding's effective rank falls by a quarter (C.5b; the paper gives no number);
+      the positional embedding's effective rank falls by a quarter (C.5b; the paper gives no number),
+      both timed by their onset, which is what the paper places ("starting at the end of LR2");
       the token embedding's cosine with the unembedding subspace rises by 0.2 (C.5c, no number);
       some head hardens: a normalised attention entropy falls by 0.3 (C.8; "soft becomes hard").
     * LR3: the final LayerNorm collapses: a majority (0.5) of its weights |γ| < 0.1 (C.6); OOD
@@ -356,10 +369,11 @@ def paper_signatures(noise_variance: float, ridge: Mapping[str, float]) -> list[
                   paper_when="first half of LR2"),
         Signature("LR2", "late tokens temporarily worse: ICL_{D:K} dips", "behaviour.icl_D_K", "dip",
                   0.1 * ridge["icl_D_K"], paper_when="early LR2"),
-        Signature("LR2", "token embedding collapse: smallest component's variance share halves",
-                  "embedding.min_variance_fraction", "fall", 0.5, relative=True, paper_when="end of LR2"),
-        Signature("LR2", "positional embedding collapse: effective rank falls", "positional.effective_rank", "fall",
-                  0.25, relative=True, paper_when="second half of LR2 into LR3"),
+        Signature("LR2", "token embedding collapse: smallest component's variance share halves (onset)",
+                  "embedding.min_variance_fraction", "fall", 0.5, relative=True, paper_when="starts at the end of LR2",
+                  at="start"),
+        Signature("LR2", "positional embedding collapse: effective rank falls (onset)", "positional.effective_rank",
+                  "fall", 0.25, relative=True, paper_when="starts in the second half of LR2", at="start"),
         Signature("LR2", "token embedding aligns with the unembedding subspace", "alignment.unembedding", "rise", 0.2,
                   paper_when="LR2-LR3"),
         Signature("LR2", "attention heads harden (normalised entropy falls)", "attention.*.normalised_entropy", "fall",
