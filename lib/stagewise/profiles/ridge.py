@@ -1,47 +1,131 @@
-"""Profiles for the transient-ridge setting (notebook 03; shared/transient-ridge.md)."""
+"""Profiles for the transient-ridge setting (notebook 03; Carroll et al., shared/transient-ridge.md).
+
+One training run per task diversity M (the ``m_grid`` plus M = ∞), all with the same model,
+optimiser, batch and seed; only the task prior q_M changes. The nested task sets T_M are prefixes
+of one task sequence drawn from ``task.task_seed`` (``stagewise.data.regression.task_set``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from stagewise.data.regression import RegressionTask
+from stagewise.llc import SGLDConfig
+from stagewise.models.regression import RegressionTransformerConfig
+from stagewise.train import TrainConfig
 
 __all__ = ["TransientRidgeProfile", "PROFILES", "sqrt2_grid"]
 
 
-def sqrt2_grid(max_m: int) -> tuple[int, ...]:
-    """Task diversities 1, 2, 3, 4, 6, 8, 11, 16, 23, 32, ... (≈√2-spaced) up to ``max_m``."""
-    if max_m < 1:
-        raise ValueError(f"max_m must be >= 1, got {max_m}")
+def sqrt2_grid(max_m: int, min_m: int = 1) -> tuple[int, ...]:
+    """Task diversities round(2^(k/2)) from ``min_m`` to ``max_m``: 1, 2, 3, 4, 6, 8, 11, 16, 23, 32,
+    45, 64, 91, 128, 181, 256, 362, ... (√2-spaced; Carroll et al. write 182 for 2^7.5 ≈ 181.02)."""
+    if not isinstance(max_m, int) or max_m < 1:
+        raise ValueError(f"max_m must be an integer >= 1, got {max_m!r}")
+    if not isinstance(min_m, int) or not 1 <= min_m <= max_m:
+        raise ValueError(f"min_m must be an integer in [1, max_m = {max_m}], got {min_m!r}")
     grid, k = [], 0
     while round(2 ** (k / 2)) <= max_m:
         m = int(round(2 ** (k / 2)))
-        if m not in grid:
+        if m >= min_m and m not in grid:
             grid.append(m)
         k += 1
     return tuple(grid)
 
 
+def _paper_model() -> RegressionTransformerConfig:
+    # Carroll et al. give only "2 layers, 2.65 million parameters" (their App. A is not in our copy).
+    # Our layout with d = 256, 8 heads and d_mlp = 2048 has 2,641,417 parameters at D = 8, K = 16.
+    return RegressionTransformerConfig(task_size=8, max_examples=16, n_layers=2, n_heads=8, d_embed=256, d_mlp=2048)
+
+
 @dataclass(frozen=True)
 class TransientRidgeProfile:
+    """Everything notebook 03 needs to know about scale.
+
+    ``task`` is the template task (D, K, σ², task seed; its ``num_tasks`` must be None: each run
+    sets its own M). ``seed`` is the training seed of every run (initialisation and data stream).
+    ``num_eval`` sequences make each fixed test set (q_∞ for the OOD loss, q_M for in-distribution
+    losses and distances); ``pca_batch`` = B sequences from q(S | t_1) feed the joint trajectory
+    PCA. ``sgld`` / ``num_sgld_samples``: the LLC of each fully trained model on its own q_M.
+    ``smoothing`` is the Gaussian width (in checkpoints) of the light smoothing applied to loss and
+    PC curves before reading t_crit off them (the paper's figures are "lightly smoothed").
+    """
+
     name: str
-    task_size: int = 8  # D
-    max_examples: int = 16  # K
-    noise_variance: float = 0.125
+    task: RegressionTask = field(default_factory=lambda: RegressionTask(task_size=8, max_examples=16))
+    model: RegressionTransformerConfig = field(default_factory=lambda: _paper_model())
+    train: TrainConfig = field(default_factory=TrainConfig)
+    batch_size: int = 256
+    seed: int = 0
     m_grid: tuple[int, ...] = sqrt2_grid(2**15)  # finite M; M = ∞ is always added
     num_eval: int = 2048
-    task_seed: int = 0
+    pca_batch: int = 512
+    num_pca_components: int = 4
+    sgld: SGLDConfig = SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=8, num_draws=2000, num_burnin=500,
+                                             batch_size=1024)
+    num_sgld_samples: int = 2**20
+    smoothing: float = 1.0
+    executor: str = "serial"  # how the notebook trains the runs: "serial" or "processes" (one per core)
 
     def __post_init__(self):
-        if not self.m_grid or min(self.m_grid) < 1:
-            raise ValueError(f"m_grid must hold task counts M >= 1, got {self.m_grid}")
-        if self.task_size < 1 or self.max_examples < 1:
-            raise ValueError("task_size (D) and max_examples (K) must be >= 1")
-        if self.num_eval < 1:
-            raise ValueError(f"num_eval must be >= 1, got {self.num_eval}")
+        if not self.m_grid or any(not isinstance(m, int) or m < 1 for m in self.m_grid):
+            raise ValueError(f"m_grid must hold task counts M >= 1 (integers), got {self.m_grid}")
+        if list(self.m_grid) != sorted(set(self.m_grid)):
+            raise ValueError(f"m_grid must be strictly increasing, got {self.m_grid}")
+        if self.task.num_tasks is not None:
+            raise ValueError("task.num_tasks must be None in the profile: each run sets its own M from m_grid")
+        if self.task.task_size != self.model.task_size or self.task.max_examples != self.model.max_examples:
+            raise ValueError(
+                f"task (D={self.task.task_size}, K={self.task.max_examples}) and model "
+                f"(D={self.model.task_size}, K={self.model.max_examples}) must agree on D and K")
+        if not self.task.noise_variance > 0:
+            raise ValueError(f"task.noise_variance (σ²) must be > 0 for the ideal predictors, got {self.task.noise_variance}")
+        for name in ("batch_size", "num_eval", "pca_batch", "num_pca_components", "num_sgld_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.executor not in ("serial", "processes"):
+            raise ValueError(f"executor must be 'serial' or 'processes', got {self.executor!r}")
+        if self.smoothing < 0:
+            raise ValueError(f"smoothing must be >= 0 checkpoints, got {self.smoothing}")
+
+    @property
+    def task_diversities(self) -> tuple[int | None, ...]:
+        """The M of every run, finite ones first, then None for M = ∞."""
+        return (*self.m_grid, None)
 
 
 PROFILES = {
-    "paper": TransientRidgeProfile(name="paper"),
-    # The task-diversity threshold shrinks with D, so the cpu profile works at D = 4, K = 8.
-    "cpu": TransientRidgeProfile(name="cpu", task_size=4, max_examples=8, m_grid=sqrt2_grid(2**10), num_eval=4096),
-    "smoke": TransientRidgeProfile(name="smoke", task_size=2, max_examples=4, m_grid=(1, 4, 16), num_eval=64),
+    # Carroll et al.'s data and grid with a 2.64M-parameter 2-layer model; their optimiser settings are
+    # in an appendix missing from our copy, so these are Raventós et al.'s (Adam, one-cycle, batch 256,
+    # 500k steps) with a max lr of 1e-3 for the wider model.
+    "paper": TransientRidgeProfile(name="paper", train=TrainConfig(num_steps=500_000, lr=1e-3)),
+    # cpu: chosen by pilot runs on the 2-core machine (notebook 03 and the lead's report list them).
+    "cpu": TransientRidgeProfile(
+        name="cpu",
+        task=RegressionTask(task_size=3, max_examples=8),
+        model=RegressionTransformerConfig(task_size=3, max_examples=8, n_layers=2, n_heads=4, d_embed=32, d_mlp=64),
+        train=TrainConfig(num_steps=10_000, lr=3e-3, schedule="constant", num_linear=50, num_log=50,
+                          resume_every=2_000),
+        batch_size=128,
+        m_grid=sqrt2_grid(64),
+        num_eval=4096,
+        pca_batch=512,
+        sgld=SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=4, num_draws=300, num_burnin=100, batch_size=256),
+        num_sgld_samples=2**16,
+        smoothing=1.0,
+        executor="processes",
+    ),
+    "smoke": TransientRidgeProfile(
+        name="smoke",
+        task=RegressionTask(task_size=2, max_examples=4),
+        model=RegressionTransformerConfig(task_size=2, max_examples=4, n_layers=1, n_heads=2, d_embed=8, d_mlp=8),
+        train=TrainConfig(num_steps=40, num_linear=8, num_log=8, resume_every=20),
+        batch_size=16,
+        m_grid=(1, 2, 4),
+        num_eval=64,
+        pca_batch=16,
+        sgld=SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=1, num_draws=10, num_burnin=5, batch_size=16),
+        num_sgld_samples=128,
+    ),
 }
