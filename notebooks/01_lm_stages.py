@@ -51,11 +51,11 @@ from stagewise.models.language import make_language_model
 from stagewise.plotting import (apply_style, plot_over_training, plot_stages, plot_token_loss_change, save_figure,
                                 shade_stages)
 from stagewise.probes.language import (bigram_distribution, classify_heads, composition_at, head_scores_at,
-                                       lm_probe_checkpoints, lm_probe_config, ngram_entropies, per_token_loss_change,
-                                       positional_embedding_pca)
-from stagewise.probes.language_signatures import (LM_PAPER_NUM_STEPS, LM_PAPER_STAGES, add_derived_columns,
-                                                  lm_paper_signatures)
-from stagewise.probes.regression_signatures import align_stages, boundary_table, signature_table
+                                       icl_tokens, lm_probe_checkpoints, lm_probe_config, ngram_entropies,
+                                       per_token_loss_change, positional_embedding_pca)
+from stagewise.probes.language_signatures import (LM_PAPER_FIRST_CHECKPOINT, LM_PAPER_NUM_STEPS, LM_PAPER_STAGES,
+                                                  PRE_LM1, add_derived_columns, lm_paper_signatures, name_lm_stages)
+from stagewise.probes.regression_signatures import boundary_table, signature_table
 from stagewise.profiles import default_profile, get_profile
 from stagewise.runs import language_analysis_steps, language_llc, language_run
 from stagewise.stages import detect_stages
@@ -114,7 +114,9 @@ print(f"probes at {len(steps)} checkpoints in {time.perf_counter() - t0:.0f} s (
 # SGLD at the paper's ε = 0.001, γ = 100, nβ = 21.7 (App. D.1.4) with the profile's chains, draws
 # and batch; SGLD batches come from the held-out `sgld` split, with the same seed (noise and batch
 # order) at every checkpoint. Chains flagged NaN or diverging are excluded from the mean and printed.
-# Stage boundaries: GP on log t, App. A.5 (`stagewise.stages`).
+# Stage boundaries: GP on log t, App. A.5 (`stagewise.stages`). Our choice, where the paper is
+# silent: a flat stretch at the end of the run (|slope| below the tolerance) also ends a stage
+# (`edge_plateaus=True`) — the paper's LM1 ends in such a plateau of the LLC.
 
 # %%
 t0 = time.perf_counter()
@@ -125,8 +127,8 @@ print(f"LLC at {len(sweep.steps)} checkpoints in {time.perf_counter() - t0:.0f} 
 keep = sweep.steps > 0
 t_llc = sweep.steps[keep]
 llc, llc_sem = sweep.llc_mean[keep], (sweep.llc_sem[keep] if cfg.sgld.num_chains > 1 else None)
-stages = detect_stages(t_llc, llc, stds=llc_sem)
-norms = np.array([torch.cat([p.flatten().float() for p in run.load_state(s).values()]).norm().item() for s in t_llc])
+stages = detect_stages(t_llc, llc, stds=llc_sem, edge_plateaus=True)
+norms = np.array([torch.cat([p.detach().flatten() for p in run.load_model(s).parameters()]).norm().item() for s in t_llc])
 val_loss = table.set_index("step").loc[t_llc, "loss"].to_numpy()
 fig = plot_stages(stages, t_llc, llc, stds=sweep.llc_std[keep] if cfg.sgld.num_chains > 1 else None, loss=val_loss,
                   extra={"weight norm $\\|w_t\\|$": norms}, loss_label="validation loss",
@@ -158,7 +160,9 @@ plt.show()
 # Top left: bigram score minus its optimum. Top right: n-gram scores ℓ_test / ℓ_gram (below 1: the
 # model predicts the n-gram's last token better in real text than from the n-gram alone).
 # Bottom left: validation loss with the positional embedding zero-ablated minus the plain loss, at
-# several positions. Bottom right: ICL score (loss late in the context minus early).
+# several positions. Bottom right: ICL score (loss late in the context minus early; the paper's
+# tokens 50 and 500 of 1,024 scaled to our context, each averaged over a ±`icl_window`-token window
+# — our choice, to beat the noise of a few hundred validation contexts; band: ±2 standard errors).
 
 # %%
 fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
@@ -171,7 +175,12 @@ plot_over_training(axes[1, 0], table.step,
                    {f"k = {c.split('.')[1]}": table[c + ".pos_ablated"] - table[c] for c in pos_cols}, result=stages,
                    ylabel="ablated − plain loss (nats)", legend=True)
 axes[1, 0].legend(fontsize=6, ncol=2)
-plot_over_training(axes[1, 1], table.step, {"ICL score": table["icl_score"]}, result=stages, ylabel="nats")
+k1, k2 = probe_cfg.icl_tokens or icl_tokens(cfg.model.n_ctx)
+plot_over_training(axes[1, 1], table.step, {f"ICL score ($\\ell_{{{k2}}} - \\ell_{{{k1}}}$)": table["icl_score"]},
+                   result=stages, ylabel="nats")
+axes[1, 1].fill_between(table.step, table["icl_score"] - 2 * table["icl_score.sem"],
+                        table["icl_score"] + 2 * table["icl_score.sem"], alpha=0.25, lw=0, label="± 2 s.e.")
+axes[1, 1].legend(fontsize=7)
 fig.suptitle(f"Behavioural probes, {cfg.name} profile")
 fig.tight_layout()
 save_figure(fig, "figB3_lm_behaviour", profile=cfg.name)
@@ -184,7 +193,7 @@ plt.show()
 L = cfg.model.n_layers
 fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
 evr_cols = [c for c in table.columns if c.startswith("pos_pca.evr.")]
-plot_over_training(axes[0, 0], table.step, {f"PC{int(c.split('.')[-1]) + 1}": table[c] for c in evr_cols},
+plot_over_training(axes[0, 0], table.step, {f"PC{c.split('.')[-1]}": table[c] for c in evr_cols},
                    result=stages, ylabel="explained variance (pos. embedding)")
 for ax, prefix, title in ((axes[0, 1], "previous_token", "previous-token score"),
                           (axes[1, 0], "prefix_matching", "prefix-matching score")):
@@ -193,7 +202,8 @@ for ax, prefix, title in ((axes[0, 1], "previous_token", "previous-token score")
         plot_over_training(ax, table.step, {c.split(".")[1]: table[c] for c in cols}, legend=False, color=color,
                            lw=0.8, alpha=0.8, result=stages if layer == 0 else None)
     ax.axhline(table[f"{prefix}.chance"].iloc[0], color="k", ls=":", lw=0.8)
-    ax.set(ylabel=title, title=f"{title} per head (blue: layer 0, red: layer 1; dotted: chance)")
+    ax.set_ylabel(title)
+    ax.set_title("per head (blue: layer 0, red: layer 1; dotted: chance)", fontsize=8)
 if L >= 2:
     k_cols = [c for c in table.columns if c.startswith("K_composition.")]
     top = table[k_cols].iloc[-1].sort_values(ascending=False).index[:6]
@@ -232,30 +242,20 @@ save_figure(fig, "figB4_lm_positional_embedding", profile=cfg.name)
 plt.show()
 
 # %% [markdown]
-# ## Per-token loss change between two checkpoints (Fig. 5)
-# Each token of a validation text coloured by how much its loss changed between the first
-# detected stage boundary (or the middle of training) and the last checkpoint: red tokens became
-# easier to predict.
-
-# %%
-t_before = int(steps[np.argmin(np.abs(steps - (stages.boundaries[0] if len(stages.boundaries) else steps[len(steps) // 2])))])
-t_after = int(steps[-1])
-text = val[0, : min(160, cfg.model.n_ctx)][None]
-change = per_token_loss_change(run.load_model(t_before), run.load_model(t_after), text)
-fig = plot_token_loss_change(change.token.tolist(), change.change.to_numpy(), width=90,
-                             title=f"loss change from step {t_before:,} to {t_after:,}")
-save_figure(fig, "fig5_lm_loss_change", profile=cfg.name)
-plt.show()
-
-# %% [markdown]
 # ## Detected stages against the paper's (LM1–LM5 at 900 / 6.5k / 8.5k / 17k of 50k steps)
-# Our stages are named after the paper's by order and LLC direction (`align_stages`); the signature
+# Our stages are named after the paper's by order and LLC direction (`name_lm_stages`). Stages that
+# end before step 100 are labelled *pre-LM1*: the paper analysed checkpoints every 100 steps
+# (App. D.1), so an early transient of the LLC (our cpu run rises to step ~11 and dips until ~24)
+# has no counterpart in its figures and must not be read as its LM3 decrease. The signature
 # table asks, for every stage's named change, whether it happens in our run and in which of our
-# stages. `rescaled` multiplies the paper's step by our steps / 50k — only a guide: our batch holds
+# stages, reading the probes from step 100 on for the same reason (before that the ICL score and
+# the n-gram scores swing while the model learns unigram statistics; none of it is in the paper). `rescaled` multiplies the paper's step by our steps / 50k — only a guide: our batch holds
 # 2k tokens against the paper's 100k, so stages need not scale with steps.
 
 # %%
-labels = align_stages(stages.stages, LM_PAPER_STAGES)
+# runs shorter than 1,000 steps (smoke) have nothing past step 100 to read: they use every checkpoint
+first_resolved = LM_PAPER_FIRST_CHECKPOINT if steps[-1] >= 10 * LM_PAPER_FIRST_CHECKPOINT else 0
+labels = name_lm_stages(stages.stages, first_resolved_step=first_resolved)
 print("detected boundaries:", np.round(stages.boundaries).astype(int).tolist(),
       "| directions:", [s.direction for s in stages.stages])
 if labels is None:
@@ -265,8 +265,26 @@ if labels is None:
 else:
     display(boundary_table(stages.boundaries, stages.intervals, labels, cfg.train.num_steps,
                            paper=LM_PAPER_STAGES, paper_num_steps=LM_PAPER_NUM_STEPS))
-signatures = signature_table(table, lm_paper_signatures(L), stages.boundaries, labels)
+resolved = table[table.step >= first_resolved]  # the checkpoints the paper could see (App. D.1)
+signatures = signature_table(resolved, lm_paper_signatures(L), stages.boundaries, labels)
 signatures[["paper stage", "signature", "paper when", "appears", "step", "our stage", "our stage name", "effect"]]
+
+# %% [markdown]
+# ## Per-token loss change over each named stage (Fig. 5)
+# As in the paper's Fig. 5, a validation text with each token coloured by how much its loss changed
+# from the start to the end of a stage (the nearest analysed checkpoints): red tokens became easier
+# to predict. One figure per stage named after the paper's (the pre-LM1 transient is skipped).
+
+# %%
+text = val[0, : min(160, cfg.model.n_ctx)][None]
+named = [(st, "+".join(lab)) for st, lab in zip(stages.stages, labels) if lab != (PRE_LM1,)]
+for st, name in named or [(stages.stages[-1], "last stage")]:
+    t_before, t_after = (int(steps[np.argmin(np.abs(steps - t))]) for t in (st.start, st.end))
+    change = per_token_loss_change(run.load_model(t_before), run.load_model(t_after), text)
+    fig = plot_token_loss_change(change.token.tolist(), change.change.to_numpy(), width=90,
+                                 title=f"{name}: loss change from step {t_before:,} to {t_after:,}")
+    save_figure(fig, f"fig5_lm_loss_change_{name.replace('+', '_').replace(' ', '_')}", profile=cfg.name)
+    plt.show()
 
 # %% [markdown]
 # ## Other seeds (Fig. B.1a)
@@ -282,7 +300,7 @@ if len(cfg.seeds) > 1:
         run_s = language_run(cfg_s)
         sweep_s = language_llc(cfg_s, run_s)
         ks = sweep_s.steps > 0
-        stages_s = detect_stages(sweep_s.steps[ks], sweep_s.llc_mean[ks])
+        stages_s = detect_stages(sweep_s.steps[ks], sweep_s.llc_mean[ks], edge_plateaus=True)
         print(f"seed {seed}: boundaries {np.round(stages_s.boundaries).astype(int).tolist()}, "
               f"flagged chains: {sweep_s.diagnostics or 'none'}")
         axes[0].plot(np.arange(1, len(run_s.train_loss) + 1), run_s.smoothed_loss(), lw=1, label=f"seed {seed}")
@@ -316,5 +334,6 @@ if one_layer:
     plt.show()
     print("one-layer boundaries:", np.round(stages1.boundaries).astype(int).tolist(),
           f"| flagged chains: {sweep1.diagnostics or 'none'}")
-    display(signature_table(table1, lm_paper_signatures(1), stages1.boundaries)[
+    resolved1 = table1[table1.step >= (LM_PAPER_FIRST_CHECKPOINT if steps1[-1] >= 10 * LM_PAPER_FIRST_CHECKPOINT else 0)]
+    display(signature_table(resolved1, lm_paper_signatures(1), stages1.boundaries)[
         ["paper stage", "signature", "appears", "step", "our stage", "effect"]])

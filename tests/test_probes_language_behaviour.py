@@ -185,6 +185,21 @@ def test_icl_score_from_losses_and_bad_tokens(stream, bigrams):
         L.icl_score(losses=losses, k1=9, k2=3)
 
 
+def test_icl_score_window_averages_around_each_token_and_reports_its_error():
+    g = torch.Generator().manual_seed(0)
+    losses = torch.rand(40, 20, generator=g, dtype=torch.float64)
+    # window 2 around k1 = 3 covers tokens 1..5, around k2 = 19 tokens 17..20 (clipped at the end)
+    expected = losses[:, 16:20].mean(1) - losses[:, 0:5].mean(1)
+    score, sem = L.icl_score(losses=losses, k1=3, k2=19, window=2, return_sem=True)
+    assert score == pytest.approx(float(expected.mean()))
+    assert sem == pytest.approx(float(expected.std() / 40 ** 0.5))
+    assert L.icl_score(losses=losses, k1=3, k2=19, window=0) == pytest.approx(float((losses[:, 18] - losses[:, 2]).mean()))
+    with pytest.raises(ValueError, match="window"):
+        L.icl_score(losses=losses, k1=3, k2=19, window=-1)
+    with pytest.raises(ValueError, match="icl_window"):
+        L.LMProbeConfig(icl_window=-2)
+
+
 def test_per_token_loss_change(stream, bigrams):
     q = bigrams.dense()
     tokens = stream[:16].long()

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stagewise.probes.language_signatures import (LM_PAPER_STAGES, add_derived_columns, first_crossing,
-                                                  lm_paper_signatures)
+from stagewise.probes.language_signatures import (LM_PAPER_STAGES, PRE_LM1, add_derived_columns, first_crossing,
+                                                  lm_paper_signatures, name_lm_stages)
 from stagewise.probes.regression_signatures import align_stages, signature_table
 from stagewise.stages import Stage
 
@@ -57,6 +57,23 @@ def test_lm_stages_align_with_the_paper_sequence():
     labels = align_stages(stages, LM_PAPER_STAGES)
     assert labels[2] == ("LM3",) and labels[-1] == ("LM4", "LM5")
     assert align_stages([mk("decrease")], LM_PAPER_STAGES) is None
+
+
+def test_early_transient_before_the_papers_first_checkpoint_is_not_named():
+    # our cpu run: a rise to step 11 and a dip to 24 (unseen by the paper, which starts at step 100),
+    # then the rise that ends at the bigram plateau and a flat stretch
+    st = [Stage(1, 11, "increase", 10, 21), Stage(11, 24, "decrease", 13, -3), Stage(24, 1288, "increase", 1264, 42),
+          Stage(1288, 4000, "increase", 2712, 2)]
+    assert name_lm_stages(st) == [(PRE_LM1,), (PRE_LM1,), ("LM1",), ("LM2",)]
+    # without the cut, the 13-step dip would be misread as LM3 (the paper's 2,000-step decrease)
+    assert align_stages(st, LM_PAPER_STAGES)[1] == ("LM3",)
+    # a later cut moves the naming; all stages early -> all unnamed; bad input
+    assert name_lm_stages(st, first_resolved_step=1) == align_stages(st, LM_PAPER_STAGES)
+    assert name_lm_stages(st[:2]) == [(PRE_LM1,), (PRE_LM1,)]
+    with pytest.raises(ValueError, match="first_resolved_step"):
+        name_lm_stages(st, first_resolved_step=-1)
+    with pytest.raises(ValueError, match="at least one stage"):
+        name_lm_stages([])
 
 
 def test_first_crossing():

@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from stagewise.probes.regression_signatures import PaperStage, Signature
+from stagewise.probes.regression_signatures import PaperStage, Signature, align_stages
 
-__all__ = ["LM_PAPER_STAGES", "LM_PAPER_NUM_STEPS", "add_derived_columns", "lm_paper_signatures", "first_crossing"]
+__all__ = ["LM_PAPER_STAGES", "LM_PAPER_NUM_STEPS", "LM_PAPER_FIRST_CHECKPOINT", "PRE_LM1", "add_derived_columns",
+           "lm_paper_signatures", "first_crossing", "name_lm_stages"]
 
 LM_PAPER_NUM_STEPS = 50_000
 # §5 and Fig. 1a: the LLC rises in LM1 and LM2, falls in LM3 and rises again in LM4; LM5 shows "no
@@ -27,6 +28,10 @@ LM_PAPER_STAGES: tuple[PaperStage, ...] = (
     PaperStage("LM4", "increase", 8_500, 17_000),
     PaperStage("LM5", "increase", 17_000, 50_000),
 )
+# App. D.1: checkpoints every 10 steps, but "a majority of analysis used checkpoints every 100 steps":
+# whatever the LLC does before step 100 is not resolved in the paper's figures.
+LM_PAPER_FIRST_CHECKPOINT = 100
+PRE_LM1 = "pre-LM1"
 
 
 def add_derived_columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -94,3 +99,27 @@ def first_crossing(steps, values, threshold: float) -> float:
         raise ValueError(f"steps and values must be 1-d of equal length, got {steps.shape} and {values.shape}")
     hit = np.nonzero(values >= threshold)[0]
     return float(steps[hit[0]]) if len(hit) else float("nan")
+
+
+def name_lm_stages(stages, first_resolved_step: float = LM_PAPER_FIRST_CHECKPOINT,
+                   paper=LM_PAPER_STAGES) -> list[tuple[str, ...]] | None:
+    """Name detected LM stages after the paper's, ignoring what the paper could not see.
+
+    Our runs analyse checkpoints from step 1, the paper's from step 100, so our first stages can be
+    an early transient (the LLC of a freshly initialised model rising and dipping within a few dozen
+    steps) that has no counterpart in Fig. 1a. Every stage that ends at or before
+    ``first_resolved_step`` is labelled ``("pre-LM1",)``; the rest are named by
+    :func:`~stagewise.probes.regression_signatures.align_stages` (order and LLC direction). Returns
+    one tuple of names per stage, or None when the resolved stages do not fit the paper's sequence.
+    """
+    stages = list(stages)
+    if not stages:
+        raise ValueError("stages must hold at least one stage")
+    if not first_resolved_step >= 0:
+        raise ValueError(f"first_resolved_step must be >= 0, got {first_resolved_step}")
+    early = [st for st in stages if st.end <= first_resolved_step]
+    resolved = stages[len(early):]
+    if not resolved:
+        return [(PRE_LM1,)] * len(stages)
+    labels = align_stages(resolved, paper)
+    return None if labels is None else [(PRE_LM1,)] * len(early) + labels
