@@ -222,3 +222,67 @@ def test_result_roundtrips_through_dict():
     assert r2.llc_mean == r.llc_mean and r2.config == r.config
     np.testing.assert_array_equal(r2.llc_trace, r.llc_trace)
 
+
+
+# --------------------------------------------------------------------------------------------
+# compute_dtype="bfloat16": the loss under bf16 autocast, the SGLD state in fp32
+# --------------------------------------------------------------------------------------------
+
+
+def _teacher_mlp():
+    """A small tanh MLP regression at its teacher weights (fp32), data from the teacher + noise."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    n, d_in, h = 4096, 8, 32
+    x = torch.randn(n, d_in, generator=gen)
+    w = {"W1": torch.randn(h, d_in, generator=gen) / d_in ** 0.5, "b1": 0.1 * torch.randn(h, generator=gen),
+         "W2": torch.randn(1, h, generator=gen) / h ** 0.5}
+
+    def loss_fn(p, batch):
+        xb, yb = batch
+        return ((F.linear(torch.tanh(F.linear(xb, p["W1"], p["b1"])), p["W2"]).squeeze(-1) - yb) ** 2).mean()
+
+    with torch.no_grad():
+        y = F.linear(torch.tanh(F.linear(x, w["W1"], w["b1"])), w["W2"]).squeeze(-1) + 0.1 * torch.randn(n, generator=gen)
+    return loss_fn, w, (x, y)
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_bfloat16_compute_agrees_with_fp32_within_standard_error_and_is_deterministic(mode):
+    loss_fn, w_star, data = _teacher_mlp()
+    cfg = SGLDConfig(epsilon=3e-3, gamma=100.0, num_chains=8, num_draws=200, num_burnin=50, batch_size=256, seed=0)
+    run = lambda cd: estimate_llc(loss_fn, w_star, cfg, data=data, progress=False, chain_mode=mode,  # noqa: E731
+                                  compute_dtype=cd)
+    fp32, bf16, again = run(None), run("bfloat16"), run("bfloat16")
+    assert fp32.compute_dtype is None and bf16.compute_dtype == "bfloat16"
+    # autocast really ran: ℓ(w*) and the draws carry bf16 rounding ...
+    assert not np.array_equal(bf16.loss_trace, fp32.loss_trace)
+    assert bf16.loss_init != fp32.loss_init
+    # ... but the estimate stays within the fp32 run's chain standard error (same seed: same noise, batches)
+    assert abs(bf16.llc_mean - fp32.llc_mean) <= fp32.llc_sem, (bf16.llc_mean, fp32.llc_mean, fp32.llc_sem)
+    assert fp32.llc_mean > 5 * fp32.llc_sem  # a non-trivial estimate, not 0 ± noise
+    np.testing.assert_array_equal(again.loss_trace, bf16.loss_trace)  # same seed, same numbers
+    assert again.llc_mean == bf16.llc_mean
+
+
+def test_bfloat16_leaves_the_sgld_update_in_fp32():
+    """A potential with no autocast-eligible op (elementwise powers, sums) is unchanged bit for bit:
+    only the loss's matmuls change precision; state, noise, localization and update stay fp32."""
+    params = {k: v.float() for k, v in _quadratic_params().items()}
+    cfg = SGLDConfig(epsilon=1e-4, gamma=10.0, nbeta=100.0, num_chains=3, num_draws=50, num_burnin=10, seed=7)
+    for mode in ("loop", "vmap"):
+        a = estimate_llc(_quadratic, params, cfg, progress=False, chain_mode=mode)
+        b = estimate_llc(_quadratic, params, cfg, progress=False, chain_mode=mode, compute_dtype="bfloat16")
+        np.testing.assert_array_equal(a.loss_trace, b.loss_trace)
+        assert a.llc_mean == b.llc_mean
+
+
+def test_bad_compute_dtype_rejected():
+    params = {k: v.float() for k, v in _quadratic_params().items()}
+    cfg = SGLDConfig(epsilon=1e-4, nbeta=10.0, num_chains=1, num_draws=2, num_burnin=0)
+    for bad in ("float16", "bf16", torch.bfloat16, "float32"):
+        with pytest.raises(ValueError, match="compute_dtype must be None .* or 'bfloat16'"):
+            estimate_llc(_quadratic, params, cfg, progress=False, compute_dtype=bad)
+    with pytest.raises(ValueError, match="needs float32 sampled weights"):
+        estimate_llc(_quadratic, _quadratic_params(), cfg, progress=False, compute_dtype="bfloat16")  # float64

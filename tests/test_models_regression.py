@@ -66,3 +66,29 @@ def test_wrong_token_dimension_or_length_is_a_clear_error():
         model(torch.randn(2, 16, 4))
     with pytest.raises(ValueError, match="exceeds the model's context"):
         model(torch.randn(2, 18, 5))
+
+
+@pytest.mark.parametrize("length", [16, 15, 8, 1])
+def test_predictions_only_equals_the_full_forward_read_at_x_positions(length):
+    """The fast path (last block at x positions only, unembedding component 0) is the same function:
+    values and parameter gradients of the regression loss match the full forward's."""
+    torch.manual_seed(0)
+    model = RegressionTransformer()
+    with torch.no_grad():  # move off the init so every weight (LN gains, biases) matters
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    tokens = torch.randn(6, length, 5)
+    ys = torch.randn(6, (length + 1) // 2)
+    full = model(tokens)[:, ::2, 0]
+    fast = model(tokens, predictions_only=True)
+    assert fast.shape == full.shape == ys.shape
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    assert torch.equal(model.predict(tokens), fast)
+    grads = []
+    for out in (lambda: model(tokens)[:, ::2, 0], lambda: model(tokens, predictions_only=True)):
+        model.zero_grad()
+        ((out() - ys) ** 2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+    assert count_parameters(model) == 51_717

@@ -19,7 +19,12 @@ Choices made here (see the docstring of :func:`estimate_llc` for the reasons):
   (one gradient-free forward pass per draw, shared by the chains), so each draw contributes the
   paired difference ℓ_{B_t}(w_t) − ℓ_{B_t}(w*) and batch-to-batch noise cancels;
 * the seed fixes the batch order (one stream) and the injected noise (one stream per chain), so
-  runs at different checkpoints see identical noise and batches (D.3.2).
+  runs at different checkpoints see identical noise and batches (D.3.2);
+* ``compute_dtype="bfloat16"`` (opt-in) runs only the loss's forward and backward under bf16
+  autocast; the chains' state w_t, the noise, the localization term and the update stay in the
+  weights' dtype. It is an argument of :func:`estimate_llc`, not a field of :class:`SGLDConfig`,
+  so the cache keys of every existing fp32 result stay valid (like ``chain_mode`` and ``compile``);
+  the result records it as ``LLCResult.compute_dtype``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from contextlib import nullcontext
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -146,6 +152,7 @@ class LLCResult:
     config: SGLDConfig
     elapsed_s: float = float("nan")
     messages: list[str] = field(default_factory=list)
+    compute_dtype: str | None = None  # None: the weights' own dtype; "bfloat16": loss under bf16 autocast
 
     @property
     def llc_sem(self) -> float:
@@ -296,6 +303,25 @@ def _batches(data, batch_size: int, seed: int, device: torch.device) -> Iterator
 # --------------------------------------------------------------------------------------------
 
 
+COMPUTE_DTYPES = (None, "bfloat16")
+
+
+def _autocast(compute_dtype: str | None, device: torch.device, dtype: torch.dtype):
+    """The context the loss's forward and backward run in: nothing (exact), or bf16 autocast."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be None (the weights' own dtype, exact) or 'bfloat16' (the loss's "
+                         f"forward and backward under bf16 autocast), got {compute_dtype!r}")
+    if compute_dtype is None:
+        return nullcontext
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"compute_dtype='bfloat16' runs under torch.autocast on 'cpu' or 'cuda', "
+                         f"not on device {device.type!r}")
+    if dtype != torch.float32:
+        raise ValueError(f"compute_dtype='bfloat16' needs float32 sampled weights (the fp32 master copy the chains "
+                         f"keep), got {dtype}")
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def _resolve_chain_mode(chain_mode: str, device: torch.device) -> str:
     if chain_mode not in ("auto", "loop", "vmap"):
         raise ValueError(f"chain_mode must be 'auto', 'loop' or 'vmap', got {chain_mode!r}")
@@ -318,6 +344,7 @@ def estimate_llc(
     param_mask: Mapping[str, torch.Tensor] | None = None,
     chain_mode: str = "auto",
     compile: bool = False,
+    compute_dtype: str | None = None,
     progress: bool = True,
 ) -> LLCResult:
     """Estimate the LLC λ̂(w*) at ``params`` = w* with SGLD (eq. 8; estimator eq. 5; traces eq. 26).
@@ -344,6 +371,14 @@ def estimate_llc(
     stacked chains) or 'auto' (loop on CPU, vmap on CUDA, chosen by measurement). ``compile``
     wraps the loss (forward + backward via AOTAutograd) in torch.compile: same mathematics,
     different float rounding; it pays off only for long runs (compile takes tens of seconds).
+    ``compute_dtype``: None (default: the loss in the weights' own dtype, exact) or 'bfloat16': each
+    evaluation of ``loss_fn`` — the chains' forward + backward and the ℓ(w*) of each draw alike, so
+    the paired difference ℓ(w_t) − ℓ(w*) sees the same rounding — runs under ``torch.autocast``
+    with bf16 (matmuls in bf16, reductions and normalisations as autocast decides), its value cast
+    back to the weights' dtype. The chains' state, the noise, the localization γ(w − w*) and the
+    update of eq. (8) stay fp32 (float32 weights required). A speed option (CPU cores with bf16
+    dot-product instructions run bf16 matmuls ~4× faster): check the estimate against an fp32 run
+    at the same seed before relying on it (benchmarks/results/llc_benchmark.md).
     Inputs are never mutated. Non-finite or divergent chains are reported in ``diagnostics``,
     logged, and excluded from ``llc_mean``.
     """
@@ -354,6 +389,7 @@ def estimate_llc(
     device = next(iter(params.values())).device
     mode = _resolve_chain_mode(chain_mode, device)
     dtype = params[layout.names[0]].dtype
+    precision = _autocast(compute_dtype, device, dtype)
     C, eps, gamma = config.num_chains, config.epsilon, config.gamma
 
     frozen = {n: t.detach() for n, t in params.items() if n not in layout.names}
@@ -362,9 +398,10 @@ def estimate_llc(
         mask = mask.to(device)
 
     def flat_loss(theta: torch.Tensor, batch) -> torch.Tensor:
-        loss = loss_fn({**frozen, **layout.unflatten(theta)}, batch)
+        with precision():
+            loss = loss_fn({**frozen, **layout.unflatten(theta)}, batch)
         _check_scalar(loss)
-        return loss.reshape(())
+        return loss.reshape(()) if compute_dtype is None else loss.reshape(()).to(dtype)
 
     if mode == "loop":
         def loss_of(theta, batch):
@@ -434,7 +471,8 @@ def estimate_llc(
     elapsed = time.perf_counter() - t0
     loss_arr = torch.stack(losses).to("cpu", torch.float64).numpy()
     star_arr = torch.stack(losses_star).to("cpu", torch.float64).numpy()
-    return _summarise(loss_arr, star_arr, config, nbeta, layout.numel if mask is None else int(mask.sum()), elapsed)
+    result = _summarise(loss_arr, star_arr, config, nbeta, layout.numel if mask is None else int(mask.sum()), elapsed)
+    return dataclasses.replace(result, compute_dtype=compute_dtype)
 
 
 def _check_scalar(loss: torch.Tensor) -> None:

@@ -9,6 +9,12 @@ LayerNorm before the unembedding).
 Attention is written with plain matmuls + softmax (no ``scaled_dot_product_attention``) so that
 ``torch.func.vmap`` over SGLD chains batches it instead of looping per example on CPU.
 
+``forward(tokens, predictions_only=True)`` returns only the predictions ŷ_k = out[:, 2k, 0] that the
+loss reads (§6), skipping work they do not need (≈ 0.8× the matmul FLOPs, same mathematics; equal
+to ``forward(tokens)[:, ::2, 0]`` up to float rounding): the last block computes its queries,
+attention output and MLP at the x positions only (keys and values at all positions); the
+unembedding computes output component 0 only.
+
 Paper-code discrepancy, decided here: the authors' ``DTransformer`` adds each block's output to
 its input *again* (``x = x + block(x)`` with a block that already returns ``x + ...``), doubling the
 residual stream every layer. We use the standard pre-LN residual ``x = x + f(LN(x))`` the paper
@@ -81,11 +87,24 @@ class CausalSelfAttention(nn.Module):
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head) + self.causal_mask[:T, :T]
         return scores.softmax(dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, queries: slice | None = None) -> torch.Tensor:
+        """Attention output at every position, or only at the query positions ``queries`` (a slice
+        of the sequence axis; keys and values still at every position)."""
+        if queries is None:
+            B, T, C = x.shape
+            q, k, v = self._qkv(x)
+            y = self._pattern(q, k) @ v  # B H T d_head
+            return self.out(y.transpose(1, 2).reshape(B, T, C))
         B, T, C = x.shape
-        q, k, v = self._qkv(x)
-        y = self._pattern(q, k) @ v  # B H T d_head
-        return self.out(y.transpose(1, 2).reshape(B, T, C))
+        w_q, w_kv = self.qkv.weight.split([C, 2 * C])
+        xq = x[:, queries]
+        Tq = xq.shape[1]
+        k, v = F.linear(x, w_kv).split(C, dim=-1)
+        q = F.linear(xq, w_q).view(B, Tq, self.n_heads, self.d_head).transpose(1, 2)
+        k, v = (t.view(B, T, self.n_heads, self.d_head).transpose(1, 2) for t in (k, v))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head) + self.causal_mask[:T, :T][queries]
+        y = scores.softmax(dim=-1) @ v  # B H Tq d_head
+        return self.out(y.transpose(1, 2).reshape(B, Tq, C))
 
 
 class Block(nn.Module):
@@ -96,8 +115,10 @@ class Block(nn.Module):
         self.ln_mlp = nn.LayerNorm(cfg.d_embed)
         self.mlp = nn.Sequential(nn.Linear(cfg.d_embed, cfg.d_mlp), nn.ReLU(), nn.Linear(cfg.d_mlp, cfg.d_embed))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x))
+    def forward(self, x: torch.Tensor, queries: slice | None = None) -> torch.Tensor:
+        """The block's output at every position, or only at ``queries`` (see the attention's)."""
+        a = self.attn(self.ln_attn(x), queries)
+        x = (x if queries is None else x[:, queries]) + a
         return x + self.mlp(self.ln_mlp(x))
 
 
@@ -130,16 +151,30 @@ class RegressionTransformer(nn.Module):
         pats = [blk.attn.attention_pattern(blk.ln_attn(x)) for blk, x in zip(self.blocks, streams[:-1])]
         return torch.stack(pats, dim=1)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, predictions_only: bool = False) -> torch.Tensor:
+        """Outputs [B, T, D+1]; with ``predictions_only``, just ŷ [B, ⌈T/2⌉] = outputs[:, ::2, 0],
+        computed at the x positions only (see the module docstring)."""
         self._check_tokens(tokens)
+        if predictions_only:
+            return self._predictions(tokens)
         x = self.token_embedding(tokens) + self.pos_embedding[: tokens.shape[1]]
         for block in self.blocks:
             x = block(x)
         return self.unembedding(self.ln_final(x))
 
+    def _predictions(self, tokens: torch.Tensor) -> torch.Tensor:
+        # The trailing y token is causally unread but kept: a key axis of 2K (16) rather than 2K − 1
+        # keeps CPU softmax on its vectorised path (measured ~10x faster than at length 15).
+        T = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.pos_embedding[:T]
+        for block in self.blocks[:-1]:
+            x = block(x)
+        x = self.ln_final(self.blocks[-1](x, queries=slice(0, T, 2)))
+        return x @ self.unembedding.weight[0] + self.unembedding.bias[0]
+
     def predict(self, tokens: torch.Tensor) -> torch.Tensor:
         """Predictions ŷ_k read from the x_k positions (first output component), [B, K]."""
-        return self(tokens)[:, ::2, 0]
+        return self(tokens, predictions_only=True)
 
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         if tokens.dim() != 3 or tokens.shape[-1] != self.cfg.token_size:
