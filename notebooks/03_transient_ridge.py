@@ -70,8 +70,9 @@ print(f"training: {t.num_steps:,} steps x batch {cfg.batch_size}, Adam, max lr {
 # steps — Raventós et al.'s recipe). The `cpu` profile keeps the phenomenon but shrinks everything
 # that sets its cost: the task-diversity threshold falls with D (fewer tasks cover a
 # lower-dimensional task space), so a smaller D and K, a smaller model and a short run put the
-# threshold, and the transient range below it, within reach of a 2-core CPU. The numbers below
-# were chosen by pilot runs (see the table at the end).
+# threshold, and the transient range below it, within reach of a 2-core CPU. The numbers were
+# chosen by pilot runs (what they showed is noted beside the `cpu` profile in
+# `stagewise/profiles/ridge.py`); why the threshold moves is discussed after the results table.
 #
 # ## Training: one run per task diversity
 # Nested task sets: every T_M is a prefix of one task sequence, so t_1 is in all of them. Each run
@@ -112,9 +113,10 @@ for M, g in curves.groupby("M", sort=False):
     if M != "∞":
         ax.plot(steps[-1] * 1.15, g["dmmse_ood"].iloc[0], "<", color=colors[M], ms=4, clip_on=False)
 ax.axhline(curves["ridge_ood"].iloc[0], color="tab:red", ls="--", lw=1, label="ridge")
-ax.set(xscale="log", xlabel="training step", ylabel="OOD loss (MSE on q$_\\infty$)",
-       title="OOD loss over training; circles: $t_{crit}$",
-       ylim=(0, 1.15 * curves["zero_ood"].iloc[0]))
+top = max(curves["ood_loss"].max(), curves["dmmse_ood"].max())
+ax.set(xscale="log", yscale="log", xlabel="training step", ylabel="OOD loss (MSE on q$_\\infty$)",
+       title="OOD loss over training; circles: $t_{crit}$; ◀: dMMSE$_M$",
+       ylim=(0.9 * curves["ridge_ood"].iloc[0], 1.1 * top))
 ax.legend(ncol=2, fontsize=7, loc="lower left")
 save_figure(fig, "fig1a_ridge_ood_loss", profile=cfg.name)
 plt.show()
@@ -132,7 +134,7 @@ for ax, col, title in ((axes[0], "dist_dmmse", "Δ(f, dMMSE$_M$)"), (axes[1], "d
         ax.plot(steps, smooth(g[col]), color=colors[M], lw=1.1, label=f"M = {M}")
         i = int(np.flatnonzero(g["step"].to_numpy() == summary.loc[M, "t_crit"])[0])
         ax.plot(steps[i], smooth(g[col])[i], "o", ms=4, mfc="white", mec=colors[M])
-        ax.plot(steps[-1], g[col].iloc[-1], "*", ms=7, color=colors[M])
+        ax.plot(steps[-1], smooth(g[col])[-1], "*", ms=7, color=colors[M])
     ax.set(xscale="log", yscale="log", xlabel="training step", title=title)
 axes[0].set_ylabel("in-distribution distance (on q$_M$)")
 axes[1].legend(ncol=2, fontsize=6.5)
@@ -241,7 +243,7 @@ for m in finite:
     rows.append({"M": m, "Δℓ (nats)": dl, "λ̂ dMMSE": lam, "λ̂ measured": m in measured,
                  "Δλ": lam - llc_ridge, "n*": TR.free_energy_crossing(dl, lam - llc_ridge)})
 free_energy = pd.DataFrame(rows).set_index("M")
-n = np.geomspace(1, 1e6, 400)
+n = np.geomspace(1, 1e3, 400)
 fig, ax = plt.subplots(figsize=(6, 3.6))
 for m, r in free_energy.iterrows():
     if not np.isfinite(r["Δλ"]):
@@ -251,7 +253,7 @@ for m, r in free_energy.iterrows():
     if 1 < r["n*"] < n[-1]:
         ax.plot(r["n*"], 0, "o", ms=4, color=colors[m])
 ax.axhline(0, color="grey", lw=0.8)
-ax.set(xscale="log", yscale="symlog", xlabel="number of samples n", ylabel="F$_n$(ridge) − F$_n$(dMMSE$_M$)",
+ax.set(xscale="log", ylim=(-20, 40), xlabel="number of samples n", ylabel="F$_n$(ridge) − F$_n$(dMMSE$_M$)",
        title="ridge preferred below 0, dMMSE$_M$ above (dotted: λ̂ borrowed)")
 ax.legend(ncol=2, fontsize=6.5)
 save_figure(fig, "fig2_ridge_free_energy_crossing", profile=cfg.name)
@@ -287,9 +289,24 @@ summary[cols].round(3)
 # %% [markdown]
 # *Reading the table.* "dip" is how far the OOD loss gets toward ridge's from the better of the
 # zero predictor and dMMSE_M (1 = all the way), "rise" how far it climbs back afterwards in units
-# of the dMMSE_M–ridge OOD gap; "transient" needs dip ≥ 0.5 and rise ≥ 0.25, "partial" both ≥ 0.1.
+# of the dMMSE_M–ridge OOD gap; "transient" needs dip ≥ 0.25 and rise ≥ 0.1, "partial" both
+# ≥ 0.05. These thresholds are ours (the paper names none); the raw dip and rise are in the table,
+# and the rise of the runs past the threshold (which go to ridge and stay) is the noise floor.
 # "nearer" is the final model's Δ(f, dMMSE_M) / (Δ(f, dMMSE_M) + Δ(f, ridge)): 0 = dMMSE_M,
 # 1 = ridge.
+
+# %% [markdown]
+# *Why our threshold is lower than the paper's.* The task-diversity threshold is not a constant of
+# the problem: it grows with the dimension D of the task space (M tasks must stand in for a
+# D-dimensional Gaussian before ridge beats memorising them; Raventós et al. find it near 2¹⁴ at
+# their scale and Carroll et al. at a few hundred), with the number of sequences seen per task
+# (longer training makes every model more dMMSE-like and pushes the threshold up; Raventós et al.,
+# §3) and, for small models, with capacity (Raventós et al., Fig. 7). The `cpu` profile lowers all
+# three at once — D = 3 instead of 8, K = 8 instead of 16, 10k steps at batch 128 instead of
+# hundreds of thousands, and a 2-layer model with d = 32 (about 18k parameters instead of 2.65M) — so
+# the threshold, the transient range below it and the LLC crossing all move down to M of order 10.
+# What should carry over is the order of events along M (straight to dMMSE_M, then transient,
+# then straight to ridge) and the LLC trend, not the numbers.
 
 # %%
 timings["total"] = time.perf_counter() - notebook_start

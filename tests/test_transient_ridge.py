@@ -128,6 +128,8 @@ def test_transience_summary_classifies_known_curves():
         _curve("2", 2, [5, 4.5, 4, 3.5, 3], [3, 2, 1, 0.1, 0.0], [3, 2, 1, 0.8, 0.9]),
         # transient: down to ridge (1.0), back up to dMMSE_M (3.0)
         _curve("16", 16, [5, 3, 1, 2, 3], [3, 2, 1, 0.3, 0.0], [3, 2, 0, 0.5, 0.9]),
+        # partial: 40% of the way to ridge, then back up by only 7% of the dMMSE_M-ridge gap
+        _curve("8", 8, [5, 3, 2.2, 2.3, 2.34], [3, 2, 1, 0.3, 0.2], [3, 2, 1, 0.5, 0.6]),
         # straight to ridge and stays
         _curve("256", 256, [5, 3, 1.2, 1.1, 1.0], [3, 2, 1, 0.9, 0.9], [3, 2, 0.1, 0.0, 0.0], dmmse_ood=1.5),
         _curve("∞", math.inf, [5, 3, 1.2, 1.1, 1.0], [3, 2, 0.1, 0.0, 0.0], [3, 2, 0.1, 0.0, 0.0], dmmse_ood=1.0),
@@ -137,6 +139,8 @@ def test_transience_summary_classifies_known_curves():
     assert s.loc["16", "dip"] == pytest.approx(1.0) and s.loc["16", "rise"] == pytest.approx(1.0)
     assert s.loc["16", "transient"] and not s.loc["16", "partial"]
     assert s.loc["2", "dip"] == pytest.approx(0.0) and s.loc["2", "rise"] == 0.0 and not s.loc["2", "transient"]
+    assert s.loc["8", "dip"] == pytest.approx(0.4) and s.loc["8", "rise"] == pytest.approx(0.07)
+    assert s.loc["8", "partial"] and not s.loc["8", "transient"]
     assert not s.loc["256", "transient"] and s.loc["256", "rise"] == 0.0
     assert s.loc["2", "nearer"] == 0.0 and s.loc["256", "nearer"] == 1.0 and math.isnan(s.loc["∞", "nearer"])
     t = TR.task_diversity_threshold(s)

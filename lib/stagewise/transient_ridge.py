@@ -245,8 +245,8 @@ def critical_step(steps, ood_loss, smoothing: float = 0.0) -> int:
     return int(steps[np.argmin(smooth_trajectory(ood_loss, sigma=smoothing))])
 
 
-def transience_summary(curves: pd.DataFrame, smoothing: float = 0.0, dip: float = 0.5, rise: float = 0.25,
-                       partial: float = 0.1) -> pd.DataFrame:
+def transience_summary(curves: pd.DataFrame, smoothing: float = 0.0, dip: float = 0.25, rise: float = 0.1,
+                       partial: float = 0.05) -> pd.DataFrame:
     """Per M: t_crit and the shape of the OOD loss curve against the two ideal predictors.
 
     * ``dip`` = (ℓ_ref − ℓ_min) / (ℓ_ref − ℓ_ridge) with ℓ_ref = min(ℓ_zero, ℓ_dMMSE): how far the
@@ -258,6 +258,10 @@ def transience_summary(curves: pd.DataFrame, smoothing: float = 0.0, dip: float 
       0 = dMMSE_M, 1 = ridge (in distribution, on q_M);
     * ``transient`` when dip ≥ ``dip`` and rise ≥ ``rise``; ``partial`` when both are ≥ ``partial``
       but not both above their thresholds (the paper's "partial dip" / "partial rise").
+    The default thresholds are ours (the paper names no numbers): a model that cannot reach ridge
+    itself (small models, short runs) cannot dip all the way, so a quarter of the way counts; a rise
+    of a tenth of the gap is several times the checkpoint-to-checkpoint noise of a run that has no
+    rise at all (compare the ``rise`` of the runs past the threshold, which go to ridge and stay).
     All losses are lightly smoothed over checkpoints first (``smoothing``, as the paper's figures).
     """
     rows = []

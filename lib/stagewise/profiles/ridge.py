@@ -100,7 +100,12 @@ PROFILES = {
     # in an appendix missing from our copy, so these are Raventós et al.'s (Adam, one-cycle, batch 256,
     # 500k steps) with a max lr of 1e-3 for the wider model.
     "paper": TransientRidgeProfile(name="paper", train=TrainConfig(num_steps=500_000, lr=1e-3)),
-    # cpu: chosen by pilot runs on the 2-core machine (notebook 03 and the lead's report list them).
+    # cpu: chosen by pilot runs on the 2-core machine (OOD loss of M = 4...64 and ∞ over training).
+    # D = 2: no rise after the minimum for M = 8-32 (5k-15k steps). K = 16 showed the rise too but
+    # trains at ~45 steps/s against ~105 at K = 8; d = 64 ran at ~70-90 against ~150 for the same
+    # curves. One-cycle schedules damp the late rise (M = 16: none over 5k steps, +0.03 over 15k),
+    # a constant lr of 3e-3 keeps it (M = 16: OOD 1.75 at step 2.1k, 1.89 at 10k). With these
+    # settings the 13 runs train in ~14 min on 2 single-thread processes.
     "cpu": TransientRidgeProfile(
         name="cpu",
         task=RegressionTask(task_size=3, max_examples=8),
