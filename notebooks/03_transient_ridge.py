@@ -117,6 +117,9 @@ top = max(curves["ood_loss"].max(), curves["dmmse_ood"].max())
 ax.set(xscale="log", yscale="log", xlabel="training step", ylabel="OOD loss (MSE on q$_\\infty$)",
        title="OOD loss over training; circles: $t_{crit}$; ◀: dMMSE$_M$",
        ylim=(0.9 * curves["ridge_ood"].iloc[0], 1.1 * top))
+ax.yaxis.set_major_formatter(plt.ScalarFormatter())
+ax.yaxis.set_minor_formatter(plt.NullFormatter())
+ax.set_yticks([1, 1.5, 2, 3, 4, 6])
 ax.legend(ncol=2, fontsize=7, loc="lower left")
 save_figure(fig, "fig1a_ridge_ood_loss", profile=cfg.name)
 plt.show()
@@ -243,7 +246,7 @@ for m in finite:
     rows.append({"M": m, "Δℓ (nats)": dl, "λ̂ dMMSE": lam, "λ̂ measured": m in measured,
                  "Δλ": lam - llc_ridge, "n*": TR.free_energy_crossing(dl, lam - llc_ridge)})
 free_energy = pd.DataFrame(rows).set_index("M")
-n = np.geomspace(1, 1e3, 400)
+n = np.geomspace(1, 200, 400)
 fig, ax = plt.subplots(figsize=(6, 3.6))
 for m, r in free_energy.iterrows():
     if not np.isfinite(r["Δλ"]):
@@ -253,7 +256,7 @@ for m, r in free_energy.iterrows():
     if 1 < r["n*"] < n[-1]:
         ax.plot(r["n*"], 0, "o", ms=4, color=colors[m])
 ax.axhline(0, color="grey", lw=0.8)
-ax.set(xscale="log", ylim=(-20, 40), xlabel="number of samples n", ylabel="F$_n$(ridge) − F$_n$(dMMSE$_M$)",
+ax.set(xscale="log", ylim=(-10, 30), xlabel="number of samples n", ylabel="F$_n$(ridge) − F$_n$(dMMSE$_M$)",
        title="ridge preferred below 0, dMMSE$_M$ above (dotted: λ̂ borrowed)")
 ax.legend(ncol=2, fontsize=6.5)
 save_figure(fig, "fig2_ridge_free_energy_crossing", profile=cfg.name)
