@@ -325,7 +325,7 @@ if one_layer:
     table1 = add_derived_columns(lm_probe_checkpoints(run1.load_model, steps1, val, bigrams, probe_cfg))
     k1 = sweep1.steps > 0
     stages1 = detect_stages(sweep1.steps[k1], sweep1.llc_mean[k1],
-                            stds=sweep1.llc_sem[k1] if cfg1.sgld.num_chains > 1 else None)
+                            stds=sweep1.llc_sem[k1] if cfg1.sgld.num_chains > 1 else None, edge_plateaus=True)
     fig = plot_stages(stages1, sweep1.steps[k1], sweep1.llc_mean[k1],
                       loss=table1.set_index("step").loc[sweep1.steps[k1], "loss"].to_numpy(),
                       extra={"bigram score − optimum": table1.set_index("step").loc[sweep1.steps[k1], "bigram.excess"].to_numpy()},
