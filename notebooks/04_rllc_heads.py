@@ -241,12 +241,17 @@ display(fractions.round(3))
 # Per layer, the training-distribution wrLLC and code wdrLLC curves of each head concatenated;
 # Euclidean K-means, Ward and K-means on z-normalised curves (shape, = correlation distance); c = 2–4.
 # With 8 heads per layer the cluster-quality scores are unreliable (the paper says so too).
+# Our choice: a data set with more than 10% of its estimates flagged (e.g. *escape* — SGLD finds a
+# lower loss than w*'s) is left out of the clustering, so flagged values cannot drive the clusters.
 
 # %%
+flag_share = heads_frame.assign(flagged=heads_frame["flags"] != "").groupby("data")["flagged"].mean()
+cluster_data = [d for d in ["train", *head_domains] if flag_share.get(d, 0) <= 0.1] or ["train"]
+print("clustering on:", cluster_data, "| flagged share per data set:", flag_share.round(2).to_dict())
 cluster_rows = []
 fig, axes = plt.subplots(1, lm.model.n_layers, figsize=(5 * lm.model.n_layers, 3.2), squeeze=False)
 for ax, layer in zip(axes[0], range(lm.model.n_layers)):
-    curves, segments = curve_matrix(heads_frame, data=["train", "code"], layer=layer)
+    curves, segments = curve_matrix(heads_frame, data=cluster_data, layer=layer)
     if len(curves) < 3 or curves.shape[1] < 2:
         continue
     counts = tuple(c for c in cfg.cluster_counts if c <= len(curves) - 1)
@@ -257,8 +262,9 @@ for ax, layer in zip(axes[0], range(lm.model.n_layers)):
     for head in curves.index:
         ax.plot(np.arange(curves.shape[1]), curves.loc[head], lw=1, color=f"C{int(two[head])}",
                 label=f"{head} ({classes[head]})")
-    ax.axvline(segments[0] - 0.5, color="k", lw=0.6, ls=":")
-    ax.set(xlabel="checkpoint index (train | code)", ylabel="λ̂", title=f"layer {layer}: shape clusters, c = {min(counts)}")
+    for edge in np.cumsum(segments)[:-1]:  # between the concatenated data sets
+        ax.axvline(edge - 0.5, color="k", lw=0.6, ls=":")
+    ax.set(xlabel=f"checkpoint index ({' | '.join(cluster_data)})", ylabel="λ̂", title=f"layer {layer}: shape clusters, c = {min(counts)}")
     ax.legend(fontsize=6, ncol=2)
 fig.tight_layout()
 save_figure(fig, "fig18_head_clusters", profile=cfg.name)
