@@ -53,8 +53,8 @@ from stagewise.plotting import (apply_style, plot_over_training, plot_stages, pl
 from stagewise.probes.language import (bigram_distribution, classify_heads, composition_at, head_scores_at,
                                        icl_tokens, lm_probe_checkpoints, lm_probe_config, ngram_entropies,
                                        per_token_loss_change, positional_embedding_pca)
-from stagewise.probes.language_signatures import (LM_PAPER_FIRST_CHECKPOINT, LM_PAPER_NUM_STEPS, LM_PAPER_STAGES,
-                                                  PRE_LM1, add_derived_columns, lm_paper_signatures, name_lm_stages)
+from stagewise.probes.language_signatures import (LM_PAPER_NUM_STEPS, LM_PAPER_STAGES, PRE_LM1, add_derived_columns,
+                                                  first_resolved_step, lm_paper_signatures, name_lm_stages)
 from stagewise.probes.regression_signatures import boundary_table, signature_table
 from stagewise.profiles import default_profile, get_profile
 from stagewise.runs import language_analysis_steps, language_llc, language_run
@@ -253,8 +253,7 @@ plt.show()
 # 2k tokens against the paper's 100k, so stages need not scale with steps.
 
 # %%
-# runs shorter than 1,000 steps (smoke) have nothing past step 100 to read: they use every checkpoint
-first_resolved = LM_PAPER_FIRST_CHECKPOINT if steps[-1] >= 10 * LM_PAPER_FIRST_CHECKPOINT else 0
+first_resolved = first_resolved_step(steps[-1])  # 100; 0 for runs under 1,000 steps (smoke)
 labels = name_lm_stages(stages.stages, first_resolved_step=first_resolved)
 print("detected boundaries:", np.round(stages.boundaries).astype(int).tolist(),
       "| directions:", [s.direction for s in stages.stages])
@@ -334,6 +333,6 @@ if one_layer:
     plt.show()
     print("one-layer boundaries:", np.round(stages1.boundaries).astype(int).tolist(),
           f"| flagged chains: {sweep1.diagnostics or 'none'}")
-    resolved1 = table1[table1.step >= (LM_PAPER_FIRST_CHECKPOINT if steps1[-1] >= 10 * LM_PAPER_FIRST_CHECKPOINT else 0)]
+    resolved1 = table1[table1.step >= first_resolved_step(steps1[-1])]
     display(signature_table(resolved1, lm_paper_signatures(1), stages1.boundaries)[
         ["paper stage", "signature", "appears", "step", "our stage", "effect"]])

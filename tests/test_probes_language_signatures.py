@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from stagewise.probes.language_signatures import (LM_PAPER_STAGES, PRE_LM1, add_derived_columns, first_crossing,
-                                                  lm_paper_signatures, name_lm_stages)
+                                                  first_resolved_step, lm_paper_signatures, name_lm_stages)
 from stagewise.probes.regression_signatures import align_stages, signature_table
 from stagewise.stages import Stage
 
@@ -74,6 +74,11 @@ def test_early_transient_before_the_papers_first_checkpoint_is_not_named():
         name_lm_stages(st, first_resolved_step=-1)
     with pytest.raises(ValueError, match="at least one stage"):
         name_lm_stages([])
+
+
+def test_first_resolved_step_is_the_papers_first_checkpoint_unless_the_run_is_too_short():
+    assert first_resolved_step(4000) == 100 and first_resolved_step(1000) == 100
+    assert first_resolved_step(999) == 0 and first_resolved_step(24) == 0
 
 
 def test_first_crossing():

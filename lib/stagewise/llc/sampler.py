@@ -34,8 +34,8 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -401,7 +401,7 @@ def estimate_llc(
         with precision():
             loss = loss_fn({**frozen, **layout.unflatten(theta)}, batch)
         _check_scalar(loss)
-        return loss.reshape(()) if compute_dtype is None else loss.reshape(()).to(dtype)
+        return loss.reshape(()).to(dtype)  # a no-op unless autocast returned bf16
 
     if mode == "loop":
         def loss_of(theta, batch):

@@ -16,7 +16,7 @@ import pandas as pd
 from stagewise.probes.regression_signatures import PaperStage, Signature, align_stages
 
 __all__ = ["LM_PAPER_STAGES", "LM_PAPER_NUM_STEPS", "LM_PAPER_FIRST_CHECKPOINT", "PRE_LM1", "add_derived_columns",
-           "lm_paper_signatures", "first_crossing", "name_lm_stages"]
+           "lm_paper_signatures", "first_crossing", "first_resolved_step", "name_lm_stages"]
 
 LM_PAPER_NUM_STEPS = 50_000
 # §5 and Fig. 1a: the LLC rises in LM1 and LM2, falls in LM3 and rises again in LM4; LM5 shows "no
@@ -99,6 +99,12 @@ def first_crossing(steps, values, threshold: float) -> float:
         raise ValueError(f"steps and values must be 1-d of equal length, got {steps.shape} and {values.shape}")
     hit = np.nonzero(values >= threshold)[0]
     return float(steps[hit[0]]) if len(hit) else float("nan")
+
+
+def first_resolved_step(last_step: float) -> float:
+    """The first of a run's steps the paper's analysis could resolve: its first analysed checkpoint
+    (step 100), or 0 for runs shorter than 10× that (e.g. ``smoke``), which have nothing past it."""
+    return LM_PAPER_FIRST_CHECKPOINT if last_step >= 10 * LM_PAPER_FIRST_CHECKPOINT else 0
 
 
 def name_lm_stages(stages, first_resolved_step: float = LM_PAPER_FIRST_CHECKPOINT,
