@@ -1,10 +1,11 @@
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import torch
 
-from stagewise.cache import CorruptArtifactError, artifact_dir, atomic_save, cache_dir, config_hash, load_artifact
+from stagewise.cache import (HASH_OMIT_DEFAULT, CorruptArtifactError, artifact_dir, atomic_save, cache_dir, config_hash,
+                             config_to_dict, load_artifact)
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,39 @@ def test_truncated_file_gives_corrupt_artifact_error(tmp_path):
 def test_bad_kind_name():
     with pytest.raises(ValueError, match="kind"):
         artifact_dir("a/b", Cfg())
+
+
+@dataclass(frozen=True)
+class Extended:
+    """Cfg after two options were added with HASH_OMIT_DEFAULT."""
+
+    a: int = 1
+    b: float = 0.5
+    c: tuple = (1, 2)
+    dtype: str = field(default="float32", metadata=HASH_OMIT_DEFAULT)
+    mix: tuple = field(default_factory=tuple, metadata=HASH_OMIT_DEFAULT)
+
+
+def test_fields_marked_hash_omit_default_leave_the_hash_unchanged_at_their_default():
+    # the old config's key survives adding fields, as long as they keep their defaults
+    assert config_hash(Extended(a=3)) == config_hash(_renamed(Cfg(a=3), "Extended"))
+    assert "dtype" not in config_to_dict(Extended()) and "mix" not in config_to_dict(Extended())
+    # any other value is hashed like an ordinary field
+    assert config_hash(Extended(dtype="bfloat16")) != config_hash(Extended())
+    assert config_hash(Extended(mix=(0,))) != config_hash(Extended())
+    assert config_to_dict(Extended(dtype="bfloat16"))["dtype"] == "bfloat16"
+
+
+def test_hash_omit_default_compares_types_not_just_values():
+    @dataclass(frozen=True)
+    class Flag:
+        x: float = field(default=1.0, metadata=HASH_OMIT_DEFAULT)
+
+    assert "x" not in config_to_dict(Flag())
+    assert config_to_dict(Flag(x=1))["x"] == 1  # int 1 is not the float default: kept
+
+
+def _renamed(config, name):
+    out = config_to_dict(config)
+    out["__type__"] = name
+    return out

@@ -164,3 +164,41 @@ def test_analysis_steps_spread_in_log_time_and_keep_the_ends():
     assert np.array_equal(analysis_steps(steps[:5], 30), steps[:5])
     with pytest.raises(ValueError, match="num"):
         analysis_steps(steps, 1)
+
+
+def test_cache_keys_of_existing_configs_are_unchanged():
+    # Digests computed before compute_dtype existed: runs cached under them (e.g. the 100k-step
+    # regression pilot) must still be found. A new field needs metadata=HASH_OMIT_DEFAULT.
+    from stagewise.cache import config_hash
+
+    assert config_hash(TrainConfig()) == "cdd57da1b4e0c062"
+    assert config_hash(TrainConfig(num_steps=100_000, resume_every=5_000)) == "0db074f51420ef91"
+    assert config_hash(TrainConfig(compute_dtype="bfloat16")) != config_hash(TrainConfig())
+
+
+def test_bfloat16_compute_runs_the_forward_in_bf16_and_keeps_float32_state(tmp_path):
+    seen = []
+
+    def loss_fn(model, batch):
+        tokens, ys = batch
+        out = model(tokens)
+        seen.append(out.dtype)
+        return ((out[:, ::2, 0] - ys) ** 2).mean()
+
+    cfg = TrainConfig(num_steps=40, lr=3e-3, num_linear=2, num_log=2, resume_every=40, compute_dtype="bfloat16")
+    run = train(partial(RegressionTransformer, SMALL), loss_fn, RegressionBatches(TASK, 32, 0), cfg,
+                tmp_path / "bf16", progress=False)
+    assert set(seen) == {torch.bfloat16}
+    assert all(v.dtype == torch.float32 for v in run.load_state(40).values() if v.is_floating_point())
+    opt_state = torch.load(tmp_path / "bf16" / "resume.pt", weights_only=False)["optimizer"]["state"]
+    assert all(s["exp_avg"].dtype == torch.float32 for s in opt_state.values())
+    # the same run in float32 (same init, same batches): bf16 rounding (8-bit mantissa, relative
+    # error ~0.4%) moves every loss a little but leaves the trajectory where fp32 puts it
+    ref = _train(tmp_path / "fp32", TrainConfig(num_steps=40, lr=3e-3, num_linear=2, num_log=2, resume_every=40))
+    diff = np.abs(run.train_loss - ref.train_loss)
+    assert 0 < diff.max() < 0.02 * ref.train_loss.min()
+
+
+def test_bad_compute_dtype_raises():
+    with pytest.raises(ValueError, match="compute_dtype"):
+        TrainConfig(compute_dtype="float16")

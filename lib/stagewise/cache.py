@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "HASH_OMIT_DEFAULT",
     "CorruptArtifactError",
     "cache_dir",
     "config_hash",
@@ -39,6 +40,12 @@ __all__ = [
 ]
 
 ENV_VAR = "STAGEWISE_CACHE"
+
+# Field metadata for options added to a config after runs were cached under it:
+# ``x: int = field(default=0, metadata=HASH_OMIT_DEFAULT)`` leaves ``x`` out of config_to_dict (so
+# out of the hash and config.json) while it equals its default, so every existing cache key stays
+# valid; any other value is hashed like an ordinary field.
+HASH_OMIT_DEFAULT = {"hash_omit_default": True}
 
 
 class CorruptArtifactError(RuntimeError):
@@ -66,11 +73,18 @@ def cache_dir() -> Path:
 
 
 def config_to_dict(config: Any) -> Any:
-    """A JSON-able, canonical view of a config (dataclasses, dicts, tuples, enums, numbers)."""
+    """A JSON-able, canonical view of a config (dataclasses, dicts, tuples, enums, numbers).
+
+    Dataclass fields whose metadata has ``hash_omit_default`` (:data:`HASH_OMIT_DEFAULT`) are left
+    out while they equal their default.
+    """
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         out = {"__type__": type(config).__name__}
         for f in dataclasses.fields(config):
-            out[f.name] = config_to_dict(getattr(config, f.name))
+            value = getattr(config, f.name)
+            if f.metadata.get("hash_omit_default") and _equals_default(f, value):
+                continue
+            out[f.name] = config_to_dict(value)
         return out
     if isinstance(config, dict):
         return {str(k): config_to_dict(v) for k, v in sorted(config.items(), key=lambda kv: str(kv[0]))}
@@ -91,6 +105,17 @@ def config_to_dict(config: Any) -> Any:
         return {"__tensor__": hashlib.sha256(config.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
                 "shape": list(config.shape), "dtype": str(config.dtype)}
     raise TypeError(f"config value of type {type(config).__name__} cannot be hashed: {config!r}")
+
+
+def _equals_default(f: dataclasses.Field, value: Any) -> bool:
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        raise TypeError(f"field {f.name!r} is marked hash_omit_default but has no default")
+    # compared by canonical form, so 1 == 1.0 == True style coincidences cannot drop a field
+    return config_to_dict(value) == config_to_dict(default) and type(value) is type(default)
 
 
 def config_hash(config: Any, length: int = 16) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,11 +26,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from stagewise.cache import artifact_dir, atomic_save, atomic_write_text, load_artifact
+from stagewise.cache import HASH_OMIT_DEFAULT, artifact_dir, atomic_save, atomic_write_text, load_artifact
 
-__all__ = ["TrainConfig", "TrainedRun", "analysis_steps", "checkpoint_schedule", "train", "train_cached"]
+__all__ = ["COMPUTE_DTYPES", "TrainConfig", "TrainedRun", "analysis_steps", "checkpoint_schedule", "train", "train_cached"]
 
 log = logging.getLogger(__name__)
+
+# compute_dtype -> the autocast dtype of the forward pass (None: no autocast)
+COMPUTE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,11 @@ class TrainConfig:
     seed: int = 0  # model initialisation
     resume_every: int = 1000  # steps between resume-state saves (also saved at the end)
     grad_clip: float = 0.0  # 0 = no clipping (the papers do not clip)
+    # Fields added after runs were cached: left out of the cache hash at their defaults
+    # (stagewise.cache.HASH_OMIT_DEFAULT), so existing cache keys stay valid.
+    # compute_dtype "bfloat16": forward pass and loss under torch.autocast (the backward follows its
+    # dtypes); weights, gradients and optimizer state stay float32. The papers train in float32.
+    compute_dtype: str = field(default="float32", metadata=HASH_OMIT_DEFAULT)
 
     def __post_init__(self):
         _positive("num_steps", self.num_steps)
@@ -72,6 +80,8 @@ class TrainConfig:
         if self.checkpoint_every == 0 and self.num_linear + self.num_log < 2:
             raise ValueError("num_linear + num_log must be >= 2 when checkpoint_every is 0")
         _positive("resume_every", self.resume_every)
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
 
     def checkpoint_steps(self) -> np.ndarray:
         if self.checkpoint_every:
@@ -211,7 +221,8 @@ def train(
     last_resume = start
     for step in bar:
         batch = batch_fn(step)
-        loss = loss_fn(model, batch)
+        with _autocast(model, config.compute_dtype):
+            loss = loss_fn(model, batch).float()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step} of {run_dir}; lower lr or check data")
         opt.zero_grad(set_to_none=True)
@@ -241,6 +252,14 @@ def train(
     atomic_write_text(run_dir / "done.json", json.dumps(
         {"checkpoint_steps": schedule.tolist(), "seconds": seconds, "resumed_from": start}))
     return TrainedRun(run_dir, model_fn)
+
+
+def _autocast(model: torch.nn.Module, compute_dtype: str):
+    """The autocast context of ``compute_dtype`` on the model's device (a disabled one for float32)."""
+    dtype = COMPUTE_DTYPES[compute_dtype]
+    param = next(model.parameters(), None)
+    device_type = param.device.type if param is not None else "cpu"
+    return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
