@@ -7,13 +7,15 @@ documents, cut into pieces of ``K - 1`` tokens, and BOS is prepended to each pie
 
 :class:`LMBatches` is the training loop's ``batch_fn``: ``batch_fn(step)`` is a deterministic
 function of the step (an epoch-seeded permutation of the contexts), so a resumed run sees the
-same batches as an uninterrupted one.
+same batches as an uninterrupted one. :class:`RepeatMix` optionally rewrites a fraction of the
+contexts as ``BOS + S + S`` (a repeated segment; our addition, not the paper's data).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -25,7 +27,7 @@ from stagewise.cache import artifact_dir, atomic_save, load_artifact
 from stagewise.data.corpus import SPLITS, CorpusConfig, load_corpus
 from stagewise.data.tokenizer import BOS_TOKEN, TOKENIZER_DIR, load_tokenizer
 
-__all__ = ["tokenize_documents", "pack_contexts", "load_token_stream", "load_contexts", "LMBatches"]
+__all__ = ["tokenize_documents", "pack_contexts", "load_token_stream", "load_contexts", "RepeatMix", "LMBatches"]
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +91,81 @@ def load_contexts(config: CorpusConfig, split: str, n_ctx: int) -> Tensor:
     return pack_contexts(load_token_stream(config, split), n_ctx, bos)
 
 
+@dataclass(frozen=True)
+class RepeatMix:
+    """Repeated-text contexts mixed into the training stream (our addition; the paper trains on
+    unmodified text). ``fraction = 0`` (the default) changes nothing.
+
+    Each sample of each batch is, independently with probability ``fraction``, rewritten as
+    ``BOS + S + S`` with ``h = (n_ctx - 1) // 2`` tokens in ``S`` (an odd body leaves the context's
+    last token in place). ``source = "natural"``: ``S`` is the context's own first ``h`` tokens
+    after BOS, a natural-text segment; ``source = "random"``: ``S`` is ``h`` tokens uniform over
+    ``[0, vocab_size)`` minus the BOS id (Olsson et al.'s repeated random tokens, synthetic data).
+    Which samples are rewritten, and the random tokens, are a function of ``(seed, step)`` only, so
+    a resumed run sees the same batches. Every other context is unchanged.
+
+    Meant to be a profile field ``field(default_factory=RepeatMix, metadata=HASH_OMIT_DEFAULT)``,
+    so caches keyed by profiles without mixing stay valid.
+    """
+
+    fraction: float = 0.0
+    source: str = "natural"  # "natural" | "random"
+    seed: int = 0
+    vocab_size: int = 5000  # only for source="random"
+
+    def __post_init__(self):
+        if not 0 <= self.fraction <= 1:
+            raise ValueError(f"fraction must be in [0, 1], got {self.fraction!r}")
+        if self.source not in ("natural", "random"):
+            raise ValueError(f"source must be 'natural' or 'random', got {self.source!r}")
+        if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
+            raise ValueError(f"vocab_size must be an integer >= 2, got {self.vocab_size!r}")
+
+    def apply(self, tokens: Tensor, step: int) -> Tensor:
+        """The batch ``tokens`` [B, n_ctx] (BOS-prefixed) of training step ``step``, mixed (a copy)."""
+        if self.fraction == 0:
+            return tokens
+        n_ctx = tokens.shape[1]
+        if n_ctx < 3:
+            raise ValueError(f"repeated contexts need n_ctx >= 3, got {n_ctx}")
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        rows = torch.nonzero(torch.rand(tokens.shape[0], generator=g) < self.fraction).flatten()
+        out = tokens.clone()
+        if len(rows) == 0:
+            return out
+        h = (n_ctx - 1) // 2
+        if self.source == "natural":
+            seg = tokens[rows, 1:1 + h]
+        else:
+            bos = tokens[rows, :1].long()
+            if bos.max() >= self.vocab_size:
+                raise ValueError(f"BOS id {int(bos.max())} lies outside vocab_size={self.vocab_size}")
+            r = torch.randint(0, self.vocab_size - 1, (len(rows), h), generator=g)
+            seg = (r + (r >= bos).long()).to(tokens.dtype)  # skip the BOS id
+        out[rows, 1:1 + h] = seg
+        out[rows, 1 + h:1 + 2 * h] = seg
+        return out
+
+
 class LMBatches:
     """``batch_fn(step) -> (tokens,)``: batches of contexts, reshuffled every epoch.
 
     Sample ``p = step * batch_size + j`` of the stream of samples is context
     ``perm_e[p mod N]`` with ``e = p // N`` and ``perm_e`` a permutation seeded by ``(seed, e)``,
     so every context is seen once per epoch and any step's batch can be computed directly.
+    ``repeat_mix`` (default: none) rewrites a fraction of each batch's contexts, see :class:`RepeatMix`.
     """
 
-    def __init__(self, tokens: Tensor, batch_size: int, seed: int = 0):
+    def __init__(self, tokens: Tensor, batch_size: int, seed: int = 0, repeat_mix: RepeatMix = RepeatMix()):
         if tokens.dim() != 2 or tokens.shape[0] == 0:
             raise ValueError(f"tokens must have shape [N, n_ctx] with N >= 1, got {tuple(tokens.shape)}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if batch_size > tokens.shape[0]:
             raise ValueError(f"batch_size ({batch_size}) exceeds the number of contexts ({tokens.shape[0]})")
-        self.tokens, self.batch_size, self.seed = tokens, batch_size, seed
+        if repeat_mix.fraction and tokens.shape[1] < 3:
+            raise ValueError(f"repeat_mix needs contexts of >= 3 tokens, got n_ctx={tokens.shape[1]}")
+        self.tokens, self.batch_size, self.seed, self.repeat_mix = tokens, batch_size, seed, repeat_mix
         self._perms: dict[int, Tensor] = {}
 
     @property
@@ -135,4 +196,4 @@ class LMBatches:
         return out
 
     def __call__(self, step: int) -> tuple[Tensor]:
-        return (self.tokens[self.indices(step)].long(),)
+        return (self.repeat_mix.apply(self.tokens[self.indices(step)].long(), step),)
