@@ -1,0 +1,368 @@
+"""Pilots for issue #20: when do previous-token and induction heads form in the paper's 2-layer
+attention-only LM (App. D.1) trained on a CPU, as a function of batch x context?
+
+    # tokens/s of forward + backward + AdamW on real batches, per shape (BATCHxCONTEXT)
+    python benchmarks/pilots/lm_induction.py throughput --shapes 8x256 4x256 4x128 2x128 1x256 --seconds 30
+
+    # one pilot: trains, probes every --log-every steps, stops at formation or --budget-min
+    nohup python benchmarks/pilots/lm_induction.py run --name b4c128 --batch 4 --ctx 128 --budget-min 90 \\
+        > /work/logs/lm_pilot_b4c128.log 2>&1 &
+
+A pilot uses the library's pieces (model, data stream with optional :class:`RepeatMix`, AdamW and
+constant schedule of :class:`TrainConfig`, its autocast for ``--dtype bfloat16``) in a thin loop
+that stops to probe. Every ``--log-every`` steps it appends one row to
+``benchmarks/results/lm_induction_pilots/<name>.csv`` (flushed, so a killed pilot keeps its log):
+
+* ``train_loss``: mean training loss over the steps since the previous row;
+* ``val_loss``, ``icl``: on ``--val-contexts`` fixed validation contexts; ``icl`` is the ICL score
+  (App. B.3.3) at :func:`icl_tokens` of the context, each loss averaged over +-5 tokens;
+* ``prev0_max`` / ``prev1_max``: largest previous-token score (App. B.4.3) of a layer-0 / layer-1
+  head (``--probe-seqs`` sequences of length 16..min(64, ctx));
+* ``prefix1_max``: largest prefix-matching score (App. B.4.4) of a layer-1 head;
+* ``induction1_max``: largest induction score of a layer-1 head on BOS + R + R repeated random tokens
+  (Olsson et al.);
+* ``rep_loss1`` / ``rep_loss2`` / ``rep_drop``: mean loss on the first / second copy of R (second
+  copy without its first token) and their difference: ~0 without induction, nats with it.
+
+Formation (``formed_step`` in ``<name>.json``): the first of two consecutive rows with
+``prefix1_max >= INDUCTION_THRESHOLD`` (0.3, ~28x its uniform-attention level at length 128) and
+``rep_drop >= 1`` nat; the pilot stops there. The state (model, optimizer, step, log position) is
+saved at every row into the artifact cache (``lm_induction_pilots/<name>/resume.pt``), so running
+the same command again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stagewise.cache import atomic_save, atomic_write_text, cache_dir, load_artifact
+from stagewise.data.corpus import CorpusConfig
+from stagewise.data.language import LMBatches, RepeatMix, load_contexts
+from stagewise.models.language import LanguageModelConfig, lm_loss, make_language_model
+from stagewise.probes.language_behaviour import icl_score, icl_tokens, position_losses
+from stagewise.probes.language_structure import (
+    INDUCTION_THRESHOLD,
+    PREVIOUS_TOKEN_THRESHOLD,
+    induction_scores,
+    prefix_matching_scores,
+    previous_and_current_token_scores,
+    repeated_sequences,
+)
+from stagewise.train import TrainConfig, _autocast, _make_optimizer
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "lm_induction_pilots"
+REP_DROP_THRESHOLD = 1.0  # nats
+COLUMNS = ["step", "tokens", "epochs", "wall_s", "train_s", "train_loss", "val_loss", "icl", "prev0_max", "prev0_head",
+           "prev1_max", "prefix1_max", "prefix1_head", "prefix0_max", "induction1_max", "induction1_head",
+           "rep_loss1", "rep_loss2", "rep_drop", "probe_s"]
+
+
+def model_config(ctx: int) -> LanguageModelConfig:
+    return LanguageModelConfig(n_layers=2, n_ctx=ctx)  # d_model 256, 8 heads, 5k vocabulary
+
+
+def train_config(args) -> TrainConfig:
+    # the paper's optimiser (App. D.1): AdamW, betas (0.9, 0.999), weight decay 0.05, constant lr
+    return TrainConfig(num_steps=args.max_steps, lr=args.lr, optimizer="adamw", weight_decay=0.05,
+                       betas=(0.9, 0.999), schedule="constant", checkpoint_every=args.max_steps, seed=args.seed,
+                       compute_dtype=args.dtype)
+
+
+def build_model(ctx: int, seed: int, kind: str):
+    """The TransformerLens model (seeded as the library's training loop does), or its plain-torch
+    twin (:mod:`stagewise.models.language_fast`) with the very same initial weights."""
+    torch.manual_seed(seed)
+    tl = make_language_model(model_config(ctx))
+    if kind == "tl":
+        return tl, tl
+    from stagewise.models.language_fast import make_fast_language_model
+
+    fast = make_fast_language_model(model_config(ctx))
+    fast.load_state_dict(tl.state_dict(), strict=True)
+    return fast, tl
+
+
+def fast_loss(model, batch):
+    from stagewise.models.language import per_token_loss
+
+    tokens = batch[0]
+    return per_token_loss(model(tokens), tokens).mean()
+
+
+# ------------------------------------------------------------------------------------------------ probes
+
+
+@torch.no_grad()
+def probe(model, val: torch.Tensor, probe_seqs: int, seed: int = 0) -> dict:
+    ctx = model.cfg.n_ctx
+    model.eval()
+    prev, _, chance_prev = previous_and_current_token_scores(model, probe_seqs, lengths=(16, min(64, ctx)), seed=seed)
+    length = min(128, ctx)
+    prefix, _, chance_prefix = prefix_matching_scores(model, probe_seqs, length=length, seed=seed + 1)
+    n_rep = max(8, probe_seqs // 8)
+    ind, chance_ind = induction_scores(model, n_rep, length=length, seed=seed + 2)
+    rep = repeated_sequences(n_rep, model.cfg.d_vocab, model.cfg.d_vocab - 1, length, seed=seed + 2)
+    h = (length - 1) // 2
+    rep_losses = position_losses(model, rep, batch_size=64)  # column k-1: loss at token k
+    rep1 = float(rep_losses[:, 1:h].mean())  # tokens 2..h of the first copy (unpredictable)
+    rep2 = float(rep_losses[:, h + 1:2 * h].mean())  # tokens h+2..2h: an induction head can copy them
+    losses = position_losses(model, val, batch_size=16)
+    k1, k2 = icl_tokens(ctx)
+    out = {
+        "val_loss": float(losses.mean()), "icl": icl_score(losses=losses, k1=k1, k2=k2, window=5),
+        "prev0_max": float(prev[0].max()), "prev0_head": int(prev[0].argmax()), "prev1_max": float(prev[1].max()),
+        "prefix1_max": float(prefix[1].max()), "prefix1_head": int(prefix[1].argmax()),
+        "prefix0_max": float(prefix[0].max()), "induction1_max": float(ind[1].max()),
+        "induction1_head": int(ind[1].argmax()), "rep_loss1": rep1, "rep_loss2": rep2, "rep_drop": rep1 - rep2,
+    }
+    chance = {"previous_token": chance_prev, "prefix_matching": chance_prefix, "induction": chance_ind,
+              "icl_tokens": [k1, k2]}
+    return out, chance
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+def run(args) -> None:
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = RESULTS / f"{args.name}.csv", RESULTS / f"{args.name}.json"
+    state_dir = cache_dir() / "lm_induction_pilots" / args.name
+    state_dir.mkdir(parents=True, exist_ok=True)
+    resume_file = state_dir / "resume.pt"
+
+    corpus = CorpusConfig()
+    contexts = load_contexts(corpus, "train", args.ctx)
+    corpus_tokens = contexts.shape[0] * (args.ctx - 1)
+    mix = RepeatMix(fraction=args.mix, source=args.mix_source, seed=args.data_seed)
+    batches = LMBatches(contexts, args.batch, args.data_seed, repeat_mix=mix)
+    val_all = load_contexts(corpus, "validation", args.ctx)
+    pick = torch.randperm(len(val_all), generator=torch.Generator().manual_seed(0))[:args.val_contexts]
+    val = val_all[pick].long()
+
+    model, tl = build_model(args.ctx, args.seed, args.model)
+    loss_fn = lm_loss if args.model == "tl" else fast_loss
+    cfg = train_config(args)
+    opt, sched = _make_optimizer(model, cfg)
+    step, wall0, train_s, formed_run, history = 0, 0.0, 0.0, 0, []
+    if resume_file.exists():
+        state = load_artifact(resume_file)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, wall0, train_s, formed_run = state["step"], state["wall_s"], state["train_s"], state["formed_run"]
+        print(f"resuming {args.name} at step {step}", flush=True)
+    if csv_path.exists() and step > 0:
+        with open(csv_path) as fh:
+            history = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
+    fresh = not history
+    fh = open(csv_path, "w", newline="")
+    writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+    writer.writeheader()
+    for r in history:
+        writer.writerow(r)
+    fh.flush()
+
+    meta = {"name": args.name, "batch": args.batch, "ctx": args.ctx, "lr": args.lr, "dtype": args.dtype,
+            "model": args.model, "seed": args.seed, "data_seed": args.data_seed, "mix": args.mix,
+            "mix_source": args.mix_source if args.mix else None, "tokens_per_step": args.batch * args.ctx,
+            "corpus_train_tokens": corpus_tokens, "probe_seqs": args.probe_seqs, "val_contexts": args.val_contexts,
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "thresholds": {"previous_token": PREVIOUS_TOKEN_THRESHOLD,
+                                                      "prefix_matching": INDUCTION_THRESHOLD,
+                                                      "rep_drop_nats": REP_DROP_THRESHOLD}}
+    t_start = time.perf_counter()
+    chance = None
+
+    def log_row(loss_sum: float, loss_n: int) -> dict:
+        nonlocal chance
+        if args.model != "tl":
+            tl.load_state_dict(model.state_dict())
+        t = time.perf_counter()
+        scores, chance = probe(tl, val, args.probe_seqs)
+        model.train()
+        row = {"step": step, "tokens": step * args.batch * args.ctx,
+               "epochs": round(step * args.batch * args.ctx / corpus_tokens, 3),
+               "wall_s": round(wall0 + time.perf_counter() - t_start, 1), "train_s": round(train_s, 1),
+               "train_loss": loss_sum / loss_n if loss_n else float("nan"), **scores,
+               "probe_s": round(time.perf_counter() - t, 2)}
+        writer.writerow({k: (f"{v:.5g}" if isinstance(v, float) else v) for k, v in row.items()})
+        fh.flush()
+        os.fsync(fh.fileno())
+        print(" ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in COLUMNS),
+              flush=True)
+        return row
+
+    if fresh:
+        log_row(0.0, 0)
+    model.train()
+    loss_sum, loss_n, stop = 0.0, 0, "max_steps"
+    while step < args.max_steps:
+        t = time.perf_counter()
+        batch = batches(step)
+        with _autocast(model, args.dtype):
+            loss = loss_fn(model, batch).float()
+        if not torch.isfinite(loss):
+            stop = f"diverged (loss {loss.item()}) at step {step}"
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        train_s += time.perf_counter() - t
+        loss_sum += loss.item()
+        loss_n += 1
+        if step % args.log_every == 0 or step == args.max_steps:
+            row = log_row(loss_sum, loss_n)
+            loss_sum, loss_n = 0.0, 0
+            formed_now = row["prefix1_max"] >= INDUCTION_THRESHOLD and row["rep_drop"] >= REP_DROP_THRESHOLD
+            formed_run = formed_run + 1 if formed_now else 0
+            atomic_save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                         "optimizer": opt.state_dict(), "step": step, "wall_s": row["wall_s"],
+                         "train_s": train_s, "formed_run": formed_run}, resume_file)
+            write_summary(json_path, csv_path, meta, chance, "running")
+            if formed_run >= args.formed_rows:
+                stop = "formed"
+                break
+            if (wall0 + time.perf_counter() - t_start) / 60 >= args.budget_min:
+                stop = "budget"
+                break
+    fh.close()
+    atomic_save({k: v.detach().clone() for k, v in model.state_dict().items()}, state_dir / f"final_{step:07d}.pt")
+    write_summary(json_path, csv_path, meta, chance, stop)
+    print(f"stopped: {stop} at step {step}", flush=True)
+
+
+def first_step(rows, test) -> int | None:
+    for r in rows:
+        if test(r):
+            return int(r["step"])
+    return None
+
+
+def write_summary(json_path: Path, csv_path: Path, meta: dict, chance: dict | None, stop: str) -> None:
+    with open(csv_path) as fh:
+        rows = [{k: (float(v) if k not in ("step", "tokens", "prev0_head", "prefix1_head", "induction1_head")
+                     else int(v)) for k, v in r.items()} for r in csv.DictReader(fh)]
+    last = rows[-1]
+    formed = None
+    for a, b in zip(rows, rows[1:]):
+        if all(r["prefix1_max"] >= INDUCTION_THRESHOLD and r["rep_drop"] >= REP_DROP_THRESHOLD for r in (a, b)):
+            formed = a["step"]
+            break
+    trained = [r for r in rows if r["step"] > 0]
+    summary = {
+        **meta, "stop": stop, "steps": last["step"], "tokens": last["tokens"], "epochs": last["epochs"],
+        "wall_s": last["wall_s"], "train_s": last["train_s"],
+        "tokens_per_s": last["tokens"] / last["train_s"] if last["train_s"] else None,
+        "chance": chance,
+        "max": {c: max(r[c] for r in rows) for c in ("prev0_max", "prev1_max", "prefix1_max", "prefix0_max",
+                                                    "induction1_max", "rep_drop")},
+        "min": {c: min(r[c] for r in trained) if trained else None for c in ("val_loss", "icl")},
+        "first_step": {
+            "prev0_above_threshold": first_step(rows, lambda r: r["prev0_max"] >= PREVIOUS_TOKEN_THRESHOLD),
+            "prefix1_above_threshold": first_step(rows, lambda r: r["prefix1_max"] >= INDUCTION_THRESHOLD),
+            "rep_drop_above_threshold": first_step(rows, lambda r: r["rep_drop"] >= REP_DROP_THRESHOLD),
+        },
+        "formed_step": formed,
+        "formed_tokens": formed * meta["tokens_per_step"] if formed is not None else None,
+        "law_tokens": law_tokens(meta["batch"], meta["ctx"]),
+    }
+    atomic_write_text(json_path, json.dumps(summary, indent=1))
+
+
+def law_tokens(batch: int, ctx: int) -> dict:
+    """Aoyama et al. (2025): tokens at induction-head formation grow like sqrt(B C). Calibrated on the
+    main paper's onset (0.87B tokens at sqrt(B C) = sqrt(100 x 1024) = 320) and with their own
+    fitted constant (N ~ 10^5.7 sqrt(B C))."""
+    root = (batch * ctx) ** 0.5
+    return {"calibrated_on_paper": 0.87e9 * root / 320, "aoyama_constant": 10 ** 5.7 * root}
+
+
+# ------------------------------------------------------------------------------------------------ throughput
+
+
+def throughput(args) -> None:
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "throughput.csv"
+    new = not out.exists()
+    with open(out, "a", newline="") as fh:
+        w = csv.writer(fh)
+        if new:
+            w.writerow(["shape", "batch", "ctx", "dtype", "model", "threads", "steps", "seconds", "steps_per_s",
+                        "tokens_per_s", "load_avg"])
+        for shape in args.shapes:
+            batch, ctx = (int(v) for v in shape.split("x"))
+            model, _ = build_model(ctx, 0, args.model)
+            loss_fn = lm_loss if args.model == "tl" else fast_loss
+            cfg = TrainConfig(num_steps=10**6, lr=1e-3, optimizer="adamw", weight_decay=0.05, schedule="constant",
+                              checkpoint_every=10**6, compute_dtype=args.dtype)
+            opt, _ = _make_optimizer(model, cfg)
+            batches = LMBatches(load_contexts(CorpusConfig(), "train", ctx), batch, 1)
+            step, t0 = 0, None
+            while True:
+                if step == 3:
+                    t0 = time.perf_counter()
+                with _autocast(model, args.dtype):
+                    loss = loss_fn(model, batches(step)).float()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                if t0 is not None and time.perf_counter() - t0 >= args.seconds:
+                    break
+            sec = time.perf_counter() - t0
+            n = step - 3
+            row = [shape, batch, ctx, args.dtype, args.model, torch.get_num_threads(), n, round(sec, 1),
+                   round(n / sec, 3), round(n * batch * ctx / sec), round(os.getloadavg()[0], 2)]
+            w.writerow(row)
+            fh.flush()
+            print(row, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--name", required=True)
+    r.add_argument("--batch", type=int, required=True)
+    r.add_argument("--ctx", type=int, required=True)
+    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--max-steps", type=int, default=1_000_000)
+    r.add_argument("--log-every", type=int, default=500)
+    r.add_argument("--budget-min", type=float, default=90.0, help="wall-clock budget, probes included")
+    r.add_argument("--formed-rows", type=int, default=2, help="consecutive formed rows before stopping")
+    r.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    r.add_argument("--model", default="tl", choices=["tl", "fast"], help="train the TransformerLens model or its twin")
+    r.add_argument("--mix", type=float, default=0.0, help="RepeatMix fraction of contexts rewritten BOS + S + S")
+    r.add_argument("--mix-source", default="natural", choices=["natural", "random"])
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--data-seed", type=int, default=1)
+    r.add_argument("--probe-seqs", type=int, default=256)
+    r.add_argument("--val-contexts", type=int, default=64)
+    r.add_argument("--threads", type=int, default=1)
+    t = sub.add_parser("throughput")
+    t.add_argument("--shapes", nargs="+", default=["8x256", "4x256", "4x128", "2x128", "1x256"])
+    t.add_argument("--seconds", type=float, default=30.0)
+    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    t.add_argument("--model", default="tl", choices=["tl", "fast"])
+    t.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    if args.command == "run":
+        run(args)
+    else:
+        throughput(args)
+
+
+if __name__ == "__main__":
+    main()
