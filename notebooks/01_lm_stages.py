@@ -131,7 +131,7 @@ stages = detect_stages(t_llc, llc, stds=llc_sem, edge_plateaus=True)
 norms = np.array([torch.cat([p.detach().flatten() for p in run.load_model(s).parameters()]).norm().item() for s in t_llc])
 val_loss = table.set_index("step").loc[t_llc, "loss"].to_numpy()
 fig = plot_stages(stages, t_llc, llc, stds=sweep.llc_std[keep] if cfg.sgld.num_chains > 1 else None, loss=val_loss,
-                  extra={"weight norm $\\|w_t\\|$": norms}, loss_label="validation loss",
+                  extra={"weight norm $\\|w_t\\|$ (L2)": norms}, loss_label="validation loss\n(nats/token)",
                   title=f"Two-layer attention-only LM, {cfg.name} profile")
 save_figure(fig, "fig1a_lm_llc", profile=cfg.name)
 plt.show()
@@ -167,17 +167,19 @@ plt.show()
 # %%
 fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
 plot_over_training(axes[0, 0], table.step, {"bigram score − optimum": table["bigram.excess"]}, result=stages,
-                   ylabel="nats")
+                   ylabel="nats/token", title="bigram score minus its optimum (eq. 12)")
 plot_over_training(axes[0, 1], table.step, {f"{n}-gram": table[f"ngram.{n}.score"] for n in probe_cfg.ngram_sizes},
-                   result=stages, ylabel="$\\ell_{test}/\\ell_{gram}$")
+                   result=stages, ylabel="$\\ell_{test}/\\ell_{gram}$ (ratio)",
+                   title="n-gram scores (below 1: context helps)")
 pos_cols = [c for c in table.columns if c.startswith("loss_at.") and not c.endswith("pos_ablated")]
 plot_over_training(axes[1, 0], table.step,
                    {f"k = {c.split('.')[1]}": table[c + ".pos_ablated"] - table[c] for c in pos_cols}, result=stages,
-                   ylabel="ablated − plain loss (nats)", legend=True)
+                   ylabel="ablated − plain loss (nats/token)", legend=True,
+                   title="positional embedding zero-ablated: loss change at position k")
 axes[1, 0].legend(fontsize=6, ncol=2)
 k1, k2 = probe_cfg.icl_tokens or icl_tokens(cfg.model.n_ctx)
 plot_over_training(axes[1, 1], table.step, {f"ICL score ($\\ell_{{{k2}}} - \\ell_{{{k1}}}$)": table["icl_score"]},
-                   result=stages, ylabel="nats")
+                   result=stages, ylabel="nats/token", title="in-context learning score (late − early token loss)")
 axes[1, 1].fill_between(table.step, table["icl_score"] - 2 * table["icl_score.sem"],
                         table["icl_score"] + 2 * table["icl_score.sem"], alpha=0.25, lw=0, label="± 2 s.e.")
 axes[1, 1].legend(fontsize=7)
@@ -194,7 +196,8 @@ L = cfg.model.n_layers
 fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
 evr_cols = [c for c in table.columns if c.startswith("pos_pca.evr.")]
 plot_over_training(axes[0, 0], table.step, {f"PC{c.split('.')[-1]}": table[c] for c in evr_cols},
-                   result=stages, ylabel="explained variance (pos. embedding)")
+                   result=stages, ylabel="explained variance ratio",
+                   title="positional embedding: variance explained by its top PCs")
 for ax, prefix, title in ((axes[0, 1], "previous_token", "previous-token score"),
                           (axes[1, 0], "prefix_matching", "prefix-matching score")):
     for layer, color in zip(range(L), ("tab:blue", "tab:red")):
@@ -203,12 +206,12 @@ for ax, prefix, title in ((axes[0, 1], "previous_token", "previous-token score")
                            lw=0.8, alpha=0.8, result=stages if layer == 0 else None)
     ax.axhline(table[f"{prefix}.chance"].iloc[0], color="k", ls=":", lw=0.8)
     ax.set_ylabel(title)
-    ax.set_title("per head (blue: layer 0, red: layer 1; dotted: chance)", fontsize=8)
+    ax.set_title(f"{title} per head (blue: layer 0, red: layer 1; dotted: chance)", fontsize=8)
 if L >= 2:
     k_cols = [c for c in table.columns if c.startswith("K_composition.")]
     top = table[k_cols].iloc[-1].sort_values(ascending=False).index[:6]
     plot_over_training(axes[1, 1], table.step, {c.split(".", 1)[1]: table[c] for c in top}, result=stages,
-                       ylabel="K-composition score")
+                       ylabel="K-composition score", title="K-composition of layer-0 into layer-1 heads")
     axes[1, 1].legend(fontsize=6, title="top 6 at the end", title_fontsize=6)
 fig.suptitle(f"Structural probes, {cfg.name} profile")
 fig.tight_layout()
@@ -235,9 +238,10 @@ fig, axes = plt.subplots(1, 2, figsize=(9, 3))
 axes[0].plot(pca.scores[:, 0], pca.scores[:, 1], lw=0.8)
 axes[0].scatter(pca.scores[:, 0], pca.scores[:, 1], c=np.arange(len(pca.scores)), s=5, cmap="viridis")
 axes[0].set(xlabel=f"PC1 ({100 * pca.explained_variance_ratio[0]:.1f}%)",
-            ylabel=f"PC2 ({100 * pca.explained_variance_ratio[1]:.1f}%)", title="positional embedding, PCA")
+            ylabel=f"PC2 ({100 * pca.explained_variance_ratio[1]:.1f}%)",
+            title="positional embedding, PCA (colour: position, dark = first)")
 axes[1].plot(pca.norms, lw=1)
-axes[1].set(xlabel="position", ylabel="norm", title="positional embedding norms")
+axes[1].set(xlabel="position (token index)", ylabel="L2 norm", title="positional embedding norm per position")
 save_figure(fig, "figB4_lm_positional_embedding", profile=cfg.name)
 plt.show()
 
@@ -304,8 +308,8 @@ if len(cfg.seeds) > 1:
               f"flagged chains: {sweep_s.diagnostics or 'none'}")
         axes[0].plot(np.arange(1, len(run_s.train_loss) + 1), run_s.smoothed_loss(), lw=1, label=f"seed {seed}")
         axes[1].plot(sweep_s.steps[ks], sweep_s.llc_mean[ks], "o-", ms=2, lw=1, label=f"seed {seed}")
-    axes[0].set(xscale="log", ylabel="training loss")
-    axes[1].set(xscale="log", xlabel="training step $t$", ylabel="$\\hat\\lambda(w_t)$")
+    axes[0].set(xscale="log", ylabel="training loss (nats/token)", title="training loss of every seed (smoothed)")
+    axes[1].set(xscale="log", xlabel="training step $t$", ylabel="LLC $\\hat\\lambda(w_t)$", title="LLC of every seed")
     axes[0].legend(fontsize=7)
     save_figure(fig, "figB1a_lm_seeds", profile=cfg.name)
     plt.show()
@@ -327,8 +331,8 @@ if one_layer:
                             stds=sweep1.llc_sem[k1] if cfg1.sgld.num_chains > 1 else None, edge_plateaus=True)
     fig = plot_stages(stages1, sweep1.steps[k1], sweep1.llc_mean[k1],
                       loss=table1.set_index("step").loc[sweep1.steps[k1], "loss"].to_numpy(),
-                      extra={"bigram score − optimum": table1.set_index("step").loc[sweep1.steps[k1], "bigram.excess"].to_numpy()},
-                      loss_label="validation loss", title=f"One-layer attention-only LM, {cfg.name} profile")
+                      extra={"bigram score − optimum\n(nats/token)": table1.set_index("step").loc[sweep1.steps[k1], "bigram.excess"].to_numpy()},
+                      loss_label="validation loss\n(nats/token)", title=f"One-layer attention-only LM, {cfg.name} profile")
     save_figure(fig, "figB6_lm1_llc", profile=cfg.name)
     plt.show()
     print("one-layer boundaries:", np.round(stages1.boundaries).astype(int).tolist(),

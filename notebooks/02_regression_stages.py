@@ -95,8 +95,8 @@ for seed, run in runs.items():
     ax.plot(steps, run.smoothed_loss(), lw=1, label=f"seed {seed}")
 ax.axhline(zero_loss, ls="--", color="grey", lw=0.8, label="predict 0")
 ax.axhline(ridge_loss, ls=":", color="k", lw=0.8, label="ridge (optimal)")
-ax.set(xscale="log", yscale="log", xlabel="training step", ylabel="training loss (MSE)",
-       title=f"Regression transformer, {cfg.name} profile")
+ax.set(xscale="log", yscale="log", xlabel="training step $t$", ylabel="training loss (MSE, smoothed)",
+       title=f"Training loss of every seed against two reference losses ({cfg.name} profile)")
 ax.legend(ncol=2)
 save_figure(fig, "figB1b_regression_loss", profile=cfg.name)
 plt.show()
@@ -154,7 +154,8 @@ print("boundaries with edge plateaus:", np.round(result.boundaries).astype(int).
       "| bare App. A.5 rule:", np.round(bare.boundaries).astype(int).tolist())
 fig = plot_stages(result, steps_llc, sweep.llc_mean[keep], stds=sweep.llc_std[keep] if cfg.sgld.num_chains > 1 else None,
                   loss=sweep.loss_init[keep], extra={"weight norm $\\|w_t\\|$": norms},
-                  loss_label="loss $\\ell(w_t)$", title=f"Regression transformer, {cfg.name} profile, seed {seed0}")
+                  loss_label="test loss $\\ell(w_t)$ (MSE)",
+                  title=f"Regression transformer, {cfg.name} profile, seed {seed0}")
 save_figure(fig, "fig1b_regression_llc", profile=cfg.name)
 plt.show()
 result.summary()
@@ -172,10 +173,11 @@ for col, (seed, sweep) in enumerate(sweeps.items()):
     t = np.arange(1, len(run.train_loss) + 1)
     plot_over_training(axes[0, col], t, {"train loss": run.smoothed_loss()}, res, yscale="log", color="k",
                        legend=False, label_stages=True, ylabel="training loss" if col == 0 else None)
-    axes[0, col].set_title(f"seed {seed}", pad=12)
+    axes[0, col].set_title(f"seed {seed}: training loss (MSE)", pad=12)
     plot_over_training(axes[1, col], sweep.steps, {"LLC": sweep.llc_mean}, res, color="k", marker=".", ms=3, lw=0.6,
                        legend=False, ylabel=r"LLC $\hat\lambda(w_t)$" if col == 0 else None)
     axes[1, col].plot(res.steps, res.smoothed, color="tab:red", ls=":", lw=1.2)
+    axes[1, col].set_title(f"seed {seed}: LLC and its GP fit")
     axes[0, col].set_xlabel("")
 fig.suptitle(f"Loss and LLC of every seed ({cfg.name} profile); dotted: GP fit; dashed: detected boundaries")
 fig.tight_layout()
@@ -268,7 +270,8 @@ plt.show()
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-for ax, key, title in zip(axes, ("icl_1_D", "icl_D_K"), ("$ICL_{1:D}$", "$ICL_{D:K}$")):
+for ax, key, title in zip(axes, ("icl_1_D", "icl_D_K"), ("locating the task: $ICL_{1:D} = \\ell_1 - \\ell_D$",
+                                                               "refining it: $ICL_{D:K} = \\ell_D - \\ell_K$")):
     for seed, tab in probe_tables.items():
         lw, alpha = (1.6, 1.0) if seed == seed0 else (0.8, 0.6)
         plot_over_training(ax, tab.step, {f"seed {seed}": tab[f"behaviour.{key}"]},
@@ -276,7 +279,7 @@ for ax, key, title in zip(axes, ("icl_1_D", "icl_D_K"), ("$ICL_{1:D}$", "$ICL_{D
                            alpha=alpha, legend=False)
     ax.axhline(ridge[key], color="k", ls="--", lw=0.8, label="ridge")
     ax.axhline(0, color="0.3", lw=0.5)
-    ax.set(title=title, ylabel="loss difference")
+    ax.set(title=title, ylabel="loss difference (MSE)")
 axes[0].legend(loc="best", ncol=2)
 fig.suptitle(f"ICL scores (C.3), shaded by seed {seed0}'s LLC stages", y=1.03)
 save_figure(fig, "figC3_regression_icl_scores", profile=cfg.name)
@@ -296,12 +299,13 @@ gains = sorted({float(c.removeprefix("ood.inputs.g=").rsplit(".", 1)[0]) for c i
 gain_colors = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(gains)))
 fig, axes = plt.subplots(2, 2, figsize=(9, 5.6), sharex=True)
 for j, kind in enumerate(("inputs", "tasks")):
-    for i, (metric, ylabel) in enumerate((("normalised_loss", "loss / task-prior loss"),
-                                          ("mean_abs_prediction", r"mean $|\hat y|$"))):
+    for i, (metric, ylabel, what) in enumerate((("normalised_loss", "loss / task-prior loss (ratio)", "normalised loss"),
+                                                ("mean_abs_prediction", r"mean $|\hat y|$", "prediction size"))):
         curves = {f"g = {g:g}": probes[f"ood.{kind}.g={g:g}.{metric}"] for g in gains}
         plot_over_training(axes[i, j], ps, curves, result, colors=gain_colors, yscale="log", ylabel=ylabel,
                            legend=(i == 0))
-    axes[0, j].set_title(f"OOD {kind}", pad=12)
+        axes[i, j].set_title(f"OOD {kind} ({'x' if kind == 'inputs' else 't'} ~ N(0, gI)): {what}",
+                             pad=12 if i == 0 else 4)
 for ax in axes[0]:
     ax.set_xlabel("")
 fig.suptitle(f"OOD generalisation (C.4), seed {seed0}", y=1.0)
@@ -334,7 +338,7 @@ axes[1].set_title(f"(b) positional embedding (eff. rank {probes['positional.effe
 plot_over_training(axes[2], ps, {"unembedding subspace": probes["alignment.unembedding"],
                                  "positional subspace": probes["alignment.positional"]}, result,
                    ylabel="mean cosine", label_stages=True)
-axes[2].set_title("(c) token embedding vs subspace", pad=12)
+axes[2].set_title("(c) token embedding's alignment with two subspaces", pad=12)
 fig.suptitle(f"Embedding collapse and alignment (C.5), seed {seed0}", y=1.05)
 fig.tight_layout()
 save_figure(fig, "figC5_regression_embeddings", profile=cfg.name)
@@ -366,6 +370,7 @@ for ax, key, title in zip(axes.flat, ("gamma", "readout", "effective", "beta"),
                        lw=0.4, alpha=0.6, label_stages=True)
     ax.plot(ps[ps > 0], v.mean(axis=1)[ps > 0], color="tab:red", lw=1.2)
     ax.set_title(title + " (red: mean)", pad=12)
+    ax.set_ylabel("component value")
 plot_over_training(axes[1, 1], ps, {r"$\gamma$": probes["unembedding.frac_small_ln_weight"],
                                     r"$(W_U)_0$": probes["unembedding.frac_small_readout"],
                                     r"$\tilde W_U$": probes["unembedding.frac_small_effective"]}, result,
@@ -375,7 +380,7 @@ plot_over_training(axes[1, 2], ps, {r"$\|\gamma\|$": probes["unembedding.ln_weig
                                     r"$\|(W_U)_0\|$": probes["unembedding.readout_norm"],
                                     r"$\|\tilde W_U\|$": probes["unembedding.effective_norm"]}, result,
                    yscale="log", ylabel="norm", label_stages=True)
-axes[1, 2].set_title("norms", pad=12)
+axes[1, 2].set_title("norms of the three vectors", pad=12)
 for ax in axes[0]:
     ax.set_xlabel("")
 fig.suptitle(f"Unembedding collapse (C.6), seed {seed0}", y=1.02)
@@ -406,12 +411,13 @@ for j, name in enumerate(ln_names):
         v = ln_vectors[f"{name}.{part}"].numpy()
         plot_over_training(axes[i, j], ps, {str(k): v[:, k] for k in range(v.shape[1])}, result, legend=False,
                            color="0.2", lw=0.4, alpha=0.6, label_stages=(i == 0))
-        axes[i, j].set_ylabel(r"$\gamma$" if part == "weight" else r"$\beta$")
-    axes[0, j].set_title(name, pad=12)
+        axes[i, j].set_ylabel(r"weight $\gamma_k$" if part == "weight" else r"bias $\beta_k$")
+        axes[i, j].set_title(f"{name}: every {part}", pad=12 if i == 0 else 4, fontsize=9)
     plot_over_training(axes[2, j], ps, {"frac |γ| < 0.1": probes[f"layer_norm.{name}.frac_small_weight"],
                                         "std γ": probes[f"layer_norm.{name}.weight_std"],
                                         "std β": probes[f"layer_norm.{name}.bias_std"]}, result,
-                       legend=(j == 0))
+                       legend=(j == 0), ylabel="fraction / std")
+    axes[2, j].set_title(f"{name}: collapse measures", fontsize=9)
 for ax in axes[:-1].flat:
     ax.set_xlabel("")
 fig.suptitle(f"LayerNorm collapse (C.7), seed {seed0}", y=1.01)
@@ -474,6 +480,10 @@ for r, step in enumerate(pattern_steps):
             ax.set_xticks(range(0, len(tick_labels), 2), tick_labels[::2], fontsize=6)
             ax.set_yticks(range(len(tick_labels)), tick_labels, fontsize=5)
             ax.grid(False)
+            if head == 0:
+                ax.set_ylabel("query position", fontsize=7)
+            if r * L + layer == L * len(pattern_steps) - 1:
+                ax.set_xlabel("key position", fontsize=7)
 fig.suptitle(f"Mean attention patterns (C.10), seed {seed0}", y=1.0)
 fig.tight_layout(rect=(0, 0, 0.93, 1))
 fig.colorbar(image, cax=fig.add_axes((0.945, 0.35, 0.015, 0.3)), label="mean attention weight")

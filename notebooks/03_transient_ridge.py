@@ -131,15 +131,16 @@ plt.show()
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-for ax, col, title in ((axes[0], "dist_dmmse", "Δ(f, dMMSE$_M$)"), (axes[1], "dist_ridge", "Δ(f, ridge)")):
+for ax, col, title in ((axes[0], "dist_dmmse", "distance to dMMSE$_M$: Δ(f, dMMSE$_M$)"),
+                         (axes[1], "dist_ridge", "distance to ridge: Δ(f, ridge)")):
     for M, g in curves.groupby("M", sort=False):
         steps = np.maximum(g["step"].to_numpy(), 1)
         ax.plot(steps, smooth(g[col]), color=colors[M], lw=1.1, label=f"M = {M}")
         i = int(np.flatnonzero(g["step"].to_numpy() == summary.loc[M, "t_crit"])[0])
         ax.plot(steps[i], smooth(g[col])[i], "o", ms=4, mfc="white", mec=colors[M])
         ax.plot(steps[-1], smooth(g[col])[-1], "*", ms=7, color=colors[M])
-    ax.set(xscale="log", yscale="log", xlabel="training step", title=title)
-axes[0].set_ylabel("in-distribution distance (on q$_M$)")
+    ax.set(xscale="log", yscale="log", xlabel="training step $t$", title=title)
+axes[0].set_ylabel("in-distribution distance (MSE on q$_M$)")
 axes[1].legend(ncol=2, fontsize=6.5)
 save_figure(fig, "fig1b_ridge_function_distance", profile=cfg.name)
 plt.show()
@@ -189,6 +190,7 @@ if cfg.num_pca_components >= 4:
     fig, axes = plt.subplots(2, 3, figsize=(11, 6.6))
     for ax, (i, j) in zip(axes.flat, [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]):
         plot_pcs(ax, i, j)
+        ax.set_title(f"PC{j + 1} against PC{i + 1}")
     fig.suptitle("joint trajectory PCA, the top 4 PCs pairwise")
     fig.tight_layout()
     save_figure(fig, "figC1_ridge_trajectory_pca_4pcs", profile=cfg.name)
@@ -211,7 +213,7 @@ ax = axes[0]
 ax.plot(fin["m"], fin["dmmse_in"], "D-", ms=4, color="tab:blue", label="dMMSE$_M$")
 ax.plot(fin["m"], fin["ridge_in"], "s-", ms=4, color="tab:red", label="ridge")
 ax.plot(fin["m"], fin["final_in_loss"], "o:", ms=4, color="k", label="trained transformer")
-ax.set(xscale="log", ylabel="loss on q$_M$", title="loss on the training distribution")
+ax.set(xscale="log", ylabel="loss on q$_M$ (MSE)", title="loss on the training distribution q$_M$, per task diversity M")
 ax.legend()
 ax = axes[1]
 lf = llc.loc[finite]
@@ -220,7 +222,8 @@ ax.axhline(llc_ridge, color="tab:red", ls="--", label="λ̂ at M = ∞ (ridge)")
 dmmse_like = fin["nearer"] < 0.5
 ax.plot(fin["m"][dmmse_like], lf["llc_mean"][dmmse_like], "D", ms=7, mfc="none", mec="tab:blue",
         label="model nearer dMMSE$_M$")
-ax.set(xscale="log", xlabel="task diversity M", ylabel="LLC λ̂ of the final model")
+ax.set(xscale="log", xlabel="task diversity M (number of tasks)", ylabel="LLC λ̂ of the final model",
+       title="LLC of each fully trained model, per task diversity M")
 ax.legend(fontsize=7)
 save_figure(fig, "fig3_ridge_loss_and_llc", profile=cfg.name)
 plt.show()

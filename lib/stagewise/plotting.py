@@ -7,6 +7,7 @@ decreasing LLC in blue hues.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -15,6 +16,7 @@ import numpy as np
 __all__ = [
     "INCREASE_COLORS",
     "DECREASE_COLORS",
+    "add_stage_legend",
     "apply_style",
     "figures_dir",
     "plot_essential_dynamics",
@@ -41,6 +43,8 @@ STYLE = {
     "axes.labelsize": 9,
     "legend.fontsize": 8,
     "legend.frameon": False,
+    # log axes label 0.03 and 2.4 as plain numbers (not 3×10⁻², 2.4×10⁰); 10³ and beyond as powers
+    "axes.formatter.min_exponent": 3,
 }
 
 
@@ -119,25 +123,68 @@ def _log_step_axis(ax, steps) -> None:
         ax.set_xscale("log")
 
 
-def _shade_stages(ax, result, colors, label: bool = False) -> None:
+def _shade_stages(ax, result, colors, label: bool = False, quantity: str = "LLC") -> None:
     for i, (st, color) in enumerate(zip(result.stages, colors)):
-        ax.axvspan(st.start, st.end, color=color, alpha=0.35, lw=0, zorder=0)
+        ax.axvspan(st.start, st.end, color=color, alpha=SHADE_ALPHA, lw=0, zorder=0)
         if label:
             mid = np.sqrt(max(st.start, 1.0) * st.end)
             ax.text(mid, 1.0, str(i + 1), transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
     for b in result.boundaries:
         ax.axvline(b, color="0.3", lw=0.8, ls="--", zorder=1)
+    add_stage_legend(ax.figure, result, numbered=label, quantity=quantity)
+
+
+SHADE_ALPHA = 0.35
+_STAGE_LEGEND = "_stagewise_stage_legend"  # Figure attribute: (directions, numbered, has_boundaries, legend)
+
+
+def add_stage_legend(fig, result, numbered: bool = False, quantity: str = "LLC"):
+    """Explain the stage shading of ``fig`` in a legend below it (every stage-shading helper calls it).
+
+    One entry per direction present among ``result``'s stages (orange hues: ``quantity``, the curve
+    the stages were detected from, increases; blue hues: it decreases; successive stages darker),
+    one for the dashed boundary lines, and, if ``numbered``, a note that the numbers on top count
+    the stages. Called again for the same figure (several shaded panels), it redraws one legend
+    covering every call. Returns the Legend.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    directions, was_numbered, had_boundaries, old = getattr(fig, _STAGE_LEGEND, (set(), False, False, None))
+    directions = directions | {st.direction for st in result.stages}
+    numbered = numbered or was_numbered
+    has_boundaries = had_boundaries or len(result.boundaries) > 0
+    if old is not None:
+        old.remove()
+    handles = []
+    for direction, palette, verb in (("increase", INCREASE_COLORS, "rises"), ("decrease", DECREASE_COLORS, "falls")):
+        if direction in directions:
+            handles.append(Patch(facecolor=palette[2], alpha=SHADE_ALPHA + 0.15, lw=0,
+                                 label=f"stage where the {quantity} {verb}"))
+    if has_boundaries:
+        handles.append(Line2D([], [], color="0.3", lw=0.8, ls="--", label="stage boundary"))
+    title = f"shading: developmental stages detected from the {quantity}"
+    title += " (numbered on top; later stages darker)" if numbered else " (later stages darker)"
+    legend = fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles),
+                        title=title, title_fontsize=8, fontsize=8, frameon=False)
+    setattr(fig, _STAGE_LEGEND, (directions, numbered, has_boundaries, legend))
+    return legend
 
 
 def plot_stages(result, steps, values, stds=None, loss=None, extra=None, axes=None, title=None,
-                value_label: str = "LLC $\\hat\\lambda(w_t)$", loss_label: str = "test loss"):
+                value_label: str = "LLC $\\hat\\lambda(w_t)$", loss_label: str = "test loss",
+                panel_titles=None):
     """The one stage figure: [loss], LLC with error band and GP fit, [extra curves], slope.
 
     ``result`` is a :class:`stagewise.stages.StageResult` for (``steps``, ``values``); ``stds`` draws
     the error band; ``extra`` is a dict {label: values over ``steps``} (e.g. weight norm), one panel
     each. Stages are shaded (orange hues: LLC increasing, blue: decreasing, Fig. 1), boundaries
-    dashed, their intervals drawn as bars on the slope panel, whose grey band is ± the tolerance.
-    ``axes``: a sequence of as many Axes as panels (else a new figure). Returns the Figure.
+    dashed, their intervals drawn as bars on the slope panel, whose grey band is ± the tolerance; a
+    legend below the figure explains the shading (:func:`add_stage_legend`).
+    ``axes``: a sequence of as many Axes as panels (else a new figure). ``title``: the figure's title.
+    ``panel_titles``: one title per panel, saying what it shows (default: a description of each
+    panel; an ``extra`` panel is titled by its label). Put units in ``loss_label`` and the ``extra``
+    labels, e.g. ``"validation loss (nats/token)"``. Returns the Figure.
     """
     apply_style()
     steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
@@ -150,6 +197,17 @@ def plot_stages(result, steps, values, stds=None, loss=None, extra=None, axes=No
             raise ValueError(f"axes: need {n_panels} axes (loss, LLC, extra, slope), got {len(axes)}")
         fig = axes[0].figure
     axes = list(np.atleast_1d(axes))
+    is_llc = value_label.startswith("LLC")
+    if panel_titles is None:
+        panel_titles = ((["Loss during training"] if loss is not None else [])
+                        + ["LLC estimate over training, with the GP fit that stages are read from" if is_llc
+                           else f"{value_label} over training, with the GP fit that stages are read from"]
+                        + [re.sub(r"\s*\([^()]*\)$", "", label.replace("\n", " ")) for label in extra]
+                        + [("Slope of the GP fit: boundaries sit on plateaus (|slope| < tolerance) "
+                            "between changes")])
+    panel_titles = list(panel_titles)
+    if len(panel_titles) != n_panels:
+        raise ValueError(f"panel_titles: need {n_panels} titles (loss, LLC, extra, slope), got {len(panel_titles)}")
     colors = _stage_colors(result.stages)
     panel = iter(axes)
 
@@ -179,17 +237,20 @@ def plot_stages(result, steps, values, stds=None, loss=None, extra=None, axes=No
     for b, (lo, hi) in zip(result.boundaries, result.intervals):
         if np.isfinite(lo):
             ax.errorbar([b], [0], xerr=[[b - lo], [hi - b]], fmt="o", color="k", ms=3, capsize=2, lw=1)
-    if value_label.startswith("LLC"):
+    if is_llc:
         ax.set_ylabel(r"$d\hat\lambda / d\log t$" if result.log_time else r"$d\hat\lambda / dt$")
     else:
-        ax.set_ylabel("slope per log step" if result.log_time else "slope per step")
+        ax.set_ylabel("slope per unit log step" if result.log_time else "slope per step")
     ax.set_xlabel("training step $t$")
     ax.legend(loc="best")
     for i, ax in enumerate(axes):
-        _shade_stages(ax, result, colors, label=(i == 0))
+        _shade_stages(ax, result, colors, label=(i == 0), quantity="LLC" if is_llc else value_label)
         _log_step_axis(ax, steps)
+        ax.set_title(panel_titles[i], pad=12 if i == 0 else 4, fontsize=9)
     if title:
-        axes[0].set_title(title, pad=12)
+        fig.suptitle(title)
+    if axes[0].figure is fig and len(fig.axes) == n_panels:
+        fig.tight_layout()
     return fig
 
 
@@ -256,21 +317,25 @@ def plot_essential_dynamics(ed, stages=None, pairs=None, extra_points=None, circ
     return fig
 
 
-def shade_stages(ax, result, label: bool = False) -> None:
+def shade_stages(ax, result, label: bool = False, quantity: str = "LLC") -> None:
     """Shade ``result``'s stages (a :class:`stagewise.stages.StageResult`) on any over-training axis,
     as in :func:`plot_stages` (orange hues: LLC increasing, blue: decreasing; boundaries dashed;
     ``label`` numbers the stages on top), and put the axis on the standard log-step scale of
-    ``result.steps``. For probe curves drawn against the LLC's stages (App. C figures)."""
-    _shade_stages(ax, result, _stage_colors(result.stages), label=label)
+    ``result.steps``. For probe curves drawn against the LLC's stages (App. C figures). A legend
+    below the figure explains the shading; ``quantity`` names the curve the stages come from."""
+    _shade_stages(ax, result, _stage_colors(result.stages), label=label, quantity=quantity)
     _log_step_axis(ax, result.steps)
 
 
 def plot_over_training(ax, steps, curves, result=None, ylabel: str | None = None, yscale: str = "linear",
-                       colors=None, legend: bool = True, label_stages: bool = False, **line_kw):
+                       colors=None, legend: bool = True, label_stages: bool = False, title: str | None = None,
+                       **line_kw):
     """Draw curves ``{label: values over steps}`` against the training step on ``ax``, shaded by the
     stages of ``result`` (if given; else a plain log-step axis). Steps ≤ 0 are left out on the log
     axis. ``colors``: one colour per curve (default: the colour cycle, or ``color`` in ``line_kw``).
-    Shade an axis once: when several calls draw on it, pass ``result`` to one of them. Returns ``ax``."""
+    Shade an axis once: when several calls draw on it, pass ``result`` to one of them; the figure
+    gets a legend below it that explains the shading (:func:`add_stage_legend`). ``title``: the
+    panel's title (what it shows). Returns ``ax``."""
     apply_style()
     steps = np.asarray(steps, dtype=float)
     keep = steps > 0
@@ -291,6 +356,8 @@ def plot_over_training(ax, steps, curves, result=None, ylabel: str | None = None
     ax.set_xlabel("training step $t$")
     if ylabel:
         ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, pad=12 if (result is not None and label_stages) else 4)
     if legend and len(curves) > 1:
         ax.legend(loc="best")
     return ax
