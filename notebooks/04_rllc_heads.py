@@ -30,7 +30,8 @@
 # **Our choices** (the paper is silent or our data differs): "code" is the Python standard library
 # of the running interpreter and the other domain is German text (Debian `fortunes-de`), both offline
 # (`stagewise.data.domains`, licences in the manifests); the SGLD loss may be evaluated at every
-# `sgld_stride`-th position (an unbiased CPU economy, `lm_forward_loss_subsampled`); mean ablation
+# `sgld_stride`-th position (an unbiased CPU economy, `lm_forward_loss_subsampled`), by the
+# plain-torch twin of the model (`stagewise.models.language_fast`: same weights, same function); mean ablation
 # uses per-position means over a reference set of training-distribution contexts.
 
 # %% tags=["parameters"]
@@ -39,7 +40,6 @@ profile = None  # smoke, cpu or paper; None reads STAGEWISE_PROFILE, else cpu
 # %%
 import dataclasses
 import time
-from functools import partial
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -48,7 +48,6 @@ import pandas as pd
 from stagewise.clustering import cluster_table, curve_matrix
 from stagewise.data.domains import load_domain_contexts
 from stagewise.data.language import load_contexts, load_token_stream
-from stagewise.models.language import lm_forward_loss, lm_forward_loss_subsampled, make_language_model
 from stagewise.plotting import apply_style, plot_over_training, save_figure
 from stagewise.probes.ablation import (classify_tokens_in_context, head_output_means, pattern_fractions,
                                        per_head_icl_scores, tokens_in_context, vocabulary_strings)
@@ -56,7 +55,7 @@ from stagewise.probes.language import (bigram_distribution, classify_heads, comp
                                        icl_tokens, lm_probe_checkpoints, lm_probe_config)
 from stagewise.profiles import default_profile, get_profile
 from stagewise.refined import data_llc_sweep, head_labels, head_llc_sweep
-from stagewise.runs import language_analysis_steps, language_run
+from stagewise.runs import language_analysis_steps, language_run, language_sgld_model
 from stagewise.train import analysis_steps
 
 profile = profile or default_profile()
@@ -79,8 +78,7 @@ n_ctx = lm.model.n_ctx
 data = {"train": (load_contexts(lm.corpus, "sgld", n_ctx).long(),)}
 for name, domain in zip(cfg.domain_names, cfg.domains):
     data[name] = (load_domain_contexts(domain, n_ctx).long(),)
-model_fn = partial(make_language_model, lm.model)
-loss = lm_forward_loss if lm.sgld_stride == 1 else partial(lm_forward_loss_subsampled, stride=lm.sgld_stride)
+model_fn, loss = language_sgld_model(lm)  # the LM profile's LLC fast path (plain-torch twin, strided loss)
 print(f"checkpoints: {steps.tolist()}")
 print({k: tuple(v[0].shape) for k, v in data.items()})
 
@@ -110,10 +108,12 @@ CLASS_COLORS = {"previous-token": "tab:green", "current-token": "tab:orange", "i
 
 # %%
 t0 = time.perf_counter()
-wr = head_llc_sweep(checkpoints, model_fn, loss, {"train": data["train"]}, cfg.sgld, heads=cfg.heads or None)
+wr = head_llc_sweep(checkpoints, model_fn, loss, {"train": data["train"]}, cfg.sgld, heads=cfg.heads or None,
+                    compute_dtype=lm.sgld_dtype)
 dr_cfg = dataclasses.replace(cfg.sgld, nbeta=cfg.data_refined_nbeta)
 head_domains = cfg.head_domains if cfg.head_domains is not None else cfg.domain_names
-wdr = head_llc_sweep(checkpoints, model_fn, loss, {k: data[k] for k in head_domains}, dr_cfg, heads=cfg.heads or None)
+wdr = head_llc_sweep(checkpoints, model_fn, loss, {k: data[k] for k in head_domains}, dr_cfg, heads=cfg.heads or None,
+                     compute_dtype=lm.sgld_dtype)
 heads_frame = pd.concat([wr, wdr], ignore_index=True)
 n_est = len(heads_frame)
 n_heads, n_data = heads_frame["head"].nunique(), heads_frame["data"].nunique()
@@ -129,7 +129,7 @@ for ax, layer in zip(axes[0], range(lm.model.n_layers)):
     part = wr[wr["layer"] == layer]
     for head, g in part.groupby("head"):
         ax.plot(g["step"], g["llc_mean"], "o-", ms=2.5, lw=1.2, color=CLASS_COLORS[classes[head]], label=f"{head} ({classes[head]})")
-    ax.set(xscale="log", xlabel="training step $t$", title=f"layer {layer}")
+    ax.set(xscale="log", xlabel="training step $t$", title=f"layer {layer}: wrLLC of each head over training")
     ax.legend(fontsize=6, ncol=2)
 axes[0, 0].set_ylabel("wrLLC $\\hat\\lambda(w_t; V_h)$")
 fig.suptitle(f"Weight-refined LLC per head, coloured by class at step {final:,} ({cfg.name} profile)")
@@ -163,12 +163,14 @@ for i, name in enumerate(end.columns.intersection(list(data))):
 axes[0].set_xticks(x + 0.4 - width / 2, labels, rotation=90)
 for tick, head in zip(axes[0].get_xticklabels(), labels):
     tick.set_color(CLASS_COLORS[classes[head]])
-axes[0].set(ylabel="(w)drLLC at the final checkpoint", title=f"per head, step {final:,} (label colour = class)")
+axes[0].set(xlabel="head (layer:head)", ylabel="(w)drLLC $\\hat\\lambda$ at the final checkpoint",
+            title=f"(w)drLLC of each head per data set, step {final:,} (label colour = class)")
 axes[0].legend(fontsize=7)
 for head, g in pivot.groupby("head"):
     axes[1].plot(g["step"], g["code"] / g["train"], lw=1, color=CLASS_COLORS[classes[head]], alpha=0.8)
 axes[1].axhline(1, color="k", lw=0.6, ls=":")
-axes[1].set(xscale="log", xlabel="training step $t$", ylabel="code / train", title="wdrLLC(code) / wrLLC(train)")
+axes[1].set(xscale="log", xlabel="training step $t$", ylabel="code / train (ratio)",
+            title="per head over training: wdrLLC(code) / wrLLC(train) (dotted: 1)")
 fig.tight_layout()
 save_figure(fig, "fig3_drllc_code_vs_train", profile=cfg.name)
 plt.show()
@@ -181,11 +183,11 @@ display(pd.concat([ratio, classes.rename("class")], axis=1).groupby("class")["co
 
 # %%
 t0 = time.perf_counter()
-whole = data_llc_sweep(checkpoints, model_fn, loss, data, lm.sgld)
+whole = data_llc_sweep(checkpoints, model_fn, loss, data, lm.sgld, compute_dtype=lm.sgld_dtype)
 print(f"whole-model (dr)LLCs in {time.perf_counter() - t0:.0f} s")
 fig, ax = plt.subplots(figsize=(6, 3.2))
 plot_over_training(ax, steps, {name: g.set_index("step").loc[steps, "llc_mean"] for name, g in whole.groupby("data")},
-                   ylabel="(dr)LLC", marker="o", ms=2.5)
+                   ylabel="whole-model (dr)LLC $\\hat\\lambda$", marker="o", ms=2.5)
 ax.set_title(f"Whole-model drLLC per data set ({cfg.name} profile)")
 save_figure(fig, "fig12_drllc_whole_model", profile=cfg.name)
 plt.show()
@@ -264,7 +266,8 @@ for ax, layer in zip(axes[0], range(lm.model.n_layers)):
                 label=f"{head} ({classes[head]})")
     for edge in np.cumsum(segments)[:-1]:  # between the concatenated data sets
         ax.axvline(edge - 0.5, color="k", lw=0.6, ls=":")
-    ax.set(xlabel=f"checkpoint index ({' | '.join(cluster_data)})", ylabel="λ̂", title=f"layer {layer}: shape clusters, c = {min(counts)}")
+    ax.set(xlabel=f"checkpoint index ({' | '.join(cluster_data)})", ylabel="wrLLC λ̂ (per head)",
+           title=f"layer {layer}: heads clustered by wrLLC curve shape, c = {min(counts)}")
     ax.legend(fontsize=6, ncol=2)
 fig.tight_layout()
 save_figure(fig, "fig18_head_clusters", profile=cfg.name)
@@ -287,12 +290,13 @@ if lm.model.n_layers > 1:
                else np.nan for s in comp]
     mean_all = [float(np.nanmean(comp[s].to_numpy())) for s in comp]
     plot_over_training(axes[0], list(comp), {"multigram 0 → multigram 1 (mean)": mean_mm, "all pairs (mean)": mean_all},
-                       ylabel="K-composition", marker="o", ms=2.5)
+                       ylabel="K-composition score", marker="o", ms=2.5,
+                       title="mean K-composition over training")
     im = axes[1].imshow(comp[final].to_numpy(dtype=float), cmap="viridis")
     axes[1].set(xticks=range(len(comp[final].columns)), xticklabels=comp[final].columns,
                 yticks=range(len(comp[final].index)), yticklabels=comp[final].index,
                 xlabel="layer-1 head (reader)", ylabel="layer-0 head (writer)", title=f"K-composition at step {final:,}")
-    fig.colorbar(im, ax=axes[1])
+    fig.colorbar(im, ax=axes[1], label="K-composition score")
     fig.tight_layout()
     save_figure(fig, "fig7_k_composition", profile=cfg.name)
     plt.show()

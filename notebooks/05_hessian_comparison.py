@@ -79,9 +79,12 @@ for ax, name in zip(axes, FIGURE_2):
     ax.set_title(f"{pot.latex}\nλ = {r['λ (exact)']:.2f},  λ̂ = {r['λ̂ (SGLD)']:.2f}\n"
                  f"tr H = {r['tr H']:.1f},  rank H = {r['rank H']}", fontsize=8)
     ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-fig.suptitle("The LLC separates potentials the Hessian at w* = 0 cannot (Fig. 2)", y=1.08)
+    ax.set_xticks([-1, 0, 1])
+    ax.set_yticks([-1, 0, 1])
+    ax.set(xlabel="$w_1$", ylabel="$w_2$" if ax is axes[0] else "")
+fig.suptitle("The LLC separates potentials the Hessian at w* = 0 cannot (Fig. 2)\n"
+             "each panel: one potential K(w) over $(w_1, w_2)$, filled contours (dark = low, cut at K = 2)",
+             y=1.14)
 save_figure(fig, "fig2_toy_potentials_llc_vs_hessian", profile=cfg.name)
 plt.show()
 
