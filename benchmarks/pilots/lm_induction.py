@@ -61,7 +61,7 @@ from stagewise.train import TrainConfig, _autocast, _make_optimizer
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "lm_induction_pilots"
 REP_DROP_THRESHOLD = 1.0  # nats
-COLUMNS = ["step", "tokens", "epochs", "wall_s", "train_s", "train_loss", "val_loss", "icl", "prev0_max", "prev0_head",
+COLUMNS = ["step", "tokens", "epochs", "wall_s", "train_s", "cpu_s", "train_loss", "val_loss", "icl", "prev0_max", "prev0_head",
            "prev1_max", "prefix1_max", "prefix1_head", "prefix0_max", "induction1_max", "induction1_head",
            "rep_loss1", "rep_loss2", "rep_drop", "probe_s"]
 
@@ -89,6 +89,16 @@ def build_model(ctx: int, seed: int, kind: str):
     fast = make_fast_language_model(model_config(ctx))
     fast.load_state_dict(tl.state_dict(), strict=True)
     return fast, tl
+
+
+def make_optimizer(model, cfg: TrainConfig, fused: bool):
+    """The library's AdamW + constant schedule; ``fused`` swaps torch's foreach AdamW for its fused
+    CPU kernel (the same update, other rounding; measured 26 -> 6 ms per step on this model)."""
+    opt, sched = _make_optimizer(model, cfg)
+    if not fused:
+        return opt, sched
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
 def fast_loss(model, batch):
@@ -152,13 +162,14 @@ def run(args) -> None:
     model, tl = build_model(args.ctx, args.seed, args.model)
     loss_fn = lm_loss if args.model == "tl" else fast_loss
     cfg = train_config(args)
-    opt, sched = _make_optimizer(model, cfg)
-    step, wall0, train_s, formed_run, history = 0, 0.0, 0.0, 0, []
+    opt, sched = make_optimizer(model, cfg, args.fused_adamw)
+    step, wall0, train_s, cpu_s, formed_run, history = 0, 0.0, 0.0, 0.0, 0, []
     if resume_file.exists():
         state = load_artifact(resume_file)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, wall0, train_s, formed_run = state["step"], state["wall_s"], state["train_s"], state["formed_run"]
+        cpu_s = state["cpu_s"]
         print(f"resuming {args.name} at step {step}", flush=True)
     if csv_path.exists() and step > 0:
         with open(csv_path) as fh:
@@ -172,7 +183,7 @@ def run(args) -> None:
     fh.flush()
 
     meta = {"name": args.name, "batch": args.batch, "ctx": args.ctx, "lr": args.lr, "dtype": args.dtype,
-            "model": args.model, "seed": args.seed, "data_seed": args.data_seed, "mix": args.mix,
+            "model": args.model, "fused_adamw": args.fused_adamw, "seed": args.seed, "data_seed": args.data_seed, "mix": args.mix,
             "mix_source": args.mix_source if args.mix else None, "tokens_per_step": args.batch * args.ctx,
             "corpus_train_tokens": corpus_tokens, "probe_seqs": args.probe_seqs, "val_contexts": args.val_contexts,
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
@@ -192,6 +203,7 @@ def run(args) -> None:
         row = {"step": step, "tokens": step * args.batch * args.ctx,
                "epochs": round(step * args.batch * args.ctx / corpus_tokens, 3),
                "wall_s": round(wall0 + time.perf_counter() - t_start, 1), "train_s": round(train_s, 1),
+               "cpu_s": round(cpu_s, 1),
                "train_loss": loss_sum / loss_n if loss_n else float("nan"), **scores,
                "probe_s": round(time.perf_counter() - t, 2)}
         writer.writerow({k: (f"{v:.5g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -206,7 +218,7 @@ def run(args) -> None:
     model.train()
     loss_sum, loss_n, stop = 0.0, 0, "max_steps"
     while step < args.max_steps:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         batch = batches(step)
         with _autocast(model, args.dtype):
             loss = loss_fn(model, batch).float()
@@ -219,6 +231,7 @@ def run(args) -> None:
         sched.step()
         step += 1
         train_s += time.perf_counter() - t
+        cpu_s += time.process_time() - c
         loss_sum += loss.item()
         loss_n += 1
         if step % args.log_every == 0 or step == args.max_steps:
@@ -228,7 +241,8 @@ def run(args) -> None:
             formed_run = formed_run + 1 if formed_now else 0
             atomic_save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
                          "optimizer": opt.state_dict(), "step": step, "wall_s": row["wall_s"],
-                         "train_s": train_s, "formed_run": formed_run}, resume_file)
+                         "train_s": train_s, "cpu_s": cpu_s,
+                         "formed_run": formed_run}, resume_file)
             write_summary(json_path, csv_path, meta, chance, "running")
             if formed_run >= args.formed_rows:
                 stop = "formed"
@@ -264,6 +278,7 @@ def write_summary(json_path: Path, csv_path: Path, meta: dict, chance: dict | No
         **meta, "stop": stop, "steps": last["step"], "tokens": last["tokens"], "epochs": last["epochs"],
         "wall_s": last["wall_s"], "train_s": last["train_s"],
         "tokens_per_s": last["tokens"] / last["train_s"] if last["train_s"] else None,
+        "tokens_per_cpu_s": last["tokens"] / last["cpu_s"] if last["cpu_s"] else None,
         "chance": chance,
         "max": {c: max(r[c] for r in rows) for c in ("prev0_max", "prev1_max", "prefix1_max", "prefix0_max",
                                                     "induction1_max", "rep_drop")},
@@ -299,20 +314,20 @@ def throughput(args) -> None:
     with open(out, "a", newline="") as fh:
         w = csv.writer(fh)
         if new:
-            w.writerow(["shape", "batch", "ctx", "dtype", "model", "threads", "steps", "seconds", "steps_per_s",
-                        "tokens_per_s", "load_avg"])
+            w.writerow(["shape", "batch", "ctx", "dtype", "model", "fused_adamw", "threads", "steps", "seconds",
+                        "steps_per_s", "tokens_per_s", "tokens_per_cpu_s", "load_avg"])
         for shape in args.shapes:
             batch, ctx = (int(v) for v in shape.split("x"))
             model, _ = build_model(ctx, 0, args.model)
             loss_fn = lm_loss if args.model == "tl" else fast_loss
             cfg = TrainConfig(num_steps=10**6, lr=1e-3, optimizer="adamw", weight_decay=0.05, schedule="constant",
                               checkpoint_every=10**6, compute_dtype=args.dtype)
-            opt, _ = _make_optimizer(model, cfg)
+            opt, _ = make_optimizer(model, cfg, args.fused_adamw)
             batches = LMBatches(load_contexts(CorpusConfig(), "train", ctx), batch, 1)
             step, t0 = 0, None
             while True:
                 if step == 3:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                 with _autocast(model, args.dtype):
                     loss = loss_fn(model, batches(step)).float()
                 opt.zero_grad(set_to_none=True)
@@ -321,10 +336,11 @@ def throughput(args) -> None:
                 step += 1
                 if t0 is not None and time.perf_counter() - t0 >= args.seconds:
                     break
-            sec = time.perf_counter() - t0
+            sec, cpu = time.perf_counter() - t0, time.process_time() - c0
             n = step - 3
-            row = [shape, batch, ctx, args.dtype, args.model, torch.get_num_threads(), n, round(sec, 1),
-                   round(n / sec, 3), round(n * batch * ctx / sec), round(os.getloadavg()[0], 2)]
+            row = [shape, batch, ctx, args.dtype, args.model, args.fused_adamw, torch.get_num_threads(), n,
+                   round(sec, 1), round(n / sec, 3), round(n * batch * ctx / sec), round(n * batch * ctx / cpu),
+                   round(os.getloadavg()[0], 2)]
             w.writerow(row)
             fh.flush()
             print(row, flush=True)
@@ -346,6 +362,7 @@ def main() -> None:
     r.add_argument("--model", default="tl", choices=["tl", "fast"], help="train the TransformerLens model or its twin")
     r.add_argument("--mix", type=float, default=0.0, help="RepeatMix fraction of contexts rewritten BOS + S + S")
     r.add_argument("--mix-source", default="natural", choices=["natural", "random"])
+    r.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=True)
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--data-seed", type=int, default=1)
     r.add_argument("--probe-seqs", type=int, default=256)
@@ -356,6 +373,7 @@ def main() -> None:
     t.add_argument("--seconds", type=float, default=30.0)
     t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     t.add_argument("--model", default="tl", choices=["tl", "fast"])
+    t.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=True)
     t.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.command == "run":
