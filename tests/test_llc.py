@@ -286,3 +286,17 @@ def test_bad_compute_dtype_rejected():
             estimate_llc(_quadratic, params, cfg, progress=False, compute_dtype=bad)
     with pytest.raises(ValueError, match="needs float32 sampled weights"):
         estimate_llc(_quadratic, _quadratic_params(), cfg, progress=False, compute_dtype="bfloat16")  # float64
+
+
+def test_auto_compute_dtype_follows_the_hardware():
+    from stagewise.llc import fast_bf16_support, resolve_compute_dtype
+
+    assert resolve_compute_dtype("auto", cpu_flags={"avx2", "avx512_bf16"}) == "bfloat16"
+    assert resolve_compute_dtype("auto", cpu_flags={"amx_bf16"}) == "bfloat16"
+    assert resolve_compute_dtype("auto", cpu_flags={"avx2", "fma"}) is None
+    ok, reason = fast_bf16_support("cpu", cpu_flags={"avx2"})
+    assert not ok and "no bf16 dot-product" in reason
+    assert resolve_compute_dtype("float32") is None and resolve_compute_dtype(None) is None
+    assert resolve_compute_dtype("bfloat16", cpu_flags=set()) == "bfloat16"  # explicit request wins
+    with pytest.raises(ValueError, match="auto, float32, bfloat16"):
+        resolve_compute_dtype("fp16")

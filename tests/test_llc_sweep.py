@@ -93,3 +93,43 @@ def test_weight_digest_handles_scalar_buffers():
     b = _tensor_digest({"w": torch.ones(3), "ignore": torch.tensor(-1e4)})
     assert a != b
     assert a == _tensor_digest({"w": torch.ones(3), "ignore": torch.tensor(-1e5)})
+
+
+def test_compute_dtype_is_part_of_the_key_only_when_not_exact(tmp_cache):
+    """fp32 keys keep their pre-existing form (old cached results stay valid); a bf16 estimate is
+    cached apart and is never served for an fp32 request."""
+    from stagewise.data.regression import regression_forward_loss
+    from stagewise.llc import sweep_cache_key
+
+    data = _data()
+    exact = sweep_cache_key(CFG, MODEL_FN, regression_forward_loss, data)
+    assert "compute_dtype" not in exact
+    assert sweep_cache_key(CFG, MODEL_FN, regression_forward_loss, data, compute_dtype="bfloat16") == {
+        **exact, "compute_dtype": "bfloat16"}
+    cks = _checkpoints(1)
+    fp32 = estimate_llc_sweep(cks, MODEL_FN, regression_forward_loss, data, CFG, progress=False)
+    bf16 = estimate_llc_sweep(cks, MODEL_FN, regression_forward_loss, data, CFG, compute_dtype="bfloat16",
+                              progress=False)
+    assert len(list(tmp_cache.glob("llc/*/result.pt"))) == 2
+    assert fp32.results[0].compute_dtype is None and bf16.results[0].compute_dtype == "bfloat16"
+    assert not np.array_equal(fp32.results[0].loss_trace, bf16.results[0].loss_trace)
+    # 'auto' resolves to a concrete dtype before keying: on a machine without bf16 instructions it
+    # is the fp32 entry (served from the cache, not recomputed)
+    from stagewise.llc import resolve_compute_dtype
+
+    auto = estimate_llc_sweep(cks, MODEL_FN, regression_forward_loss, data, CFG, compute_dtype="auto", progress=False)
+    expected = bf16 if resolve_compute_dtype("auto") == "bfloat16" else fp32
+    np.testing.assert_array_equal(auto.results[0].loss_trace, expected.results[0].loss_trace)
+    assert len(list(tmp_cache.glob("llc/*/result.pt"))) == 2
+
+
+def test_loss_path_is_part_of_the_key_and_changes_no_science(tmp_cache):
+    """The predictions-only loss is another function (another key) computing the same λ̂."""
+    from stagewise.data.regression import regression_forward_loss, regression_prediction_loss
+
+    cks, data = _checkpoints(1), _data()
+    full = estimate_llc_sweep(cks, MODEL_FN, regression_forward_loss, data, CFG, progress=False)
+    fast = estimate_llc_sweep(cks, MODEL_FN, regression_prediction_loss, data, CFG, progress=False)
+    assert len(list(tmp_cache.glob("llc/*/result.pt"))) == 2
+    np.testing.assert_allclose(fast.results[0].loss_trace, full.results[0].loss_trace, rtol=1e-4)
+    assert abs(fast.llc_mean[0] - full.llc_mean[0]) < 0.02 * abs(full.llc_mean[0]) + 1e-3

@@ -6,7 +6,7 @@ from stagewise.data.regression import RegressionTask
 from stagewise.profiles import PROFILE_NAMES, check_profile, default_profile, get_profile, settings
 
 
-def test_every_setting_defines_all_three_profiles():
+def test_every_setting_defines_every_profile():
     import importlib
 
     assert "regression" in settings()
@@ -100,3 +100,18 @@ def test_language_seeds_and_one_layer_profiles():
         get_profile("language", "cpu", seeds=(2, 1))
     with pytest.raises(ValueError, match="sgld_stride"):
         get_profile("language", "cpu", sgld_stride=0)
+
+
+def test_llc_fast_path_settings_are_validated_and_paper_stays_exact():
+    with pytest.raises(ValueError, match="sgld_loss must be one of full, predictions_only"):
+        get_profile("regression", "cpu", sgld_loss="fast")
+    with pytest.raises(ValueError, match="sgld_dtype must be one of auto, float32, bfloat16"):
+        get_profile("regression", "cpu", sgld_dtype="half")
+    with pytest.raises(ValueError, match="sgld_model must be one of fast, transformer_lens"):
+        get_profile("language", "cpu", sgld_model="hooked")
+    with pytest.raises(ValueError, match="sgld_dtype"):
+        get_profile("ridge", "cpu", sgld_dtype="half")
+    assert get_profile("regression", "paper").sgld_dtype == "float32"
+    assert get_profile("language", "paper").sgld_dtype == "float32"
+    assert get_profile("regression", "cpu").sgld_loss == "predictions_only"
+    assert get_profile("language", "cpu").sgld_model == "fast"

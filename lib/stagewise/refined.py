@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stagewise.cache import artifact_dir, atomic_save, load_artifact
-from stagewise.llc import LLCResult, SGLDConfig, estimate_llc_sweep
+from stagewise.llc import LLCResult, SGLDConfig, estimate_llc_sweep, resolve_compute_dtype
 from stagewise.llc.sweep import _load_state
 
 __all__ = ["HEAD_PARAMS", "head_param_mask", "heads_param_mask", "head_labels", "parse_head", "head_llc_sweep",
@@ -157,7 +157,7 @@ def _run_units(jobs: list[dict], checkpoints, common: dict, executor, max_worker
     to the cache as soon as it finishes, so a killed sweep loses only the estimates in flight.
     With a pool, threads of this process each wait on one estimate, keeping the pool busy.
     """
-    from stagewise.llc.sweep import _callable_id, _data_id, _tensor_digest
+    from stagewise.llc.sweep import sweep_cache_key
 
     steps = [int(s) for s, _ in checkpoints]
     if len(set(steps)) != len(steps):
@@ -166,10 +166,8 @@ def _run_units(jobs: list[dict], checkpoints, common: dict, executor, max_worker
     results: list[list[LLCResult | None]] = [[None] * len(steps) for _ in jobs]
     todo = []
     for j, job in enumerate(jobs):
-        key = {"config": common["config"], "model_fn": _callable_id(common["model_fn"]),
-               "loss": _callable_id(common["loss"]), "data": _data_id(job["data"]),
-               "params_to_sample": list(job["params_to_sample"]) if job.get("params_to_sample") else None,
-               "param_mask": _tensor_digest(job["param_mask"]) if job.get("param_mask") else None}
+        key = sweep_cache_key(common["config"], common["model_fn"], common["loss"], job["data"],
+                              job.get("params_to_sample"), job.get("param_mask"), common["compute_dtype"])
         for i, (step, state) in enumerate(checkpoints):
             path = artifact_dir("llc", {**key, "weights": digests[i]}, root=cache_root) / "result.pt" if cache else None
             if path is not None and path.exists():
@@ -242,6 +240,7 @@ def head_llc_sweep(
     cache_root=None,
     chain_mode: str = "auto",
     compile: bool = False,
+    compute_dtype: str | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """wrLLC λ̂(w_t; V_h) of each head h at each checkpoint t — or the wdrLLC λ̂(w_t; V_h, q') when
@@ -256,6 +255,7 @@ def head_llc_sweep(
     Returns a tidy DataFrame, one row per (data, head, step): ``data, head, layer`` (NaN for a
     group spanning layers), ``llc_mean, llc_std, llc_sem, loss_init, num_sampled, nbeta,
     excluded_chains, flags`` (comma-separated chain flags; empty = all chains well behaved).
+    ``compute_dtype`` as in :func:`stagewise.llc.estimate_llc_sweep` ('auto' resolved here).
     """
     probe = model_fn()
     n_layers, n_heads = probe.cfg.n_layers, probe.cfg.n_heads
@@ -278,7 +278,8 @@ def head_llc_sweep(
         for name, d in datasets.items():
             jobs.append({"data": d, "params_to_sample": names, "param_mask": mask})
             meta.append({"data": name, "head": label, "layer": layer})
-    common = {"model_fn": model_fn, "loss": loss, "config": config, "chain_mode": chain_mode, "compile": compile}
+    common = {"model_fn": model_fn, "loss": loss, "config": config, "chain_mode": chain_mode, "compile": compile,
+              "compute_dtype": resolve_compute_dtype(compute_dtype)}
     log.info("head LLC sweep: %d heads x %d data sets x %d checkpoints", len(heads), len(datasets), len(checkpoints))
     results = _run_units(jobs, checkpoints, common, executor, max_workers, cache, cache_root, progress, "head LLCs")
     steps = [int(s) for s, _ in checkpoints]
@@ -299,12 +300,14 @@ def data_llc_sweep(
     cache_root=None,
     chain_mode: str = "auto",
     compile: bool = False,
+    compute_dtype: str | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Whole-model drLLC λ̂(w_t; q') on each data set q' of ``data`` ({name: data set}) at each
     checkpoint (refined paper Fig. 12). Same columns as :func:`head_llc_sweep`, with head ``"all"``."""
     datasets = _as_datasets(data)
-    common = {"model_fn": model_fn, "loss": loss, "config": config, "chain_mode": chain_mode, "compile": compile}
+    common = {"model_fn": model_fn, "loss": loss, "config": config, "chain_mode": chain_mode, "compile": compile,
+              "compute_dtype": resolve_compute_dtype(compute_dtype)}
     jobs = [{"data": d} for d in datasets.values()]
     results = _run_units(jobs, checkpoints, common, executor, max_workers, cache, cache_root, progress, "drLLCs")
     steps = [int(s) for s, _ in checkpoints]

@@ -13,14 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from stagewise.data.regression import (RegressionBatches, RegressionTask, regression_forward_loss, regression_loss,
+from stagewise.data.regression import (RegressionBatches, RegressionTask, regression_loss, regression_sgld_loss,
                                        sgld_dataset)
 from stagewise.models.regression import RegressionTransformer, RegressionTransformerConfig
 from stagewise.profiles.regression import RegressionProfile
 from stagewise.train import TrainConfig, TrainedRun, train_cached
 
 __all__ = ["RegressionRunKey", "regression_run", "regression_llc", "regression_hessian", "LanguageRunKey",
-           "language_run", "regression_probe_batch", "regression_probes", "language_analysis_steps", "language_llc"]
+           "language_run", "regression_probe_batch", "regression_probes", "language_analysis_steps", "language_llc",
+           "language_sgld_model"]
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,10 @@ def regression_llc(profile: RegressionProfile, seed: int, executor="serial", pro
     return estimate_llc_sweep(
         [(int(s), run.checkpoint_path(s)) for s in steps],
         model_fn=partial(RegressionTransformer, profile.model),
-        loss=regression_forward_loss,
+        loss=regression_sgld_loss(profile.sgld_loss),
         data=sgld_dataset(profile.task, profile.num_sgld_samples),
         config=profile.sgld,
+        compute_dtype=profile.sgld_dtype,
         executor=executor,
         progress=progress,
     )
@@ -221,17 +223,32 @@ def language_llc(profile, run: TrainedRun | None = None, steps=None, executor="s
     """
     from stagewise.data.language import load_contexts
     from stagewise.llc import estimate_llc_sweep
-    from stagewise.models.language import lm_forward_loss, lm_forward_loss_subsampled, make_language_model
 
     run = run or language_run(profile, progress=progress)
     steps = language_analysis_steps(profile, run) if steps is None else steps
-    loss = lm_forward_loss if profile.sgld_stride == 1 else partial(lm_forward_loss_subsampled, stride=profile.sgld_stride)
+    model_fn, loss = language_sgld_model(profile)
     return estimate_llc_sweep(
         [(int(s), run.checkpoint_path(s)) for s in steps],
-        model_fn=partial(make_language_model, profile.model),
+        model_fn=model_fn,
         loss=loss,
         data=(load_contexts(profile.corpus, "sgld", profile.model.n_ctx).long(),),
         config=profile.sgld,
+        compute_dtype=profile.sgld_dtype,
         executor=executor,
         progress=progress,
     )
+
+
+def language_sgld_model(profile):
+    """``(model_fn, loss)`` that the LLC sweeps of a language ``profile`` run: the profile's
+    ``sgld_model`` ("fast": :class:`~stagewise.models.language_fast.FastAttentionOnlyLM`, the same
+    function and weights as the HookedTransformer; "transformer_lens") with the loss at every
+    ``sgld_stride``-th position. Both are part of every estimate's cache key."""
+    from stagewise.models.language import lm_forward_loss, lm_forward_loss_subsampled, make_language_model
+    from stagewise.models.language_fast import lm_fast_loss, make_fast_language_model
+
+    if profile.sgld_model == "fast":
+        loss = lm_fast_loss if profile.sgld_stride == 1 else partial(lm_fast_loss, stride=profile.sgld_stride)
+        return partial(make_fast_language_model, profile.model), loss
+    loss = lm_forward_loss if profile.sgld_stride == 1 else partial(lm_forward_loss_subsampled, stride=profile.sgld_stride)
+    return partial(make_language_model, profile.model), loss

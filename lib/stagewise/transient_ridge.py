@@ -32,8 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from stagewise.cache import artifact_dir, atomic_save, config_to_dict, load_artifact
-from stagewise.data.regression import (RegressionBatch, RegressionBatches, RegressionTask, regression_forward_loss,
-                                       regression_loss, sample_batch, sgld_dataset, task_set)
+from stagewise.data.regression import (RegressionBatch, RegressionBatches, RegressionTask, regression_loss,
+                                       regression_sgld_loss, sample_batch, sgld_dataset, task_set)
 from stagewise.essential_dynamics import TrajectoryPCA, fit_pca, smooth_trajectory
 from stagewise.models.regression import RegressionTransformer
 from stagewise.profiles.ridge import TransientRidgeProfile
@@ -335,8 +335,9 @@ def final_llcs(profile: TransientRidgeProfile, runs: dict[int | None, TrainedRun
         final = int(run.checkpoint_steps[-1])
         sweep = estimate_llc_sweep(
             [(final, run.checkpoint_path(final))], model_fn=partial(RegressionTransformer, profile.model),
-            loss=regression_forward_loss, data=partial(sgld_dataset, run_task(profile, M), profile.num_sgld_samples),
-            config=profile.sgld, executor=executor, progress=False)
+            loss=regression_sgld_loss(profile.sgld_loss),
+            data=partial(sgld_dataset, run_task(profile, M), profile.num_sgld_samples),
+            config=profile.sgld, compute_dtype=profile.sgld_dtype, executor=executor, progress=False)
         r = sweep.to_frame().iloc[0]
         rows.append({"M": m_label(M), "m": math.inf if M is None else M, "llc_mean": r["llc_mean"],
                      "llc_sem": r["llc_sem"], "loss_init": r["loss_init"], "flags": r["flags"]})

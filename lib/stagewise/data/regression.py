@@ -32,6 +32,8 @@ __all__ = [
     "regression_loss",
     "per_token_loss",
     "regression_forward_loss",
+    "regression_prediction_loss",
+    "regression_sgld_loss",
     "sgld_dataset",
 ]
 
@@ -157,6 +159,26 @@ def regression_forward_loss(forward, batch: tuple[torch.Tensor, torch.Tensor]) -
     ``forward`` is the model's forward pass at the sampled weights."""
     tokens, ys = batch[0], batch[1]
     return ((forward(tokens)[:, ::2, 0] - ys) ** 2).mean()
+
+
+def regression_prediction_loss(forward, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """:func:`regression_forward_loss` through the model's predictions-only forward
+    (``forward(tokens, predictions_only=True)``: the last block at the x positions only, output
+    component 0 only; same function up to float rounding, ≈ 0.8x the matmul FLOPs). The loss path
+    of the regression LLC sweeps (profile field ``sgld_loss = "predictions_only"``)."""
+    tokens, ys = batch[0], batch[1]
+    return ((forward(tokens, predictions_only=True) - ys) ** 2).mean()
+
+
+SGLD_LOSS_PATHS = ("full", "predictions_only")
+
+
+def regression_sgld_loss(path: str):
+    """The LLC loss of a regression profile's ``sgld_loss`` setting: ``"full"`` (every output, then
+    the x positions' first component) or ``"predictions_only"``."""
+    if path not in SGLD_LOSS_PATHS:
+        raise ValueError(f"sgld_loss must be one of {', '.join(SGLD_LOSS_PATHS)}, got {path!r}")
+    return regression_forward_loss if path == "full" else regression_prediction_loss
 
 
 def sgld_dataset(task: RegressionTask, num_samples: int, seed: int = 2**20) -> tuple[torch.Tensor, torch.Tensor]:

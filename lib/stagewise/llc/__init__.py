@@ -12,13 +12,15 @@
 
 from stagewise.llc.diagnostics import FLAGS
 from stagewise.llc.module import estimate_llc_module, module_loss_fn
-from stagewise.llc.sampler import LLCResult, SGLDConfig, default_nbeta, derive_seed, estimate_llc
+from stagewise.llc.sampler import (LLCResult, SGLDConfig, default_nbeta, derive_seed, estimate_llc, fast_bf16_support,
+                                   resolve_compute_dtype)
 from stagewise.llc.sweep import (
     CalibrationResult,
     LLCSweep,
     calibrate_sgld,
     estimate_llc_sweep,
     plot_llc_traces,
+    sweep_cache_key,
 )
 
 __all__ = [
@@ -31,6 +33,9 @@ __all__ = [
     "estimate_llc_module",
     "module_loss_fn",
     "estimate_llc_sweep",
+    "sweep_cache_key",
+    "fast_bf16_support",
+    "resolve_compute_dtype",
     "LLCSweep",
     "calibrate_sgld",
     "CalibrationResult",

@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 
 from stagewise.cache import artifact_dir, atomic_save, config_to_dict, load_artifact
 from stagewise.llc.module import estimate_llc_module
-from stagewise.llc.sampler import LLCResult, SGLDConfig
+from stagewise.llc.sampler import LLCResult, SGLDConfig, resolve_compute_dtype
 
-__all__ = ["LLCSweep", "estimate_llc_sweep", "CalibrationResult", "calibrate_sgld", "plot_llc_traces"]
+__all__ = ["LLCSweep", "estimate_llc_sweep", "sweep_cache_key", "CalibrationResult", "calibrate_sgld", "plot_llc_traces"]
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +129,30 @@ def _run_checkpoint(payload: dict) -> dict:
         torch.set_num_threads(threads)
     model = payload["model_fn"]()
     model.load_state_dict(_load_state(payload["state"]))
-    model.eval()
+    model.to(payload.get("device") or "cpu").eval()
     data = payload["data"]
     if callable(data):
         data = data()
     result = estimate_llc_module(model, payload["loss"], data, payload["config"],
                                  params_to_sample=payload["params_to_sample"], param_mask=payload["param_mask"],
-                                 chain_mode=payload["chain_mode"], compile=payload["compile"], progress=False)
+                                 chain_mode=payload["chain_mode"], compile=payload["compile"],
+                                 compute_dtype=payload.get("compute_dtype"), progress=False)
     return result.to_dict()
+
+
+def sweep_cache_key(config: SGLDConfig, model_fn: Callable, loss: Callable, data, params_to_sample=None,
+                    param_mask=None, compute_dtype: str | None = None) -> dict:
+    """The cache key of one checkpoint's estimate, less the checkpoint's weights digest: everything
+    that changes the number. ``compute_dtype`` enters only when it is not None (the exact path), so
+    the keys of every fp32 result written before it existed stay valid, and a bf16 estimate never
+    answers for an fp32 one (or the other way round). The loss path is in the key through the loss
+    and model factory (e.g. the predictions-only regression loss is another function)."""
+    key = {"config": config, "model_fn": _callable_id(model_fn), "loss": _callable_id(loss), "data": _data_id(data),
+           "params_to_sample": list(params_to_sample) if params_to_sample else None,
+           "param_mask": _tensor_digest(param_mask) if param_mask else None}
+    if compute_dtype is not None:
+        key["compute_dtype"] = compute_dtype
+    return key
 
 
 def _make_executor(executor, max_workers: int | None):
@@ -172,6 +188,8 @@ def estimate_llc_sweep(
     cache_root: Path | None = None,
     chain_mode: str = "auto",
     compile: bool = False,
+    compute_dtype: str | None = None,
+    device: str | None = None,
     progress: bool = True,
 ) -> LLCSweep:
     """λ̂(w_t) at every checkpoint ``(t, weights)`` with the same seed everywhere (D.3.2).
@@ -180,16 +198,18 @@ def estimate_llc_sweep(
     batch)`` as in :func:`stagewise.llc.estimate_llc_module`, ``data`` the SGLD data set (or a
     top-level function returning it). ``params_to_sample`` must be a list of names here (it is part
     of the cache key). Cached results are reused unless ``cache=False``; a result is written as
-    soon as its checkpoint finishes.
+    soon as its checkpoint finishes. ``compute_dtype`` (None: exact, the weights' dtype; 'bfloat16';
+    or 'auto' = :func:`stagewise.llc.resolve_compute_dtype`) is resolved here and is part of the key.
+    ``device`` (default CPU) is where each checkpoint's chains run (model and batches moved there);
+    not part of the key: another device gives the same estimate up to float rounding.
     """
     if params_to_sample is not None and callable(params_to_sample):
         raise TypeError("estimate_llc_sweep needs params_to_sample as a list of names (a predicate cannot be hashed)")
     steps = [int(s) for s, _ in checkpoints]
     if len(set(steps)) != len(steps):
         raise ValueError("checkpoint steps must be distinct")
-    common = {"config": config, "model_fn": _callable_id(model_fn), "loss": _callable_id(loss),
-              "data": _data_id(data), "params_to_sample": list(params_to_sample) if params_to_sample else None,
-              "param_mask": _tensor_digest(param_mask) if param_mask else None}
+    compute_dtype = resolve_compute_dtype(compute_dtype, device or "cpu")
+    common = sweep_cache_key(config, model_fn, loss, data, params_to_sample, param_mask, compute_dtype)
     results: dict[int, LLCResult] = {}
     todo: list[tuple[int, Path | None, dict]] = []
     for step, state in checkpoints:
@@ -209,7 +229,8 @@ def estimate_llc_sweep(
     if executor == "processes":
         threads = max(1, (os.cpu_count() or 1) // (max_workers or os.cpu_count() or 1))
     base = {"model_fn": model_fn, "loss": loss, "data": data, "config": config, "params_to_sample": params_to_sample,
-            "param_mask": param_mask, "chain_mode": chain_mode, "compile": compile, "threads": threads}
+            "param_mask": param_mask, "chain_mode": chain_mode, "compile": compile, "compute_dtype": compute_dtype,
+            "device": device, "threads": threads}
 
     def finish(step: int, path: Path | None, out: dict) -> None:
         result = LLCResult.from_dict(out)

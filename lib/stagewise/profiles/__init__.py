@@ -1,7 +1,9 @@
-"""Run profiles: one code path, three presets (SPEC.md §0).
+"""Run profiles: one code path, four presets (SPEC.md §0).
 
 * ``smoke`` — CI via nbmake: every cell runs and every figure is drawn; numbers are meaningless.
-* ``cpu``   — the default: the phenomena at reduced scale on a 2-core CPU.
+* ``cpu``   — the default: the phenomena at reduced scale on a 2-core CPU (≤ 45 min a notebook).
+* ``long``  — the late stages (LR3–LR5, LM3–LM4) on the same CPU where ``cpu`` cannot fit them
+  (≤ 2.5 h a notebook, resumable); a setting with nothing more to show runs its ``cpu`` settings.
 * ``paper`` — the papers' exact hyperparameters (meant for a GPU).
 
 Each setting (regression, language, ...) has a submodule defining a frozen dataclass and a
@@ -19,7 +21,7 @@ from typing import Any
 
 __all__ = ["PROFILE_NAMES", "DEFAULT_PROFILE", "check_profile", "default_profile", "get_profile", "settings"]
 
-PROFILE_NAMES = ("smoke", "cpu", "paper")
+PROFILE_NAMES = ("smoke", "cpu", "long", "paper")
 DEFAULT_PROFILE = "cpu"
 ENV_VAR = "STAGEWISE_PROFILE"
 

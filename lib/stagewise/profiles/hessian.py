@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["HessianProfile", "PROFILES", "TOY_SGLD"]
 
@@ -44,3 +44,6 @@ PROFILES = {
     "smoke": HessianProfile(name="smoke", toy_chains=4, toy_draws=100, num_probes=4, hessian_batch=64,
                             num_checkpoints=10, lanczos_tol=1e-2),
 }
+
+# long: nothing more to show than cpu (SPEC.md §0): the cpu settings under the long name
+PROFILES["long"] = replace(PROFILES["cpu"], name="long")

@@ -38,6 +38,11 @@ class RegressionProfile:
     # SGLD config, to fit a budget (None: the same as the first seed's).
     other_seeds_llc_checkpoints: int | None = None
     other_seeds_sgld: SGLDConfig | None = None
+    # LLC fast path (part of each estimate's cache key): the loss through the predictions-only
+    # forward (same function, ~0.8x the FLOPs) and the compute dtype: "auto" = bf16 where the
+    # machine has bf16 dot-product instructions, else fp32 (stagewise.llc.resolve_compute_dtype)
+    sgld_loss: str = "predictions_only"
+    sgld_dtype: str = "auto"
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -52,6 +57,7 @@ class RegressionProfile:
             raise ValueError(f"other_seeds_llc_checkpoints must be >= 2 or None, got {self.other_seeds_llc_checkpoints}")
         if not set(self.llc_seeds) <= set(self.seeds):
             raise ValueError(f"llc_seeds {self.llc_seeds} must be among the training seeds {self.seeds}")
+        _check_sgld_path(self.sgld_loss, self.sgld_dtype)
         if self.task.task_size != self.model.task_size or self.task.max_examples != self.model.max_examples:
             raise ValueError(
                 f"task (D={self.task.task_size}, K={self.task.max_examples}) and model "
@@ -72,9 +78,20 @@ class RegressionProfile:
                        sgld=self.other_seeds_sgld or self.sgld)
 
 
+def _check_sgld_path(loss: str, dtype: str) -> None:
+    from stagewise.data.regression import SGLD_LOSS_PATHS
+    from stagewise.llc.sampler import COMPUTE_DTYPE_SETTINGS
+
+    if loss not in SGLD_LOSS_PATHS:
+        raise ValueError(f"sgld_loss must be one of {', '.join(SGLD_LOSS_PATHS)}, got {loss!r}")
+    if dtype not in COMPUTE_DTYPE_SETTINGS:
+        raise ValueError(f"sgld_dtype must be one of {', '.join(COMPUTE_DTYPE_SETTINGS)}, got {dtype!r}")
+
+
 PROFILES = {
     # Paper: 500k steps of batch 256, Adam 3e-3 one-cycle, 190 checkpoints, seeds 0-4 (Table D.2).
-    "paper": RegressionProfile(name="paper"),
+    # LLC in fp32, the paper's numerics (sgld_dtype="auto" would take bf16 on a recent GPU).
+    "paper": RegressionProfile(name="paper", sgld_dtype="float32"),
     # cpu: chosen by measurement (README): the paper's model and batch at a shorter one-cycle
     # schedule, which compresses the stages in step count.
     "cpu": RegressionProfile(
@@ -92,6 +109,19 @@ PROFILES = {
         other_seeds_llc_checkpoints=24,
         other_seeds_sgld=SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=1, num_draws=200, num_burnin=100,
                                                batch_size=256),
+    ),
+    # long: the late stages LR3-LR5 on the same CPU (issue #16; pilots in the README): seed 0 at a
+    # longer one-cycle schedule of the paper's model, batch and optimiser, the cpu profile's LLC
+    # settings at 60 checkpoints; resume state every 5k steps (a few minutes)
+    "long": RegressionProfile(
+        name="long",
+        train=TrainConfig(num_steps=100_000, resume_every=5_000),
+        seeds=(0,),
+        num_eval=1024,
+        num_analysis_checkpoints=60,
+        sgld=SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=2, num_draws=200, num_burnin=100, batch_size=256),
+        num_sgld_samples=2**16,
+        llc_seeds=(0,),
     ),
     "smoke": RegressionProfile(
         name="smoke",

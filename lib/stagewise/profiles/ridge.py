@@ -7,7 +7,7 @@ of one task sequence drawn from ``task.task_seed`` (``stagewise.data.regression.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from stagewise.data.regression import RegressionTask
 from stagewise.llc import SGLDConfig
@@ -65,10 +65,15 @@ class TransientRidgeProfile:
     sgld: SGLDConfig = SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=8, num_draws=2000, num_burnin=500,
                                              batch_size=1024)
     num_sgld_samples: int = 2**20
+    sgld_loss: str = "predictions_only"  # LLC fast path, as in RegressionProfile
+    sgld_dtype: str = "auto"
     smoothing: float = 1.0
     executor: str = "serial"  # how the notebook trains the runs: "serial" or "processes" (one per core)
 
     def __post_init__(self):
+        from stagewise.profiles.regression import _check_sgld_path
+
+        _check_sgld_path(self.sgld_loss, self.sgld_dtype)
         if not self.m_grid or any(not isinstance(m, int) or m < 1 for m in self.m_grid):
             raise ValueError(f"m_grid must hold task counts M >= 1 (integers), got {self.m_grid}")
         if list(self.m_grid) != sorted(set(self.m_grid)):
@@ -134,3 +139,6 @@ PROFILES = {
         num_sgld_samples=128,
     ),
 }
+
+# long: nothing more to show than cpu (SPEC.md §0): the cpu settings under the long name
+PROFILES["long"] = replace(PROFILES["cpu"], name="long")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from stagewise.data.domains import DomainConfig
 from stagewise.llc import SGLDConfig
@@ -87,3 +87,6 @@ PROFILES = {
                                domain_names=("code", "austen"), ablation_contexts=8, tokens_in_context=20,
                                induction_heads=("1:0", "1:1"), cluster_counts=(2,)),
 }
+
+# long: the cpu settings on the long language profile's checkpoints
+PROFILES["long"] = replace(PROFILES["cpu"], name="long", language="long")

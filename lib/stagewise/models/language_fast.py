@@ -1,0 +1,204 @@
+"""A plain-torch twin of the paper's attention-only ``HookedTransformer``, for SGLD speed.
+
+:class:`FastAttentionOnlyLM` computes the same function as
+:func:`stagewise.models.language.make_language_model` (Shortformer positional embedding added to
+the queries' and keys' inputs only, LayerNorm before each attention layer and the unembedding),
+with the same parameter names and shapes (``embed.W_E``, ``blocks.0.attn.W_Q`` [H, d, d_head],
+...), so a TransformerLens checkpoint loads into it unchanged and the refined LLC's per-head
+parameter masks apply as they are. It is what the LLC sweeps run; probes, hooks and training keep
+TransformerLens. ``tests/test_language_fast.py`` checks logits and gradients against it.
+
+Why it is faster on a CPU (measured: ``benchmarks/results/llc_benchmark.md``), with no change of
+mathematics:
+
+* Q and K of all heads in one matmul (TransformerLens: one einsum per projection), LayerNorm as
+  ``F.layer_norm`` (TransformerLens: five elementwise passes), no hook points, and no
+  ``where(isnan(pattern), 0, pattern)`` pass over every attention pattern;
+* attention by ``F.scaled_dot_product_attention`` (a fused causal kernel) outside ``vmap``, and by
+  explicit matmuls + softmax inside it (no CPU batching rule for the fused kernel);
+* :meth:`FastAttentionOnlyLM.forward` with ``positions`` returns logits at those positions only,
+  and computes the last block's queries, attention and output there only (keys and values at
+  every position), like the regression transformer's predictions-only forward. With the
+  position-subsampled SGLD loss (one position in ``stride`` per context) this skips ~3/4 of the
+  last layer's query-side work and of the 256 x 5000 unembedding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from stagewise.models.language import LanguageModelConfig, subsampled_positions
+
+__all__ = ["FastAttentionOnlyLM", "make_fast_language_model", "lm_fast_loss"]
+
+LN_EPS = 1e-5  # TransformerLens' default LayerNorm eps
+
+
+def _under_functorch(x: Tensor) -> bool:
+    """True inside a torch.func transform (vmap over chains wraps its inputs: there the fused
+    attention kernel has no CPU batching rule and would fall back to a per-example loop)."""
+    try:
+        return bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
+    except AttributeError:  # a torch without this internal: take the path that is always batched
+        return True
+
+
+class _LayerNorm(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(d))
+        self.b = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.w, self.b, LN_EPS)
+
+
+class _Attention(nn.Module):
+    def __init__(self, cfg: LanguageModelConfig):
+        super().__init__()
+        H, d, dh = cfg.n_heads, cfg.d_model, cfg.d_head
+        # registered in TransformerLens' order, so that the SGLD engine's flat parameter vector (and
+        # with it the seeded noise each weight receives) is the same as for the HookedTransformer
+        self.W_Q = nn.Parameter(torch.empty(H, d, dh))
+        self.W_O = nn.Parameter(torch.empty(H, dh, d))
+        self.b_Q = nn.Parameter(torch.zeros(H, dh))
+        self.b_O = nn.Parameter(torch.zeros(d))
+        self.W_K = nn.Parameter(torch.empty(H, d, dh))
+        self.W_V = nn.Parameter(torch.empty(H, d, dh))
+        self.b_K = nn.Parameter(torch.zeros(H, dh))
+        self.b_V = nn.Parameter(torch.zeros(H, dh))
+        # TransformerLens keeps these buffers in every state_dict; registered so its checkpoints load
+        # strictly (they are not used: the causal mask is built here)
+        self.register_buffer("mask", torch.zeros(0, 0, dtype=torch.bool))
+        self.register_buffer("IGNORE", torch.tensor(float("-inf")))
+
+    @staticmethod
+    def _fused(w: Tensor) -> Tensor:  # [H, d, dh] -> [d, H * dh]
+        return w.permute(1, 0, 2).reshape(w.shape[1], -1)
+
+    def forward(self, qk_in: Tensor, v_in: Tensor, queries: Tensor | None) -> Tensor:
+        """``qk_in`` = LN(x) + positional embedding, ``v_in`` = LN(x), both [B, T, d]; ``queries``
+        None (every position) or [B, P] positions at which to compute the output."""
+        B, T, d = v_in.shape
+        H, dh = self.W_Q.shape[0], self.W_Q.shape[2]
+        w_q, w_k = self._fused(self.W_Q), self._fused(self.W_K)
+        v = (v_in @ self._fused(self.W_V) + self.b_V.reshape(-1)).view(B, T, H, dh).transpose(1, 2)
+        if queries is None:
+            q, k = (qk_in @ torch.cat([w_q, w_k], 1) + torch.cat([self.b_Q.reshape(-1), self.b_K.reshape(-1)])).split(
+                H * dh, dim=-1)
+            P = T
+        else:
+            k = qk_in @ w_k + self.b_K.reshape(-1)
+            P = queries.shape[1]
+            q = torch.gather(qk_in, 1, queries[:, :, None].expand(B, P, d)) @ w_q + self.b_Q.reshape(-1)
+        q = q.reshape(B, P, H, dh).transpose(1, 2)
+        k = k.reshape(B, T, H, dh).transpose(1, 2)
+        if queries is None:
+            allowed = torch.ones(T, T, dtype=torch.bool, device=v_in.device).tril()
+        else:  # key j is visible to the query at position p iff j <= p
+            allowed = (torch.arange(T, device=v_in.device)[None, None, :] <= queries[:, :, None])[:, None]
+        if _under_functorch(q):
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(dh)
+            z = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1) @ v
+        elif queries is None:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return z.transpose(1, 2).reshape(B, P, H * dh) @ self.W_O.reshape(H * dh, d) + self.b_O
+
+
+class _Block(nn.Module):
+    def __init__(self, cfg: LanguageModelConfig):
+        super().__init__()
+        self.ln1 = _LayerNorm(cfg.d_model)
+        self.attn = _Attention(cfg)
+
+    def forward(self, x: Tensor, pos: Tensor, queries: Tensor | None) -> Tensor:
+        h = self.ln1(x)
+        out = self.attn(h + pos, h, queries)
+        if queries is None:
+            return x + out
+        return torch.gather(x, 1, queries[:, :, None].expand(-1, -1, x.shape[-1])) + out
+
+
+class _Embed(nn.Module):
+    def __init__(self, d_vocab: int, d_model: int):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(d_vocab, d_model))
+
+
+class _PosEmbed(nn.Module):
+    def __init__(self, n_ctx: int, d_model: int):
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(n_ctx, d_model))
+
+
+class _Unembed(nn.Module):
+    def __init__(self, d_model: int, d_vocab: int):
+        super().__init__()
+        self.W_U = nn.Parameter(torch.empty(d_model, d_vocab))
+        self.b_U = nn.Parameter(torch.zeros(d_vocab))
+
+
+class FastAttentionOnlyLM(nn.Module):
+    """The attention-only LM of App. D.1.1 with TransformerLens' parameter names (see module doc).
+
+    Build it with :func:`make_fast_language_model` and load a checkpoint of the TransformerLens
+    model into it; its own initial weights are placeholders (zeros/ones), never trained from.
+    """
+
+    def __init__(self, cfg: LanguageModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = _Embed(cfg.d_vocab, cfg.d_model)
+        self.pos_embed = _PosEmbed(cfg.n_ctx, cfg.d_model)
+        self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = _LayerNorm(cfg.d_model)
+        self.unembed = _Unembed(cfg.d_model, cfg.d_vocab)
+        for p in self.parameters():  # deterministic placeholders until a checkpoint is loaded
+            if p.dim() > 1:
+                nn.init.zeros_(p)
+
+    def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Logits [B, T, d_vocab], or [B, P, d_vocab] at ``positions`` [B, P] (row b's positions)."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}")
+        T = tokens.shape[1]
+        if T > self.cfg.n_ctx:
+            raise ValueError(f"tokens have {T} positions but the model's n_ctx is {self.cfg.n_ctx}")
+        if positions is not None and (positions.dim() != 2 or positions.shape[0] != tokens.shape[0]):
+            raise ValueError(f"positions must have shape [batch={tokens.shape[0]}, P], got {tuple(positions.shape)}")
+        x = self.embed.W_E[tokens]
+        pos = self.pos_embed.W_pos[:T]
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, pos, positions if i == last else None)
+        if positions is not None and not self.blocks:
+            x = torch.gather(x, 1, positions[:, :, None].expand(-1, -1, x.shape[-1]))
+        return self.ln_final(x) @ self.unembed.W_U + self.unembed.b_U
+
+
+def make_fast_language_model(config: LanguageModelConfig) -> FastAttentionOnlyLM:
+    """A :class:`FastAttentionOnlyLM` of ``config`` (load a checkpoint into it before use)."""
+    return FastAttentionOnlyLM(config)
+
+
+def lm_fast_loss(forward, batch, stride: int = 1) -> Tensor:
+    """Next-token cross-entropy for the LLC engine's ``loss(forward, batch)`` convention with a
+    :class:`FastAttentionOnlyLM`: every position (``stride=1``, = :func:`~stagewise.models.language.lm_forward_loss`)
+    or the positions of :func:`~stagewise.models.language.subsampled_positions` (row ``i`` predicts
+    positions ``k ≡ i mod stride``; = :func:`~stagewise.models.language.lm_forward_loss_subsampled`)."""
+    tokens = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if stride == 1:
+        logits = forward(tokens)[:, :-1]
+        targets = tokens[:, 1:]
+    else:
+        pos = subsampled_positions(tokens.shape[0], tokens.shape[1], stride).to(tokens.device)
+        logits = forward(tokens, positions=pos)
+        targets = torch.gather(tokens, 1, pos + 1)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))

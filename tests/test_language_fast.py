@@ -1,0 +1,93 @@
+"""The plain-torch LM twin computes the TransformerLens model's function, loss and gradients."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from stagewise.llc import SGLDConfig, estimate_llc_module
+from stagewise.llc.module import module_loss_fn
+from stagewise.models.language import (LanguageModelConfig, lm_forward_loss, lm_forward_loss_subsampled,
+                                       make_language_model)
+from stagewise.models.language_fast import FastAttentionOnlyLM, lm_fast_loss, make_fast_language_model
+
+CFG = LanguageModelConfig(n_layers=2, n_ctx=24, d_model=32, n_heads=4, d_vocab=50)
+
+
+def _trained_like(cfg=CFG, seed=0):
+    """A TransformerLens model with every weight (biases, LayerNorms too) away from its init."""
+    torch.manual_seed(seed)
+    tl = make_language_model(cfg)
+    with torch.no_grad():
+        for p in tl.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    fast = make_fast_language_model(cfg)
+    fast.load_state_dict(tl.state_dict())  # strict: same names, shapes, buffers
+    return tl.eval(), fast.eval()
+
+
+def test_same_parameter_names_shapes_and_order():
+    """Same order too: the SGLD engine flattens parameters in this order, so both models' weights
+    receive the same seeded noise."""
+    tl, fast = _trained_like()
+    assert [(n, p.shape) for n, p in tl.named_parameters()] == [(n, p.shape) for n, p in fast.named_parameters()]
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_logits_match_transformer_lens(n_layers):
+    cfg = LanguageModelConfig(n_layers=n_layers, n_ctx=24, d_model=32, n_heads=4, d_vocab=50)
+    tl, fast = _trained_like(cfg)
+    tokens = torch.randint(0, cfg.d_vocab, (3, 24), generator=torch.Generator().manual_seed(1))
+    ref = tl(tokens, return_type="logits")
+    torch.testing.assert_close(fast(tokens), ref, rtol=1e-4, atol=1e-4)
+    # logits at chosen positions = the full logits gathered there (last block on those queries only)
+    pos = torch.tensor([[0, 5, 23], [1, 2, 3], [22, 7, 0]])
+    torch.testing.assert_close(fast(tokens, positions=pos), torch.gather(ref, 1, pos[:, :, None].expand(-1, -1, 50)),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_loss_and_gradients_match(stride):
+    tl, fast = _trained_like()
+    tokens = torch.randint(0, CFG.d_vocab, (8, 24), generator=torch.Generator().manual_seed(2))
+    ref_loss = lm_forward_loss if stride == 1 else partial(lm_forward_loss_subsampled, stride=stride)
+    f_ref, p_ref = module_loss_fn(tl, ref_loss)
+    f_fast, p_fast = module_loss_fn(fast, partial(lm_fast_loss, stride=stride))
+    x_ref = {k: v.clone().requires_grad_(True) for k, v in p_ref.items()}
+    x_fast = {k: v.clone().requires_grad_(True) for k, v in p_fast.items()}
+    l_ref, l_fast = f_ref(x_ref, tokens), f_fast(x_fast, tokens)
+    torch.testing.assert_close(l_fast, l_ref, rtol=1e-5, atol=1e-5)
+    g_ref = torch.autograd.grad(l_ref, list(x_ref.values()))
+    g_fast = torch.autograd.grad(l_fast, [x_fast[k] for k in x_ref])
+    for name, a, b in zip(x_ref, g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_vmap_path_equals_fused_path():
+    """Inside torch.func (vmap over chains) attention takes explicit matmuls: same numbers."""
+    _, fast = _trained_like()
+    tokens = torch.randint(0, CFG.d_vocab, (4, 24), generator=torch.Generator().manual_seed(3))
+    f, params = module_loss_fn(fast, partial(lm_fast_loss, stride=4))
+    direct = f(params, tokens)
+    stacked = {k: v.unsqueeze(0).repeat(2, *([1] * v.dim())) for k, v in params.items()}
+    batched = torch.func.vmap(lambda p: f(p, tokens))(stacked)
+    torch.testing.assert_close(batched, direct.expand(2), rtol=1e-5, atol=1e-5)
+
+
+def test_sgld_estimate_agrees_with_transformer_lens():
+    """Same seed, noise and batches: λ̂ of the twin is the TransformerLens model's up to rounding."""
+    tl, fast = _trained_like()
+    data = torch.randint(0, CFG.d_vocab, (64, 24), generator=torch.Generator().manual_seed(4))
+    cfg = SGLDConfig(epsilon=1e-3, gamma=100.0, nbeta=20.0, num_chains=2, num_draws=15, num_burnin=0, batch_size=8)
+    ref = estimate_llc_module(tl, partial(lm_forward_loss_subsampled, stride=4), data, cfg, progress=False)
+    got = estimate_llc_module(fast, partial(lm_fast_loss, stride=4), data, cfg, progress=False)
+    assert abs(got.llc_mean - ref.llc_mean) < 1e-2 * max(1.0, abs(ref.llc_mean))
+    assert got.diagnostics == ref.diagnostics
+
+
+def test_bad_input_is_named():
+    fast = FastAttentionOnlyLM(CFG)
+    with pytest.raises(ValueError, match="n_ctx"):
+        fast(torch.zeros(1, 25, dtype=torch.long))
+    with pytest.raises(ValueError, match="positions"):
+        fast(torch.zeros(2, 8, dtype=torch.long), positions=torch.zeros(3, 2, dtype=torch.long))
