@@ -6,7 +6,7 @@ PROFILE ?= cpu
 ONLY    ?=
 NBMAKE  := build/nbmake
 
-.PHONY: figures test install notebooks-ipynb benchmarks clean-cache
+.PHONY: figures test install notebooks-ipynb benchmarks clean-cache lab
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ notebooks-ipynb: install
 	for f in notebooks/[0-9][0-9]_*.py; do \
 	  $(PY) -m jupytext --quiet --to ipynb -o $(NBMAKE)/$$(basename $$f .py).ipynb $$f || exit 1; \
 	done
+
+## JupyterLab on notebooks/ with the project's Jupyter config (jupyter/): a double-click opens a .py as a notebook.
+lab: install
+	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter" $(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
+	  --LabApp.default_url=/lab/tree/notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 benchmarks: install
 	$(PY) benchmarks/bench_llc.py
