@@ -1,0 +1,101 @@
+"""Headline numbers as data (SPEC.md §0): each notebook writes ``<figures folder>/<notebook>.json``.
+
+The file is plain JSON (numbers never strings, keys in snake_case, NaN/inf written as ``null``),
+written atomically beside the notebook's figures, e.g. ``figures/02_regression_stages.json`` or
+``figures/long/01_lm_stages.json``. The README's result tables quote these files.
+
+* :func:`stage_headline` — detected boundaries (with their intervals), stage directions and names,
+  and the LLC at each boundary, from a :class:`stagewise.stages.StageResult`;
+* :func:`write_headline` — sanitises and writes one notebook's record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["stage_headline", "write_headline", "read_headline", "to_json_value"]
+
+_KEY = re.compile(r"^[a-z0-9_]+$")
+
+
+def to_json_value(value: Any, path: str = "") -> Any:
+    """``value`` as plain JSON: numpy scalars/arrays to numbers/lists, NaN/inf to None, tuples to
+    lists; dict keys must be snake_case strings (a ValueError names the offending key path)."""
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or not _KEY.match(k):
+                raise ValueError(f"headline keys must be snake_case ([a-z0-9_]+), got {k!r} at {path or 'top level'}")
+            out[k] = to_json_value(v, f"{path}.{k}" if path else k)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return to_json_value(value.tolist(), path)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"headline value at {path or 'top level'} has type {type(value).__name__}, not a JSON type")
+
+
+def stage_headline(result, steps: Sequence[float], llc: Sequence[float], names: Sequence[str] | None = None) -> dict:
+    """The stages of one LLC curve as data.
+
+    ``result`` is :func:`stagewise.stages.detect_stages`' output for the curve (``steps``, ``llc``);
+    ``names`` optional stage names (one per stage, e.g. ``["LR1", "LR2", "LR3+LR4", "LR5"]``).
+    The LLC at a boundary is the GP-smoothed curve there (interpolated in log step).
+    """
+    stages = list(result.stages)
+    if names is not None and len(names) != len(stages):
+        raise ValueError(f"names must name each of the {len(stages)} stages, got {len(names)}")
+    x = result.to_x(np.asarray(result.steps, dtype=float))
+    at = np.interp(result.to_x(np.asarray(result.boundaries, dtype=float)), x, result.smoothed) \
+        if len(result.boundaries) else np.array([])
+    boundaries = [{"step": float(b), "interval": [float(lo), float(hi)], "llc": float(v)}
+                  for b, (lo, hi), v in zip(result.boundaries, result.intervals, at)]
+    return {
+        "boundaries": boundaries,
+        "stages": [{"name": None if names is None else names[i], "start": float(s.start), "end": float(s.end),
+                    "llc_direction": s.direction, "llc_change": float(s.delta)} for i, s in enumerate(stages)],
+        "llc_first": float(np.asarray(llc)[0]),
+        "llc_max": float(np.nanmax(llc)),
+        "llc_max_step": float(np.asarray(steps)[int(np.nanargmax(llc))]),
+        "llc_last": float(np.asarray(llc)[-1]),
+    }
+
+
+def write_headline(notebook: str, profile: str, results: Mapping[str, Any], wall_time_s: float,
+                   directory: Path | None = None) -> Path:
+    """Write ``{"notebook", "profile", "wall_time_s", **results}`` to ``<figures_dir(profile)>/<notebook>.json``."""
+    from stagewise.cache import atomic_write_text
+    from stagewise.plotting import figures_dir
+
+    if not notebook or any(c in notebook for c in "/\\ ."):
+        raise ValueError(f"notebook must be a plain name like '02_regression_stages', got {notebook!r}")
+    clash = {"notebook", "profile", "wall_time_s"} & set(results)
+    if clash:
+        raise ValueError(f"results must not set the reserved keys {sorted(clash)}")
+    record = to_json_value({"notebook": notebook, "profile": profile, "wall_time_s": wall_time_s, **results})
+    path = Path(directory) if directory is not None else figures_dir(profile)
+    path.mkdir(parents=True, exist_ok=True)
+    path = path / f"{notebook}.json"
+    atomic_write_text(path, json.dumps(record, indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def read_headline(notebook: str, profile: str, directory: Path | None = None) -> dict:
+    from stagewise.plotting import figures_dir
+
+    path = (Path(directory) if directory is not None else figures_dir(profile)) / f"{notebook}.json"
+    return json.loads(path.read_text())
