@@ -250,6 +250,9 @@ def run(args) -> None:
             if (wall0 + time.perf_counter() - t_start) / 60 >= args.budget_min:
                 stop = "budget"
                 break
+            if args.budget_cpu_min and cpu_s / 60 >= args.budget_cpu_min:
+                stop = "cpu budget"
+                break
     fh.close()
     atomic_save({k: v.detach().clone() for k, v in model.state_dict().items()}, state_dir / f"final_{step:07d}.pt")
     write_summary(json_path, csv_path, meta, chance, stop)
@@ -357,6 +360,8 @@ def main() -> None:
     r.add_argument("--max-steps", type=int, default=1_000_000)
     r.add_argument("--log-every", type=int, default=500)
     r.add_argument("--budget-min", type=float, default=90.0, help="wall-clock budget, probes included")
+    r.add_argument("--budget-cpu-min", type=float, default=0.0,
+                   help="budget in CPU minutes of training (0: none); independent of other load on the machine")
     r.add_argument("--formed-rows", type=int, default=2, help="consecutive formed rows before stopping")
     r.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     r.add_argument("--model", default="tl", choices=["tl", "fast"], help="train the TransformerLens model or its twin")
