@@ -33,7 +33,7 @@
 # signatures appear.
 
 # %% tags=["parameters"]
-profile = None  # smoke, cpu or paper; None reads STAGEWISE_PROFILE, else cpu
+profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 one_layer = True  # also train and analyse the one-layer model (App. B.5, Figs. B.6-B.7)
 seeds = None  # training seeds of Fig. B.1a (first = the main run); None keeps the profile's
 

@@ -26,10 +26,11 @@
 # eye — which of the paper's named stage signatures appear in our run, and when.
 #
 # *Profile scale.* `paper` is the paper's 500k steps; `cpu` is a shorter one-cycle schedule of the
-# same model and batch (see the README for what it reproduces); `smoke` only exercises the code.
+# same model and batch (10k steps, 5 seeds); `long` trains seed 0 on a schedule long enough for the
+# late stages LR3–LR5 (chosen by the pilots recorded in the README); `smoke` only exercises the code.
 
 # %% tags=["parameters"]
-profile = None  # smoke, cpu or paper; None reads STAGEWISE_PROFILE, else cpu
+profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 seeds = None  # list of training seeds; None keeps the profile's
 
 # %%
@@ -555,6 +556,39 @@ per_seed
 #   stages merge into one and the weights only begin to spread. We have not run `paper` (the paper's LLC alone took ~72 CPU-hours
 #   per seed), so whether this code reproduces them at 500k steps is untested, not a finding.
 
+# %% [markdown]
+# ## Headline numbers as data
+# Written to `02_regression_stages.json` beside this profile's figures (SPEC.md §0): per seed with
+# an LLC curve, the detected boundaries with their intervals and the LLC there, the stages' names
+# and directions, the paper's boundaries against ours, and the step at which each named signature
+# appears (null when it does not); the training and LLC costs; the notebook's wall time.
+
 # %%
+from stagewise.headline import stage_headline, write_headline
+
 timings["total"] = time.perf_counter() - notebook_start
 print("time per part (s):", {k: round(v, 1) for k, v in timings.items()})
+headline = {"steps": cfg.train.num_steps, "batch_size": cfg.batch_size, "seeds": {},
+            "timings_s": {k.lower(): v for k, v in timings.items()},
+            "reference_losses": {"predict_zero": zero_loss, "ridge": ridge_loss}}
+for seed, res in stage_results.items():
+    sw = sweeps[seed]
+    kept = (sw.steps > 0) & np.isfinite(sw.llc_mean)
+    names = ["+".join(lab) for lab in labels[seed]] if labels[seed] is not None else None
+    record = stage_headline(res, sw.steps[kept], sw.llc_mean[kept], names)
+    record["training_s"] = runs[seed].seconds
+    record["final_train_loss"] = float(runs[seed].smoothed_loss()[-1])
+    record["llc_checkpoints"] = int(len(sw.steps))
+    record["flagged_checkpoints"] = sorted(int(s) for s in sw.diagnostics)
+    record["boundaries_vs_paper"] = ([] if labels[seed] is None else [
+        {"boundary": r.boundary, "paper": r.paper, "rescaled": r.rescaled, "detected": r.detected,
+         "interval": [r.interval_lo, r.interval_hi]}
+        for r in boundary_table(res.boundaries, res.intervals, labels[seed], cfg.train.num_steps).itertuples()])
+    record["signatures"] = [
+        {"paper_stage": row["paper stage"], "signature": row["signature"], "appears": bool(row["appears"]),
+         "step": float(row["step"]) if row["appears"] else None,
+         "in_paper_stage": bool(row.get("in_paper_stage", False)), "our_stage": row.get("our stage name")}
+        for _, row in sig_tables[seed].iterrows()]
+    headline["seeds"][f"seed_{seed}"] = record
+path = write_headline("02_regression_stages", cfg.name, headline, wall_time_s=timings["total"])
+print(f"headline numbers: {path}")

@@ -33,7 +33,7 @@
 # free energy) on top of the shared regression data, model, training loop and LLC engine.
 
 # %% tags=["parameters"]
-profile = None  # smoke, cpu or paper; None reads STAGEWISE_PROFILE, else cpu
+profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 executor = None  # "serial" or "processes" (one run per core) for training; None keeps the profile's
 
 # %%

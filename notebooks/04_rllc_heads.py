@@ -35,7 +35,7 @@
 # uses per-position means over a reference set of training-distribution contexts.
 
 # %% tags=["parameters"]
-profile = None  # smoke, cpu or paper; None reads STAGEWISE_PROFILE, else cpu
+profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 
 # %%
 import dataclasses

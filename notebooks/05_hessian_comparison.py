@@ -25,7 +25,7 @@
 # `stagewise.llc` (SGLD), `stagewise.stages` (stage detection).
 
 # %% tags=["parameters"]
-profile = None  # smoke, cpu or paper; None reads STAGEWISE_PROFILE, else cpu
+profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 seed = None  # regression training seed to analyse; None takes the first seed of the profile
 
 # %%
