@@ -43,6 +43,7 @@ from stagewise.potentials import FIGURE_2, POTENTIALS
 from stagewise.profiles import default_profile, get_profile
 from stagewise.profiles.hessian import TOY_SGLD
 
+notebook_start = time.perf_counter()
 profile = profile or default_profile()
 cfg = get_profile("hessian", profile)
 apply_style()
@@ -146,3 +147,27 @@ matches = pd.DataFrame(rows, columns=["LLC boundary", "trace boundary", "top_eig
 print(f"LLC boundaries found by the trace: {matches['trace boundary'].notna().sum()} of {len(matches)}; "
       f"by the top eigenvalue: {matches['top_eig boundary'].notna().sum()} of {len(matches)} (paper: 1 of 4)")
 matches
+
+# %% [markdown]
+# ## Headline numbers as data
+# Written to `05_hessian_comparison.json` beside this profile's figures (SPEC.md §0): the toy
+# potentials' exact and estimated LLCs beside their Hessian trace and rank, the boundaries of the
+# LLC, the trace and the top eigenvalue over the regression run, and which LLC boundaries curvature
+# finds (within the factor `match_factor`).
+
+# %%
+from stagewise.headline import write_headline
+
+headline = {
+    "toy_potentials": [{"potential": name, "llc_exact": r["λ (exact)"], "llc_estimate": r["λ̂ (SGLD)"],
+                        "llc_se": r["λ̂ s.e."], "hessian_trace": r["tr H"], "hessian_top_eigenvalue": r["λ_max(H)"],
+                        "hessian_rank": int(r["rank H"])} for name, r in toy.iterrows()],
+    "regression_profile": reg.name, "seed": seed, "steps": reg.train.num_steps, "match_factor": match_factor,
+    "llc_boundaries": llc_stages.boundaries, "trace_boundaries": figs["trace"].boundaries,
+    "top_eigenvalue_boundaries": figs["top_eig"].boundaries,
+    "matches": [{"llc_boundary": r["LLC boundary"], "trace_boundary": r["trace boundary"],
+                 "top_eigenvalue_boundary": r["top_eig boundary"]} for r in matches.to_dict("records")],
+    "llc_boundaries_found_by_trace": int(matches["trace boundary"].notna().sum()),
+    "llc_boundaries_found_by_top_eigenvalue": int(matches["top_eig boundary"].notna().sum()),
+}
+print(f"headline numbers: {write_headline('05_hessian_comparison', cfg.name, headline, time.perf_counter() - notebook_start)}")
