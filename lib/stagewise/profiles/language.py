@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from stagewise.data.corpus import CorpusConfig
+from stagewise.data.corpus import CorpusConfig, paper_corpus
 from stagewise.llc import SGLDConfig
 from stagewise.models.language import LanguageModelConfig
 from stagewise.train import TrainConfig
@@ -96,7 +96,10 @@ class LanguageProfile:
 
 
 PROFILES = {
-    "paper": LanguageProfile(name="paper"),
+    "paper": LanguageProfile(name="paper",
+                             # one epoch of >= 5.12B tokens as in the paper; $STAGEWISE_PAPER_CORPUS names the
+                             # corpus (local shards or 'hub'); without it notebook 01 stops at once
+                             corpus=paper_corpus(PAPER_TRAIN.num_steps * 100 * 1024)),
     # cpu: chosen by measurement on this 2-core machine (README): the paper's architecture at context
     # 256 and batch 8 (2,048 tokens per step) trains at ~7k tokens/s, dominated by the 256 x 5000
     # unembedding, so 4,000 AdamW steps at the paper's lr (8.2M tokens) take ~20 min. Pilot runs
