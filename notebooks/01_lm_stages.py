@@ -60,6 +60,7 @@ from stagewise.profiles import default_profile, get_profile
 from stagewise.runs import language_analysis_steps, language_llc, language_run
 from stagewise.stages import detect_stages
 
+notebook_start = time.perf_counter()
 profile = profile or default_profile()
 cfg = get_profile("language", profile, **({"seeds": tuple(seeds)} if seeds is not None else {}))
 apply_style()
@@ -340,3 +341,47 @@ if one_layer:
     resolved1 = table1[table1.step >= first_resolved_step(steps1[-1])]
     display(signature_table(resolved1, lm_paper_signatures(1), stages1.boundaries)[
         ["paper stage", "signature", "appears", "step", "our stage", "effect"]])
+
+# %% [markdown]
+# ## Headline numbers as data
+# Written to `01_lm_stages.json` beside this profile's figures (SPEC.md §0): tokens seen, the
+# detected boundaries with their intervals and the LLC there, the stages named after the paper's,
+# the step at which each named signature appears (null when absent), the first analysed step at
+# which a layer-0 head passes the previous-token threshold and a layer-1 head the induction
+# (prefix-matching) threshold, per-layer maximum head scores at the last checkpoint, and the
+# one-layer model's boundaries.
+
+# %%
+from stagewise.headline import stage_headline, write_headline
+from stagewise.probes.language_structure import INDUCTION_THRESHOLD, PREVIOUS_TOKEN_THRESHOLD
+
+
+def _first_step_above(prefix: str, layer: int, threshold: float):
+    cols = [c for c in table.columns if c.startswith(f"{prefix}.{layer}:")]
+    above = resolved[resolved[cols].max(axis=1) >= threshold] if cols else resolved.iloc[:0]
+    return float(above.step.iloc[0]) if len(above) else None
+
+
+final_row = table[table.step == table.step.max()].iloc[0]
+headline = {
+    "steps": cfg.train.num_steps, "batch_size": cfg.batch_size, "context": cfg.model.n_ctx,
+    "tokens_seen": cfg.train.num_steps * cfg.tokens_per_step, "training_s": run.seconds,
+    "stages": stage_headline(stages, t_llc, llc, ["+".join(lab) for lab in labels]),
+    "flagged_checkpoints": sorted(int(s) for s in sweep.diagnostics),
+    "signatures": [{"paper_stage": r["paper stage"], "signature": r["signature"], "appears": bool(r["appears"]),
+                    "step": float(r["step"]) if r["appears"] else None, "our_stage": r["our stage name"]}
+                   for _, r in signatures.iterrows()],
+    "previous_token_threshold": PREVIOUS_TOKEN_THRESHOLD, "induction_threshold": INDUCTION_THRESHOLD,
+    "first_step_layer0_previous_token": _first_step_above("previous_token", 0, PREVIOUS_TOKEN_THRESHOLD),
+    "first_step_layer1_induction": _first_step_above("prefix_matching", 1, INDUCTION_THRESHOLD) if L >= 2 else None,
+    "final_max_scores": {f"layer_{layer}": {
+        kind: float(final_row[[c for c in table.columns if c.startswith(f"{kind}.{layer}:")]].max())
+        for kind in ("previous_token", "prefix_matching")} for layer in range(L)},
+    "chance": {"previous_token": float(table["previous_token.chance"].iloc[0]),
+               "prefix_matching": float(table["prefix_matching.chance"].iloc[0])},
+    "final_validation_loss": float(final_row["loss"]),
+    "head_classes": {f"head_{str(k).replace(':', '_')}": str(v) for k, v in head_table.items()},
+}
+if one_layer:
+    headline["one_layer"] = stage_headline(stages1, sweep1.steps[k1], sweep1.llc_mean[k1])
+print(f"headline numbers: {write_headline('01_lm_stages', cfg.name, headline, time.perf_counter() - notebook_start)}")

@@ -174,6 +174,9 @@ PROBE_PRESETS = {
     # was noise: +0.9 ± 0.7 nats at the last checkpoint, −0.36 ± 0.17 with 512)
     "cpu": LMProbeConfig(num_validation=256, icl_window=5, bigram_samples=2000, previous_token_sequences=1000,
                          prefix_sequences=300, batch_size=16),
+    # long: the cpu sizes (the long profile's contexts are as long or shorter, and checkpoints as many)
+    "long": LMProbeConfig(num_validation=256, icl_window=5, bigram_samples=2000, previous_token_sequences=1000,
+                          prefix_sequences=300, batch_size=16),
     "smoke": LMProbeConfig(num_validation=4, bigram_samples=50, ngram_sizes=(2, 3), ngram_count=20,
                            previous_token_sequences=32, previous_token_lengths=(8, 32), prefix_sequences=16,
                            prefix_length=32, batch_size=4),
@@ -181,7 +184,7 @@ PROBE_PRESETS = {
 
 
 def lm_probe_config(profile_name: str, **overrides) -> LMProbeConfig:
-    """The probe settings of a profile (``smoke``, ``cpu`` or ``paper``), with field overrides."""
+    """The probe settings of a profile (``smoke``, ``cpu``, ``long`` or ``paper``), with field overrides."""
     from dataclasses import replace
 
     if profile_name not in PROBE_PRESETS:
