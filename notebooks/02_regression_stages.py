@@ -564,12 +564,12 @@ per_seed
 # appears (null when it does not); the training and LLC costs; the notebook's wall time.
 
 # %%
-from stagewise.headline import stage_headline, write_headline
+from stagewise.headline import snake_case, stage_headline, write_headline
 
 timings["total"] = time.perf_counter() - notebook_start
 print("time per part (s):", {k: round(v, 1) for k, v in timings.items()})
 headline = {"steps": cfg.train.num_steps, "batch_size": cfg.batch_size, "seeds": {},
-            "timings_s": {k.lower(): v for k, v in timings.items()},
+            "timings_s": {snake_case(k): v for k, v in timings.items()},
             "reference_losses": {"predict_zero": zero_loss, "ridge": ridge_loss}}
 for seed, res in stage_results.items():
     sw = sweeps[seed]

@@ -314,6 +314,24 @@ summary[cols].round(3)
 # What should carry over is the order of events along M (straight to dMMSE_M, then transient,
 # then straight to ridge) and the LLC trend, not the numbers.
 
+# %% [markdown]
+# ## Headline numbers as data
+# Written to `03_transient_ridge.json` beside this profile's figures (SPEC.md §0): the
+# task-diversity threshold, the transient and partially transient M, per M the critical time, the
+# OOD-loss minimum and final value, the dip/rise measures and the final model's LLC, the LLC
+# crossing, and the notebook's wall time.
+
 # %%
+from stagewise.headline import snake_case, write_headline
+
 timings["total"] = time.perf_counter() - notebook_start
+headline = {
+    "task_size": D, "max_examples": K, "steps": cfg.train.num_steps,
+    "task_diversity_threshold": {k: threshold[k] for k in ("last_dmmse", "first_ridge", "threshold")},
+    "transient_m": transient, "partially_transient_m": partial, "llc_crossing_m": crossing, "llc_ridge": llc_ridge,
+    "per_m": [{"m": str(m), **{c: summary.loc[m, c] for c in cols}, "llc": llc.loc[m, "llc_mean"],
+               "llc_se": llc.loc[m, "llc_sem"]} for m in summary.index],
+    "timings_s": {snake_case(k): v for k, v in timings.items()},
+}
+print(f"headline numbers: {write_headline('03_transient_ridge', cfg.name, headline, timings['total'])}")
 pd.Series(timings).round(1).rename("seconds")

@@ -58,6 +58,7 @@ from stagewise.refined import data_llc_sweep, head_labels, head_llc_sweep
 from stagewise.runs import language_analysis_steps, language_run, language_sgld_model
 from stagewise.train import analysis_steps
 
+notebook_start = time.perf_counter()
 profile = profile or default_profile()
 cfg = get_profile("rllc", profile)
 lm = get_profile("language", cfg.language)
@@ -330,3 +331,47 @@ n_induction = int((classes == "induction").sum())
 findings.append({"finding": "two induction heads form in layer 1", "ours": f"{n_induction} induction heads",
                  "holds": n_induction >= 2})
 pd.DataFrame(findings)
+
+# %% [markdown]
+# ## Headline numbers as data
+# Written to `04_rllc_heads.json` beside this profile's figures (SPEC.md §0): per head its class
+# (probes at the final checkpoint), final scores and final wrLLC / wdrLLC; per layer the spread
+# (CV) of the wrLLC curves at the first and last checkpoint; whether the clustering (shape method,
+# smallest c) puts the induction heads, if any, in a cluster of their own; the whole-model drLLC at
+# the last checkpoint per data set; the findings table; the share of flagged estimates.
+
+# %%
+from stagewise.headline import snake_case, write_headline
+
+shape_rows = clusters[(clusters.method == "shape")] if len(clusters) else clusters
+cluster_summary = {}
+for layer in range(lm.model.n_layers):
+    rows_l = shape_rows[shape_rows.layer == layer] if len(shape_rows) else shape_rows
+    if not len(rows_l):
+        continue
+    row = rows_l[rows_l.n_clusters == rows_l.n_clusters.min()].iloc[0]
+    members = [h for h in labels if h.startswith(f"{layer}:") and h in row.index]
+    induction = [h for h in members if classes[h] == "induction"]
+    ids_induction = {int(row[h]) for h in induction}
+    ids_others = {int(row[h]) for h in members if h not in induction}
+    own = len(ids_induction) == 1 and not ids_induction & ids_others  # one cluster, nobody else in it
+    cluster_summary[f"layer_{layer}"] = {"n_clusters": int(row.n_clusters), "silhouette": float(row.get("silhouette", np.nan)),
+                                         "clusters": {f"head_{h.replace(':', '_')}": int(row[h]) for h in members},
+                                         "induction_heads_in_own_cluster": own if induction else None}
+final_llc = heads_frame[heads_frame.step == final].pivot_table(index="head", columns="data", values="llc_mean")
+headline = {
+    "language_profile": lm.name, "checkpoints": [int(s) for s in steps], "final_step": final,
+    "heads": {f"head_{h.replace(':', '_')}": {"class": str(classes[h]),
+                                              "previous_token": float(scores.loc[h, "previous_token"]),
+                                              "prefix_matching": float(scores.loc[h, "prefix_matching"]),
+                                              **{f"llc_{snake_case(d)}": float(final_llc.loc[h, d]) for d in final_llc.columns}}
+              for h in labels},
+    "wrllc_cv": {f"layer_{c.split()[1]}": {"first": float(spread[c].iloc[0]), "last": float(spread[c].iloc[-1])}
+                 for c in spread.columns},
+    "clustering": cluster_summary, "clustered_on": cluster_data,
+    "whole_model_drllc_final": {snake_case(name): float(g.set_index("step").loc[final, "llc_mean"])
+                                for name, g in whole.groupby("data")},
+    "flagged_share": {snake_case(k): float(v) for k, v in flag_share.items()},
+    "findings": [{"finding": f["finding"], "ours": f["ours"], "holds": f["holds"]} for f in findings],
+}
+print(f"headline numbers: {write_headline('04_rllc_heads', cfg.name, headline, time.perf_counter() - notebook_start)}")

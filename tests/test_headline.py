@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from stagewise.headline import read_headline, stage_headline, to_json_value, write_headline
+from stagewise.headline import read_headline, snake_case, stage_headline, to_json_value, write_headline
 from stagewise.stages import detect_stages, synthetic_stage_curve
 
 
@@ -47,3 +47,10 @@ def test_stage_headline_reports_boundaries_directions_and_llc_there():
     assert h["llc_max"] == pytest.approx(max(llc)) and h["llc_last"] == pytest.approx(llc[-1])
     with pytest.raises(ValueError, match="names"):
         stage_headline(res, steps, llc, names=["only one"] * (len(res.stages) + 1))
+
+
+def test_snake_case_keys_from_labels():
+    assert snake_case("LLC of trained models") == "llc_of_trained_models"
+    assert snake_case("training + outputs") == "training_outputs"
+    with pytest.raises(ValueError, match="no letters"):
+        snake_case(" + ")

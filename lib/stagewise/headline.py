@@ -19,9 +19,17 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["stage_headline", "write_headline", "read_headline", "to_json_value"]
+__all__ = ["stage_headline", "write_headline", "read_headline", "to_json_value", "snake_case"]
 
 _KEY = re.compile(r"^[a-z0-9_]+$")
+
+
+def snake_case(text: str) -> str:
+    """``"LLC of trained models"`` -> ``"llc_of_trained_models"`` (for keys made from labels)."""
+    out = re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_")
+    if not out:
+        raise ValueError(f"{text!r} has no letters or digits to make a key of")
+    return out
 
 
 def to_json_value(value: Any, path: str = "") -> Any:
