@@ -3,7 +3,13 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from stagewise.runner import NotebookFailure, _parse_param, discover_notebooks, main, run_notebook
+import json
+import os
+import sys
+
+from stagewise.profiles import PROFILE_NAMES
+from stagewise.runner import (NotebookFailure, NotebookTiming, _parse_param, dependency_chains, discover_notebooks,
+                              job_environment, job_threads, main, run_notebook, timings_table)
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -53,9 +59,101 @@ def test_cli_rejects_a_bad_profile(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--profile", "turbo"])
     assert info.value.code == 2
-    assert "smoke, cpu, paper" in capsys.readouterr().err
+    assert ", ".join(PROFILE_NAMES) in capsys.readouterr().err
 
 
 def test_param_parsing():
     assert _parse_param("seeds=[0, 1]") == ("seeds", [0, 1])
     assert _parse_param("name=abc") == ("name", "abc")
+
+
+def test_dependent_notebooks_share_a_chain_after_the_notebook_they_read():
+    chains = dependency_chains(NOTEBOOKS)
+    assert [[p.stem[:2] for p in c] for c in chains] == [["01", "04"], ["02", "05"], ["03"]]
+    # a dependent notebook selected without its dependency runs on its own
+    only = [p for p in NOTEBOOKS if p.stem[:2] in ("03", "04", "05")]
+    assert [[p.stem[:2] for p in c] for c in dependency_chains(only)] == [["03"], ["04"], ["05"]]
+
+
+def test_job_threads_never_oversubscribe():
+    for jobs in range(1, 20):
+        for cores in (1, 2, 3, 16):
+            j, t = job_threads(jobs, cores)
+            assert 1 <= j <= min(jobs, cores) and t >= 1 and j * t <= cores
+    assert job_threads(3, 16) == (3, 5) and job_threads(4, 2) == (2, 1)
+    with pytest.raises(ValueError, match="jobs"):
+        job_threads(0, 2)
+    env = job_environment(5, base={"PATH": "/bin"})
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "5"
+    assert env["PATH"] == "/bin"
+
+
+def test_timings_table_lists_every_notebook_with_status():
+    rows = [NotebookTiming("01_a", 90.0, "ok"), NotebookTiming("02_b", 30.0, "failed", "boom"),
+            NotebookTiming("03_c", 0.0, "not run")]
+    text = timings_table(rows, wall_seconds=100.0)
+    lines = text.splitlines()
+    assert lines[0].split() == ["notebook", "status", "minutes", "seconds"]
+    assert lines[2].split() == ["01_a", "ok", "1.5", "90"] and lines[4].split() == ["03_c", "not", "run", "0.0", "0"]
+    assert "total (sum)" in text and "120" in text and "wall time" in text
+
+
+def _notebook(path, body):
+    path.write_text('# %% tags=["parameters"]\nprofile = None\n\n# %%\n' + body)
+
+
+def test_sequential_run_writes_timings_json_and_stops_at_a_failure(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "01_ok.py", "x = 1\n")
+    _notebook(nbs / "02_bad.py", "raise RuntimeError('bad cell')\n")
+    _notebook(nbs / "03_after.py", "x = 3\n")
+    out = tmp_path / "out"
+    assert main(["--profile", "smoke", "--notebooks", str(nbs), "--executed-dir", str(out)]) == 1
+    record = json.loads((out / "timings.json").read_text())
+    assert record["profile"] == "smoke" and record["jobs"] == 1
+    status = {r["notebook"]: r["status"] for r in record["notebooks"]}
+    assert status == {"01_ok": "ok", "02_bad": "failed", "03_after": "not run"}
+    assert "RuntimeError: bad cell" in record["notebooks"][1]["error"]
+    assert record["notebooks"][0]["seconds"] > 0
+    printed = capsys.readouterr().out
+    assert "01_ok" in printed and "failed" in printed and "not run" in printed
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores and Linux affinity")
+def test_parallel_jobs_split_threads_and_order_dependent_notebooks(tmp_path):
+    """Two jobs on two cores: one thread each (environment and torch inside the kernel), each job
+    pinned to its own core, and 04 starts only after 01 (whose cache it reads) has finished."""
+    nbs, log = tmp_path / "nbs", tmp_path / "log"
+    nbs.mkdir()
+    log.mkdir()
+    body = ("import json, os, time, torch\n"
+            "start = time.time()\n"
+            "time.sleep(1.0)\n"
+            f"json.dump({{'start': start, 'end': time.time(), 'omp': os.environ.get('OMP_NUM_THREADS'), "
+            f"'torch': torch.get_num_threads(), 'cores': sorted(os.sched_getaffinity(0))}}, "
+            f"open(os.path.join({str(log)!r}, NAME + '.json'), 'w'))\n")
+    for stem in ("01_lm_stages", "02_regression_stages", "04_rllc_heads"):
+        _notebook(nbs / f"{stem}.py", f"NAME = {stem!r}\n" + body)
+    out = tmp_path / "out"
+    assert main(["--profile", "smoke", "--notebooks", str(nbs), "--executed-dir", str(out), "--jobs", "2"]) == 0
+    seen = {p.stem: json.loads(p.read_text()) for p in log.glob("*.json")}
+    assert set(seen) == {"01_lm_stages", "02_regression_stages", "04_rllc_heads"}
+    assert all(s["omp"] == "1" and s["torch"] == 1 and len(s["cores"]) == 1 for s in seen.values())
+    assert seen["04_rllc_heads"]["start"] >= seen["01_lm_stages"]["end"]
+    assert seen["01_lm_stages"]["cores"] == seen["04_rllc_heads"]["cores"] != seen["02_regression_stages"]["cores"]
+    record = json.loads((out / "timings.json").read_text())
+    assert record["jobs"] == 2 and [r["status"] for r in record["notebooks"]] == ["ok"] * 3
+    assert all(r["threads"] == 1 for r in record["notebooks"])
+
+
+def test_plan_flag_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--profile", "smoke", "--plan", "--plan-no-calibration", "--only", "02", "--executed-dir",
+                 str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "## 02_regression_stages" in printed and "(model)" in printed and "01_lm_stages" not in printed
+    report = json.loads((out / "plan.json").read_text())
+    assert report["profile"] == "smoke" and [n["notebook"] for n in report["notebooks"]] == ["02_regression_stages"]
+    assert not (out / "timings.json").exists()

@@ -39,8 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
-
 __all__ = [
     "NOTEBOOKS",
     "DEPENDENCIES",
@@ -476,36 +474,41 @@ def plan_profile(profile: str, notebooks: list[str] | None = None,
 # ---------------------------------------------------------------------------------------- memory
 
 
-class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
-    """Live bytes of the storages that operations create (high-water mark), and bytes written."""
+def _live_bytes():
+    """A dispatch mode counting the live bytes of the storages operations create (high-water mark)
+    and the bytes they write (torch is imported lazily: the runner imports this module)."""
+    import torch
 
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = self.written = 0
-        self._refs: dict[int, weakref.ref] = {}
+    class LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = self.written = 0
+            self._refs: dict[int, weakref.ref] = {}
 
-    def _track(self, t: torch.Tensor) -> None:
-        st = t.untyped_storage()
-        key = id(st)
-        if key in self._refs:
-            return
-        n = st.nbytes()
-        self.live += n
-        self.written += n
-        self.peak = max(self.peak, self.live)
+        def _track(self, t) -> None:
+            st = t.untyped_storage()
+            key = id(st)
+            if key in self._refs:
+                return
+            n = st.nbytes()
+            self.live += n
+            self.written += n
+            self.peak = max(self.peak, self.live)
 
-        def freed(_ref, key=key, n=n):
-            self.live -= n
-            self._refs.pop(key, None)
+            def freed(_ref, key=key, n=n):
+                self.live -= n
+                self._refs.pop(key, None)
 
-        self._refs[key] = weakref.ref(st, freed)
+            self._refs[key] = weakref.ref(st, freed)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self._track(t)
-        return out
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in torch.utils._pytree.tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self._track(t)
+            return out
+
+    return LiveBytes()
 
 
 @dataclass(frozen=True)
@@ -530,6 +533,8 @@ class StepTrace:
 
 def _build(spec: StepSpec, batch: int, device: str, seed: int = 0):
     """(model, batch tuple) for ``spec`` on ``device`` (meta: shapes only)."""
+    import torch
+
     torch.manual_seed(seed)
     if spec.family == "lm":
         from stagewise.models.language import make_language_model
@@ -582,6 +587,8 @@ def _module_loss(spec: StepSpec):
 
 
 def _flat(model, spec: StepSpec):
+    import torch
+
     from stagewise.llc.module import module_loss_fn
 
     loss_fn, params = module_loss_fn(model, _module_loss(spec))
@@ -602,6 +609,8 @@ def _flat(model, spec: StepSpec):
 def _run_step(spec: StepSpec, model, batch, chain_mode: str = "loop", reference_only: bool = False) -> None:
     """One step of ``spec`` (the arithmetic the pipeline runs; used for tracing). ``reference_only``:
     of an SGLD step, only the gradient-free ℓ(w*) pass of the draw's batch."""
+    import torch
+
     if spec.kind == "train":
         cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
         opt = cls(model.parameters(), lr=1e-3)
@@ -646,13 +655,15 @@ def trace_step(spec: StepSpec, batch: int, chain_mode: str = "loop", reference_o
     after another (memory of one chain's backward), its CUDA default vmaps them (all chains' at once).
     ``reference_only``: trace only an SGLD step's gradient-free ℓ(w*) pass.
     """
+    import torch
+
     from torch.utils.flop_counter import FlopCounterMode
 
     if chain_mode not in ("loop", "vmap"):
         raise ValueError(f"chain_mode must be 'loop' or 'vmap', got {chain_mode!r}")
     model, data = _build(spec, batch, "meta")
     static = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()) + list(data))
-    tracker = _LiveBytes()
+    tracker = _live_bytes()
     with FlopCounterMode(display=False) as counter, tracker:
         _run_step(spec, model, data, chain_mode, reference_only)
     return StepTrace(spec, batch, chain_mode, tracker.peak, static, float(counter.get_total_flops()), tracker.written)
@@ -702,6 +713,8 @@ class Calibration:
 
 
 def _sync(device: str) -> None:
+    import torch
+
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -724,6 +737,8 @@ def measure_step(spec: StepSpec, batch: int, device: str = "cpu", repeats: int =
     call), its time less the ℓ(w*) passes, which are measured separately (``forward_seconds``);
     hvp: one Hessian-vector product by forward-over-reverse (:func:`stagewise.hessian.hvp`).
     """
+    import torch
+
     from stagewise.llc import SGLDConfig, estimate_llc_module
 
     cuda = str(device).startswith("cuda")
@@ -811,6 +826,8 @@ def _tokenize_rate() -> float:
 
 
 def _machine() -> str:
+    import torch
+
     try:
         load = ", load average %.1f" % os.getloadavg()[0]
     except OSError:
@@ -824,6 +841,8 @@ def calibrate(plan: ProfilePlan, device: str = "cpu", memory_budget: float = 1.5
     """Measure each distinct step of ``plan`` on ``device``: a few real steps at the profile's model
     shapes, the batch cut to ``memory_budget`` bytes and ``flop_budget`` FLOPs per step (traced), the
     time then scaled linearly to the profile's batch (:meth:`Calibration.step_seconds`)."""
+    import torch
+
     t0 = time.perf_counter()
     cal = Calibration(device, _machine() if device == "cpu" else f"{torch.cuda.get_device_name()} ({_machine()})",
                       label="this machine" if device == "cpu" else torch.cuda.get_device_name())

@@ -3,26 +3,44 @@
     stagewise-figures                      # all notebooks at the default cpu profile
     stagewise-figures --profile smoke --only 02 --only 05
     stagewise-figures --only 02 -p seeds='[0, 1]'
+    stagewise-figures --jobs 3             # notebooks in parallel, cores split between the jobs
+    stagewise-figures --profile paper --plan   # the work, memory and time of a profile; trains nothing
 
 Each ``notebooks/NN_name.py`` (Jupytext percent format) is converted in memory, its ``parameters``
 cell is overridden by Papermill, and the executed notebook is written to
-``executed/<profile>/NN_name.ipynb`` (ignored by git) for inspection.
+``executed/<profile>/NN_name.ipynb`` (ignored by git) for inspection. At the end a table of
+seconds and status per notebook is printed and written to ``executed/<profile>/timings.json``.
+
+``--jobs N`` runs up to N notebooks at once, each in its own process with ``cores // N`` threads
+(OMP/MKL/OpenBLAS thread variables, which torch reads at start-up) and, on Linux, pinned to its own
+cores. A notebook that reads another's cache (04 after 01, 05 after 02:
+:data:`stagewise.plan.DEPENDENCIES`) runs after it in the same job, never beside it: the training
+cache is not locked against two writers.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import json
 import logging
 import os
+import queue
+import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from stagewise.profiles import DEFAULT_PROFILE, PROFILE_NAMES, check_profile
 
-__all__ = ["NotebookFailure", "discover_notebooks", "run_notebook", "main"]
+__all__ = ["NotebookFailure", "NotebookTiming", "discover_notebooks", "run_notebook", "dependency_chains",
+           "job_threads", "job_environment", "timings_table", "write_timings", "main"]
+
+CORES_VARIABLE = "STAGEWISE_JOB_CORES"  # cores a --jobs child pins itself to (comma-separated)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS")
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +124,189 @@ def _parse_param(text: str) -> tuple[str, object]:
     return name.strip(), parsed
 
 
+# ------------------------------------------------------------------------------------ timings
+
+
+@dataclass
+class NotebookTiming:
+    """One notebook's outcome: ``status`` is 'ok', 'failed' or 'not run' (an earlier failure stopped
+    it); ``seconds`` its wall time (0 when not run); ``error`` the failure message."""
+
+    notebook: str
+    seconds: float
+    status: str
+    error: str = ""
+    threads: int | None = None
+
+
+def timings_table(timings: list[NotebookTiming], wall_seconds: float | None = None) -> str:
+    """A plain-text table: notebook, status, minutes, seconds; a total row (sum, and wall time if given)."""
+    name_w = max([len("notebook")] + [len(t.notebook) for t in timings])
+    lines = [f"{'notebook':<{name_w}}  {'status':<7}  {'minutes':>8}  {'seconds':>8}",
+             f"{'-' * name_w}  {'-' * 7}  {'-' * 8}  {'-' * 8}"]
+    for t in timings:
+        lines.append(f"{t.notebook:<{name_w}}  {t.status:<7}  {t.seconds / 60:8.1f}  {t.seconds:8.0f}")
+    total = sum(t.seconds for t in timings)
+    lines.append(f"{'total (sum)':<{name_w}}  {'':<7}  {total / 60:8.1f}  {total:8.0f}")
+    if wall_seconds is not None:
+        lines.append(f"{'wall time':<{name_w}}  {'':<7}  {wall_seconds / 60:8.1f}  {wall_seconds:8.0f}")
+    return "\n".join(lines)
+
+
+def write_timings(path: Path, profile: str, timings: list[NotebookTiming], jobs: int, wall_seconds: float) -> Path:
+    """``timings.json``: profile, jobs, wall and summed seconds, and one record per notebook."""
+    from stagewise.cache import atomic_write_text
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"profile": profile, "jobs": jobs, "wall_seconds": wall_seconds,
+              "total_seconds": sum(t.seconds for t in timings), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "notebooks": [asdict(t) for t in timings]}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------------------------ parallel jobs
+
+
+def dependency_chains(notebooks: list[Path]) -> list[list[Path]]:
+    """The selected notebooks grouped into chains that run in order: a notebook that reads another's
+    cache (:data:`stagewise.plan.DEPENDENCIES`) joins the chain of that notebook when both are
+    selected; chains are independent of each other and may run concurrently."""
+    from stagewise.plan import DEPENDENCIES
+
+    chains: list[list[Path]] = []
+    where: dict[str, int] = {}
+    for nb in notebooks:
+        dep = DEPENDENCIES.get(nb.stem)
+        if dep in where:
+            chains[where[dep]].append(nb)
+            where[nb.stem] = where[dep]
+        else:
+            where[nb.stem] = len(chains)
+            chains.append([nb])
+    return chains
+
+
+def available_cores() -> list[int]:
+    """The cores this process may run on (its affinity mask on Linux, else 0..cpu_count-1)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def job_threads(jobs: int, cores: int) -> tuple[int, int]:
+    """(jobs, threads per job) for ``jobs`` concurrent notebooks on ``cores`` cores: never more jobs
+    than cores, and threads = cores // jobs, so jobs × threads <= cores."""
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if cores < 1:
+        raise ValueError(f"cores must be >= 1, got {cores}")
+    jobs = min(jobs, cores)
+    return jobs, cores // jobs
+
+
+def job_environment(threads: int, base: dict | None = None) -> dict[str, str]:
+    """The environment of one job's kernel: every BLAS/OpenMP thread variable set to ``threads``
+    (torch sizes its intra-op pool from OMP_NUM_THREADS when it starts)."""
+    env = dict(os.environ if base is None else base)
+    for name in THREAD_VARIABLES:
+        env[name] = str(threads)
+    env["STAGEWISE_JOB_THREADS"] = str(threads)
+    return env
+
+
+def _child_command(nb: Path, profile: str, params: dict, executed_dir: Path | None, notebook_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "stagewise.runner", "--profile", profile, "--only", nb.stem, "--notebooks",
+           str(notebook_dir), "--child"]
+    if executed_dir is not None:
+        cmd += ["--executed-dir", str(executed_dir)]
+    for name, value in params.items():
+        cmd += ["-p", f"{name}={value!r}"]
+    return cmd
+
+
+def run_parallel(notebooks: list[Path], profile: str, params: dict, executed_dir: Path, jobs: int,
+                 notebook_dir: Path) -> list[NotebookTiming]:
+    """Run the dependency chains of ``notebooks`` on up to ``jobs`` concurrent jobs, each notebook in
+    its own process with the job's threads and cores; a failure stops only its own chain."""
+    cores = available_cores()
+    jobs, threads = job_threads(jobs, len(cores))
+    chains = dependency_chains(notebooks)
+    jobs = min(jobs, len(chains))
+    log.info("%d notebook(s) in %d chain(s) on %d job(s) x %d thread(s)", len(notebooks), len(chains), jobs, threads)
+    work: queue.Queue = queue.Queue()
+    for chain in chains:
+        work.put(chain)
+    results: dict[str, NotebookTiming] = {}
+    lock = threading.Lock()
+
+    def slot(k: int) -> None:
+        mine = cores[k * threads:(k + 1) * threads]
+        env = job_environment(threads)
+        env[CORES_VARIABLE] = ",".join(map(str, mine))  # the child pins itself (and so its kernel) to them
+        while True:
+            try:
+                chain = work.get_nowait()
+            except queue.Empty:
+                return
+            failed = None
+            for nb in chain:
+                if failed is not None:
+                    with lock:
+                        results[nb.stem] = NotebookTiming(nb.stem, 0.0, "not run", f"after {failed} failed", threads)
+                    continue
+                logfile = executed_dir / f"{nb.stem}.log"
+                logfile.parent.mkdir(parents=True, exist_ok=True)
+                log.info("start %s (job %d, cores %s)", nb.stem, k, mine)
+                t0 = time.perf_counter()
+                with open(logfile, "w") as fh:
+                    proc = subprocess.run(_child_command(nb, profile, params, executed_dir, notebook_dir), env=env,
+                                          stdout=fh, stderr=subprocess.STDOUT)
+                secs = time.perf_counter() - t0
+                if proc.returncode == 0:
+                    timing = NotebookTiming(nb.stem, secs, "ok", threads=threads)
+                else:
+                    tail = logfile.read_text(errors="replace").strip().splitlines()[-3:]
+                    timing = NotebookTiming(nb.stem, secs, "failed", " | ".join(tail) + f" (log: {logfile})", threads)
+                    failed = nb.stem
+                log.info("%s %s in %.0f s", timing.status, nb.stem, secs)
+                with lock:
+                    results[nb.stem] = timing
+
+    workers = [threading.Thread(target=slot, args=(k,), daemon=True) for k in range(jobs)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return [results[nb.stem] for nb in notebooks]
+
+
+# ------------------------------------------------------------------------------------ plan
+
+
+def print_plan(profile: str, notebooks: list[Path], params: dict, gpu: str, calibrate: bool,
+               out: Path | None) -> str:
+    """Print (and write as JSON) the plan of :mod:`stagewise.plan` for ``notebooks``."""
+    from stagewise import plan as P
+
+    plan = P.plan_profile(profile, [nb.stem for nb in notebooks], params)
+    cpu = P.calibrate(plan, progress=log.info) if calibrate else None
+    report = P.plan_report(plan, cpu, P.gpu_model(plan, gpu), P.GPU_CLASSES[gpu])
+    text = P.format_plan(report)
+    print(text)
+    if out is not None:
+        from stagewise.cache import atomic_write_text
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(report, indent=2, default=str) + "\n")
+        log.info("plan written to %s", out)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
+    from stagewise.plan import GPU_CLASSES
+
     parser = argparse.ArgumentParser(prog="stagewise-figures", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default=os.environ.get("STAGEWISE_PROFILE", DEFAULT_PROFILE),
@@ -116,33 +316,71 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a parameters-cell variable, e.g. -p seeds='[0, 1]'")
     parser.add_argument("--notebooks", type=Path, default=None, help="notebook folder (default: repo notebooks/)")
     parser.add_argument("--executed-dir", type=Path, default=None)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="notebooks run at once (default 1); threads per job = cores // jobs")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the work, peak memory and projected time of each notebook; train nothing")
+    parser.add_argument("--plan-gpu", default="h100", choices=sorted(GPU_CLASSES), help="GPU class of the projection")
+    parser.add_argument("--plan-no-calibration", action="store_true",
+                        help="skip the measured steps on this machine (GPU projection only)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one notebook of a --jobs run
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_profile(args.profile)
-        notebooks = discover_notebooks(args.notebooks or repo_root() / "notebooks", args.only)
+        notebook_dir = args.notebooks or repo_root() / "notebooks"
+        notebooks = discover_notebooks(notebook_dir, args.only)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be an integer >= 1, got {args.jobs}")
     except ValueError as exc:
         parser.error(str(exc))
+    params = dict(args.param)
+    executed_dir = Path(args.executed_dir or repo_root() / "executed" / args.profile)
+    if args.child and os.environ.get(CORES_VARIABLE) and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in os.environ[CORES_VARIABLE].split(",")})
+    if args.plan:
+        print_plan(args.profile, notebooks, params, args.plan_gpu, not args.plan_no_calibration,
+                   executed_dir / "plan.json")
+        return 0
+    t_start = time.perf_counter()
+    if args.jobs > 1 and len(notebooks) > 1:
+        timings = run_parallel(notebooks, args.profile, params, executed_dir, args.jobs, notebook_dir)
+    else:
+        timings = _run_sequential(notebooks, args.profile, params, executed_dir, progress=not args.child)
+    wall = time.perf_counter() - t_start
+    failures = [t for t in timings if t.status == "failed"]
+    for t in failures:
+        print(f"\nFAILED: {t.error}", file=sys.stderr)
+    if args.child:
+        return 1 if failures else 0
+    print(timings_table(timings, wall if args.jobs > 1 else None))
+    path = write_timings(executed_dir / "timings.json", args.profile, timings, args.jobs, wall)
+    print(f"timings written to {path}")
+    return 1 if failures else 0
+
+
+def _run_sequential(notebooks: list[Path], profile: str, params: dict, executed_dir: Path,
+                    progress: bool = True) -> list[NotebookTiming]:
+    """One notebook after another in this process; the first failure stops the run."""
     from tqdm.auto import tqdm
 
-    params = dict(args.param)
-    timings = []
-    bar = tqdm(notebooks, desc=f"notebooks ({args.profile})", unit="nb")
+    timings: list[NotebookTiming] = []
+    bar = tqdm(notebooks, desc=f"notebooks ({profile})", unit="nb", disable=not progress)
+    failed = None
     for nb in bar:
+        if failed is not None:
+            timings.append(NotebookTiming(nb.stem, 0.0, "not run", f"after {failed} failed"))
+            continue
         bar.set_postfix_str(nb.stem)
         t0 = time.perf_counter()
         try:
-            run_notebook(nb, args.profile, params, args.executed_dir)
+            run_notebook(nb, profile, params, executed_dir)
+            timings.append(NotebookTiming(nb.stem, time.perf_counter() - t0, "ok"))
         except NotebookFailure as exc:
-            bar.close()
-            print(f"\nFAILED: {exc}", file=sys.stderr)
-            return 1
-        timings.append((nb.stem, time.perf_counter() - t0))
+            timings.append(NotebookTiming(nb.stem, time.perf_counter() - t0, "failed", str(exc)))
+            failed = nb.stem
     bar.close()
-    for name, secs in timings:
-        print(f"{name:32s} {secs / 60:6.1f} min")
-    print(f"{'total':32s} {sum(s for _, s in timings) / 60:6.1f} min")
-    return 0
+    return timings
 
 
 if __name__ == "__main__":
