@@ -219,3 +219,28 @@ def test_new_corpus_fields_leave_existing_cache_keys_unchanged():
     d = config_to_dict(CorpusConfig())
     assert "shards" not in d and "min_train_tokens" not in d
     assert config_to_dict(CorpusConfig(min_train_tokens=5))["min_train_tokens"] == 5
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu_with_tiny_shapes(tmp_path):
+    """benchmarks/gpu_check.py end to end without a GPU (--device cpu --tiny): every table filled,
+    results appended and written, devinterp compared or skipped with the reason."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    record = gpu_check.main(["--device", "cpu", "--tiny", "--results", str(tmp_path)])
+    assert [r["what"].split(",")[0] for r in record["training"]] == ["LM training", "LM training", "regression training"]
+    assert all(r["steps_per_s"] > 0 for r in record["training"])
+    assert {r["model"] for r in record["sgld"]} == {"lm", "regression"}
+    assert all(r["chain_steps_per_s"] > 0 and math.isfinite(r["llc_mean"]) for r in record["sgld"])
+    devinterp = any(r["contestant"].startswith("devinterp") for r in record["sgld"])
+    assert devinterp or any("devinterp comparison skipped" in n for n in record["notes"])
+    assert record["projection"]["profile"] == "smoke" and len(record["projection"]["notebooks"]) == 5
+    assert all(math.isfinite(v) and v > 0 for v in record["projection"]["total_seconds"].values())
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "TINY shapes" in md and "| total |" in md
+    assert json.loads((tmp_path / "gpu_check_cpu_tiny.json").read_text())["tiny"] is True

@@ -742,7 +742,11 @@ def measure_step(spec: StepSpec, batch: int, device: str = "cpu", repeats: int =
     from stagewise.llc import SGLDConfig, estimate_llc_module
 
     cuda = str(device).startswith("cuda")
-    if cuda:
+    if cuda:  # the previous measurement's tensors are gone before this one's high-water mark starts
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     if spec.kind == "sgld":
         batch = max(batch, 2)  # SGLD needs m >= 2
@@ -1028,7 +1032,9 @@ def plan_report(plan: ProfilePlan, cpu: Calibration | None, gpu: Calibration | N
             t = c.times[key]
             entry["devices"][c.label] = {"seconds": t.seconds, "batch": t.batch, "how": t.how,
                                          "forward_seconds": t.forward_seconds,
-                                         "seconds_at_profile_batch": t.seconds * batch / t.batch}
+                                         "seconds_at_profile_batch": t.seconds * batch / t.batch,
+                                         "memory_bytes": t.memory_bytes or None,
+                                         "traced_bytes": _trace_cached(spec, t.batch, "loop").total_bytes}
         steps.append(entry)
     extra = {}
     if cpu is not None:
@@ -1037,6 +1043,13 @@ def plan_report(plan: ProfilePlan, cpu: Calibration | None, gpu: Calibration | N
     check = _paper_cross_check(plan)
     total = {c.label: sum(n["seconds"][c.label] for n in notebooks) for c in cals}
     notes = [n for n in (_device_note(),) if n]
+    if gpu_class is not None:
+        too_big = sorted({(r["step"], r["batch"], r["peak_bytes"]["vmap"]) for nb in notebooks for r in nb["items"]
+                          if r.get("peak_bytes", {}).get("vmap", 0) > gpu_class.memory_gib * 2**30})
+        for step, batch, size in too_big:
+            notes.append(f"{step} at batch {batch}: chains vmapped need {_fmt_bytes(size)} > {gpu_class.memory_gib:g} GiB; "
+                         "the sampler's chain_mode='auto' picks vmap on CUDA, so these sweeps must run with "
+                         "chain_mode='loop' there")
     return {"profile": plan.profile, "notebooks": notebooks, "total_seconds": total, "steps": steps, "host": extra,
             "devices": {c.label: {"description": c.description, "notes": c.notes} for c in cals},
             "gpu_memory_gib": gpu_class.memory_gib if gpu_class else None, "cross_check": check, "notes": notes}
