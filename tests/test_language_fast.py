@@ -91,3 +91,51 @@ def test_bad_input_is_named():
         fast(torch.zeros(1, 25, dtype=torch.long))
     with pytest.raises(ValueError, match="positions"):
         fast(torch.zeros(2, 8, dtype=torch.long), positions=torch.zeros(3, 2, dtype=torch.long))
+
+
+def test_twin_trains_like_the_transformer_lens_model():
+    """Same seed: the trainable twin starts from the HookedTransformer's initial weights and a few
+    AdamW steps move both to the same weights (up to float rounding)."""
+    from stagewise.models.language import lm_loss
+    from stagewise.models.language_fast import lm_fast_train_loss, make_trainable_fast_language_model
+
+    data = torch.randint(0, CFG.d_vocab, (6, 4, 24), generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(11)
+    tl = make_language_model(CFG)
+    torch.manual_seed(11)
+    fast = make_trainable_fast_language_model(CFG)
+    assert all(torch.equal(a, b) for a, b in zip(tl.state_dict().values(), fast.state_dict().values()))
+    for model, loss_fn in ((tl, lm_loss), (fast, lm_fast_train_loss)):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+        for batch in data:
+            opt.zero_grad()
+            loss_fn(model, batch).backward()
+            opt.step()
+    for (name, a), b in zip(tl.named_parameters(), fast.parameters()):
+        if name.endswith("b_K"):
+            # the loss does not depend on the key bias (softmax over keys is shift-invariant): its exact
+            # gradient is 0, and Adam turns each model's rounding noise there into ±lr steps
+            continue
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    with pytest.raises(ValueError, match="d_vocab"):
+        lm_fast_train_loss(fast, torch.full((1, 4), CFG.d_vocab))
+
+
+def test_language_run_with_the_twin_is_keyed_apart_and_loads_as_hooked_transformer(tmp_cache):
+    import dataclasses
+
+    from stagewise.profiles import get_profile
+    from stagewise.runs import language_run
+
+    smoke = get_profile("language", "smoke")
+    tiny = dataclasses.replace(smoke.train, num_steps=3, num_linear=2, num_log=2)
+    tl_run = language_run(dataclasses.replace(smoke, train=tiny, one_layer_steps=3), progress=False)
+    fast_run = language_run(dataclasses.replace(smoke, train=tiny, one_layer_steps=3, train_model="fast"),
+                            progress=False)
+    assert tl_run.directory != fast_run.directory
+    model = fast_run.load_model(int(fast_run.checkpoint_steps[-1]))
+    assert type(model).__name__ == "HookedTransformer"
+    a, b = tl_run.load_state(3), fast_run.load_state(3)
+    for k in a:
+        if not k.endswith("b_K"):  # see test_twin_trains_like_the_transformer_lens_model
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)

@@ -109,6 +109,8 @@ def test_llc_fast_path_settings_are_validated_and_paper_stays_exact():
         get_profile("regression", "cpu", sgld_dtype="half")
     with pytest.raises(ValueError, match="sgld_model must be one of fast, transformer_lens"):
         get_profile("language", "cpu", sgld_model="hooked")
+    with pytest.raises(ValueError, match="train_model must be one of fast, transformer_lens"):
+        get_profile("language", "cpu", train_model="hooked")
     with pytest.raises(ValueError, match="sgld_dtype"):
         get_profile("ridge", "cpu", sgld_dtype="half")
     assert get_profile("regression", "paper").sgld_dtype == "float32"

@@ -10,9 +10,10 @@ cached per checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
+from stagewise.cache import HASH_OMIT_DEFAULT
 from stagewise.data.regression import (RegressionBatches, RegressionTask, regression_loss, regression_sgld_loss,
                                        sgld_dataset)
 from stagewise.models.regression import RegressionTransformer, RegressionTransformerConfig
@@ -127,6 +128,9 @@ class LanguageRunKey:
     data_seed: int
     corpus: object  # CorpusConfig
     tokenizer: str  # hash of the tokenizer files
+    # the trained module (profile.train_model); left out of the hash at its default, so the keys of
+    # runs trained before the option existed stay valid
+    train_model: str = field(default="transformer_lens", metadata=HASH_OMIT_DEFAULT)
 
 
 def language_run(profile, progress: bool = True) -> TrainedRun:
@@ -136,18 +140,26 @@ def language_run(profile, progress: bool = True) -> TrainedRun:
 
     contexts = load_contexts(profile.corpus, "train", profile.model.n_ctx).long()
     key = LanguageRunKey(profile.model, profile.train, profile.batch_size, profile.data_seed, profile.corpus,
-                         _tokenizer_hash())
-    return train_cached(
+                         _tokenizer_hash(), profile.train_model)
+    if profile.train_model == "fast":
+        from stagewise.models.language_fast import lm_fast_train_loss, make_trainable_fast_language_model
+
+        model_fn, loss_fn = partial(make_trainable_fast_language_model, profile.model), lm_fast_train_loss
+    else:
+        model_fn, loss_fn = partial(make_language_model, profile.model), lm_loss
+    run = train_cached(
         "language_runs",
         key,
-        model_fn=partial(make_language_model, profile.model),
-        loss_fn=lm_loss,
+        model_fn=model_fn,
+        loss_fn=loss_fn,
         batch_fn=LMBatches(contexts, profile.batch_size, profile.data_seed),
         config=profile.train,
         progress=progress,
         description=f"{profile.model.n_layers}-layer LM",
         tokens_per_batch=profile.tokens_per_step,
     )
+    run.model_fn = partial(make_language_model, profile.model)  # probes read hooks: load as HookedTransformer
+    return run
 
 
 PROBE_BATCH_SEED = 1  # seed of the fixed evaluation batch every probe checkpoint sees

@@ -34,7 +34,8 @@ from torch import Tensor
 
 from stagewise.models.language import LanguageModelConfig, subsampled_positions
 
-__all__ = ["FastAttentionOnlyLM", "make_fast_language_model", "lm_fast_loss"]
+__all__ = ["FastAttentionOnlyLM", "make_fast_language_model", "make_trainable_fast_language_model", "lm_fast_loss",
+           "lm_fast_train_loss"]
 
 LN_EPS = 1e-5  # TransformerLens' default LayerNorm eps
 
@@ -186,6 +187,30 @@ class FastAttentionOnlyLM(nn.Module):
 def make_fast_language_model(config: LanguageModelConfig) -> FastAttentionOnlyLM:
     """A :class:`FastAttentionOnlyLM` of ``config`` (load a checkpoint into it before use)."""
     return FastAttentionOnlyLM(config)
+
+
+def make_trainable_fast_language_model(config: LanguageModelConfig) -> FastAttentionOnlyLM:
+    """A :class:`FastAttentionOnlyLM` holding exactly the initial weights
+    :func:`~stagewise.models.language.make_language_model` would draw from the global RNG (the
+    TransformerLens model is built, then copied): training it is training the paper's model with a
+    faster forward (the language profile's ``train_model = "fast"``)."""
+    from stagewise.models.language import make_language_model
+
+    twin = FastAttentionOnlyLM(config)
+    twin.load_state_dict(make_language_model(config).state_dict())
+    return twin
+
+
+def lm_fast_train_loss(model: FastAttentionOnlyLM, batch) -> Tensor:
+    """:func:`~stagewise.models.language.lm_loss` for the twin (the training loop's
+    ``loss_fn(model, batch)``): next-token cross-entropy over every predicted position."""
+    tokens = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if tokens.dim() != 2 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must have shape [batch, pos >= 2], got {tuple(tokens.shape)}")
+    if int(tokens.max()) >= model.cfg.d_vocab or int(tokens.min()) < 0:
+        raise ValueError(f"token ids must lie in [0, d_vocab={model.cfg.d_vocab}); got range "
+                         f"[{int(tokens.min())}, {int(tokens.max())}]")
+    return lm_fast_loss(model, tokens)
 
 
 def lm_fast_loss(forward, batch, stride: int = 1) -> Tensor:

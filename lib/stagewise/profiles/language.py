@@ -29,6 +29,9 @@ PAPER_SGLD = SGLDConfig(epsilon=1e-3, gamma=100.0, nbeta=100 / math.log(100), nu
                         num_burnin=0, batch_size=100, seed=0)
 
 
+SGLD_MODELS = ("fast", "transformer_lens")
+
+
 @dataclass(frozen=True)
 class LanguageProfile:
     """Everything a language-model notebook needs to know about scale.
@@ -51,6 +54,14 @@ class LanguageProfile:
     num_analysis_checkpoints: int = 500
     sgld: SGLDConfig = PAPER_SGLD
     sgld_stride: int = 1
+    # LLC fast path (part of each estimate's cache key): "fast" = the plain-torch twin of the
+    # HookedTransformer (stagewise.models.language_fast; same weights and function), and the compute
+    # dtype ("auto" = bf16 where the machine has bf16 dot-product instructions, else fp32)
+    sgld_model: str = "fast"
+    sgld_dtype: str = "auto"
+    # the model the training loop updates: the HookedTransformer, or its plain-torch twin with the very
+    # same initial weights and function ("fast"; checkpoints load into either). Part of the run's key.
+    train_model: str = "transformer_lens"
     one_layer_sgld: SGLDConfig = dataclasses.replace(PAPER_SGLD, epsilon=3e-3, gamma=300.0)
     one_layer_steps: int = 50_000
     one_layer_analysis_checkpoints: int = 500
@@ -72,6 +83,14 @@ class LanguageProfile:
         if not isinstance(self.one_layer_steps, int) or not 1 <= self.one_layer_steps <= self.train.num_steps:
             raise ValueError(f"one_layer_steps must be an integer in [1, train.num_steps = {self.train.num_steps}], "
                              f"got {self.one_layer_steps!r}")
+        if self.train_model not in SGLD_MODELS:
+            raise ValueError(f"train_model must be one of {', '.join(SGLD_MODELS)}, got {self.train_model!r}")
+        if self.sgld_model not in SGLD_MODELS:
+            raise ValueError(f"sgld_model must be one of {', '.join(SGLD_MODELS)}, got {self.sgld_model!r}")
+        from stagewise.llc.sampler import COMPUTE_DTYPE_SETTINGS
+
+        if self.sgld_dtype not in COMPUTE_DTYPE_SETTINGS:
+            raise ValueError(f"sgld_dtype must be one of {', '.join(COMPUTE_DTYPE_SETTINGS)}, got {self.sgld_dtype!r}")
         if self.model.d_vocab != 5000:
             raise ValueError(f"model.d_vocab must be 5000 to match the truncated GPT-2 tokenizer, got {self.model.d_vocab}")
 
@@ -96,7 +115,8 @@ class LanguageProfile:
 
 
 PROFILES = {
-    "paper": LanguageProfile(name="paper",
+    # LLC in fp32, the paper's numerics (sgld_dtype="auto" would take bf16 on a recent GPU)
+    "paper": LanguageProfile(name="paper", sgld_dtype="float32",
                              # one epoch of >= 5.12B tokens as in the paper; $STAGEWISE_PAPER_CORPUS names the
                              # corpus (local shards or 'hub'); without it notebook 01 stops at once
                              corpus=paper_corpus(PAPER_TRAIN.num_steps * 100 * 1024)),
@@ -145,3 +165,6 @@ PROFILES = {
         seeds=(1,),
     ),
 }
+
+# long: nothing beyond cpu yet (issue #20 pilots decide); the cpu settings under the long name
+PROFILES["long"] = dataclasses.replace(PROFILES["cpu"], name="long")
