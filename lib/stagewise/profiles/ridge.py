@@ -104,7 +104,8 @@ PROFILES = {
     # Carroll et al.'s data and grid with a 2.64M-parameter 2-layer model; their optimiser settings are
     # in an appendix missing from our copy, so these are Raventós et al.'s (Adam, one-cycle, batch 256,
     # 500k steps) with a max lr of 1e-3 for the wider model.
-    "paper": TransientRidgeProfile(name="paper", train=TrainConfig(num_steps=500_000, lr=1e-3)),
+    # LLC in fp32 like the other paper profiles (sgld_dtype="auto" would take bf16 on a recent GPU)
+    "paper": TransientRidgeProfile(name="paper", train=TrainConfig(num_steps=500_000, lr=1e-3), sgld_dtype="float32"),
     # cpu: chosen by pilot runs on the 2-core machine (OOD loss of M = 4...64 and ∞ over training).
     # D = 2: no rise after the minimum for M = 8-32 (5k-15k steps). K = 16 showed the rise too but
     # trains at ~45 steps/s against ~105 at K = 8; d = 64 ran at ~70-90 against ~150 for the same
