@@ -376,8 +376,9 @@ def plan_rllc_heads(profile: str, params: Mapping[str, Any] | None = None) -> No
     heads = len(c.heads) if c.heads else lm.model.n_layers * lm.model.n_heads
     head_domains = len(c.head_domains) if c.head_domains is not None else len(c.domains)
     s, ls = c.sgld, lm.sgld
-    # notebook 04 runs language_sgld_model(lm) (the LM profile's loss path) in float32 (refined.py's default)
-    sgld = StepSpec("lm", lm.model, "sgld", stride=lm.sgld_stride, chains=s.num_chains, variant=lm.sgld_model)
+    # notebook 04 runs language_sgld_model(lm) (the LM profile's loss path) at the LM profile's sgld_dtype
+    sgld = StepSpec("lm", lm.model, "sgld", stride=lm.sgld_stride, chains=s.num_chains, variant=lm.sgld_model,
+                    dtype=lm.sgld_dtype)
     items = [WorkItem(nb, "notebook 01's 2-layer LM (if not cached)", "train", lm.train.num_steps, lm.batch_size,
                       StepSpec("lm", lm.model, "train", optimizer=lm.train.optimizer),
                       tokens=lm.train.num_steps * lm.tokens_per_step, conditional="only if notebook 01 has not run",
@@ -391,7 +392,7 @@ def plan_rllc_heads(profile: str, params: Mapping[str, Any] | None = None) -> No
                  detail=f"{k} × {heads} heads × {head_domains} × {s.num_chains} chains × ({s.num_burnin} + {s.num_draws})"),
         WorkItem(nb, "whole-model drLLC (train + domains)", "sgld", k * (1 + len(c.domains)) * ls.num_chains * ls.num_steps,
                  ls.batch_size, StepSpec("lm", lm.model, "sgld", stride=lm.sgld_stride, chains=ls.num_chains,
-                                         variant=lm.sgld_model),
+                                         variant=lm.sgld_model, dtype=lm.sgld_dtype),
                  checkpoints=k, detail=f"{k} × {1 + len(c.domains)} data sets × {ls.num_chains} chains × "
                                        f"({ls.num_burnin} + {ls.num_draws}) steps × batch {ls.batch_size}"),
     ]
