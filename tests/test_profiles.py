@@ -39,7 +39,7 @@ def test_overrides_apply_and_unknown_fields_are_rejected():
 
 
 def test_bad_profile_and_setting_names_list_the_allowed_values():
-    with pytest.raises(ValueError, match="smoke, cpu, paper"):
+    with pytest.raises(ValueError, match="smoke, cpu, long, paper"):
         get_profile("regression", "fast")
     with pytest.raises(ValueError, match="setting must be one of"):
         get_profile("vision", "cpu")
