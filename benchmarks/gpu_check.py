@@ -96,7 +96,7 @@ def lm_training(cfg, batch: int, steps: int, device: str, dtype: str) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return loss
+        return loss.detach()
 
     for _ in range(2):
         step()

@@ -63,6 +63,7 @@ def test_cpu_plan_reads_the_cpu_profiles():
         != "probes 1-layer LM"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads and resets VmHWM in /proc/self")
 def test_trace_matches_measured_peak_rss_of_real_steps():
     """The meta-device trace against the growth of the process's peak RSS (VmHWM, reset before each
@@ -97,6 +98,7 @@ def test_trace_matches_measured_peak_rss_of_real_steps():
         assert 0.75 < g["predicted"] / g["measured"] < 1.25, (kind, g)
 
 
+@pytest.mark.slow
 def test_trace_scales_with_the_shapes():
     cfg = LanguageModelConfig(n_layers=2, n_ctx=256)
     one = trace_step(StepSpec("lm", cfg, "train"), 2)

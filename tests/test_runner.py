@@ -120,6 +120,7 @@ def test_sequential_run_writes_timings_json_and_stops_at_a_failure(tmp_path, cap
     assert "01_ok" in printed and "failed" in printed and "not run" in printed
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs two cores and Linux affinity")
 def test_parallel_jobs_split_threads_and_order_dependent_notebooks(tmp_path):
