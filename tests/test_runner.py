@@ -5,7 +5,6 @@ import pytest
 
 import json
 import os
-import sys
 
 from stagewise.profiles import PROFILE_NAMES
 from stagewise.runner import (NotebookFailure, NotebookTiming, _parse_param, dependency_chains, discover_notebooks,
