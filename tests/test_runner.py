@@ -1,10 +1,9 @@
+import json
+import os
 from pathlib import Path
 
 import jupytext
 import pytest
-
-import json
-import os
 
 from stagewise.profiles import PROFILE_NAMES
 from stagewise.runner import (NotebookFailure, NotebookTiming, _parse_param, dependency_chains, discover_notebooks,
