@@ -36,6 +36,7 @@
 profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 one_layer = True  # also train and analyse the one-layer model (App. B.5, Figs. B.6-B.7)
 seeds = None  # training seeds of Fig. B.1a (first = the main run); None keeps the profile's
+dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
 
 # %%
 import time
@@ -45,6 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stagewise.cluster import sweep_executor
 from stagewise.data.corpus import corpus_manifest
 from stagewise.data.language import load_contexts, load_token_stream
 from stagewise.models.language import make_language_model
@@ -62,6 +64,7 @@ from stagewise.stages import detect_stages
 
 notebook_start = time.perf_counter()
 profile = profile or default_profile()
+llc_executor = sweep_executor(dask_scheduler)  # 'serial', or a Client of that scheduler
 cfg = get_profile("language", profile, **({"seeds": tuple(seeds)} if seeds is not None else {}))
 apply_style()
 n_params = sum(p.numel() for p in make_language_model(cfg.model).parameters())
@@ -121,7 +124,7 @@ print(f"probes at {len(steps)} checkpoints in {time.perf_counter() - t0:.0f} s (
 
 # %%
 t0 = time.perf_counter()
-sweep = language_llc(cfg, run, steps)
+sweep = language_llc(cfg, run, steps, executor=llc_executor)
 print(f"LLC at {len(sweep.steps)} checkpoints in {time.perf_counter() - t0:.0f} s (cached estimates load instantly); "
       f"flagged chains: {sweep.diagnostics or 'none'}")
 
@@ -302,7 +305,7 @@ if len(cfg.seeds) > 1:
     for seed in cfg.seeds:
         cfg_s = cfg.with_seed(seed)
         run_s = language_run(cfg_s)
-        sweep_s = language_llc(cfg_s, run_s)
+        sweep_s = language_llc(cfg_s, run_s, executor=llc_executor)
         ks = sweep_s.steps > 0
         stages_s = detect_stages(sweep_s.steps[ks], sweep_s.llc_mean[ks], edge_plateaus=True)
         print(f"seed {seed}: boundaries {np.round(stages_s.boundaries).astype(int).tolist()}, "
@@ -325,7 +328,7 @@ if one_layer:
     cfg1 = cfg.one_layer()
     run1 = language_run(cfg1)
     steps1 = language_analysis_steps(cfg1, run1)
-    sweep1 = language_llc(cfg1, run1, steps1)
+    sweep1 = language_llc(cfg1, run1, steps1, executor=llc_executor)
     table1 = add_derived_columns(lm_probe_checkpoints(run1.load_model, steps1, val, bigrams, probe_cfg))
     k1 = sweep1.steps > 0
     stages1 = detect_stages(sweep1.steps[k1], sweep1.llc_mean[k1],

@@ -32,6 +32,7 @@
 # %% tags=["parameters"]
 profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 seeds = None  # list of training seeds; None keeps the profile's
+dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
 
 # %%
 import time
@@ -41,6 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stagewise.cluster import sweep_executor
 from stagewise.models.regression import RegressionTransformer, count_parameters
 from stagewise.plotting import apply_style, plot_over_training, save_figure, shade_stages
 from stagewise.profiles import default_profile, get_profile
@@ -49,6 +51,7 @@ from stagewise.runs import regression_run
 notebook_start = time.perf_counter()
 timings = {}  # seconds per part of the notebook (cached parts load in ~0 s)
 profile = profile or default_profile()
+llc_executor = sweep_executor(dask_scheduler)  # 'serial', or a Client of that scheduler
 base = get_profile("regression", profile)
 overrides = {}
 if seeds is not None:
@@ -122,7 +125,7 @@ sweeps = {}
 for seed in cfg.llc_seeds:
     t1 = time.perf_counter()
     llc_cfg = cfg.llc_profile(seed)
-    sweeps[seed] = sweep = regression_llc(llc_cfg, seed)
+    sweeps[seed] = sweep = regression_llc(llc_cfg, seed, executor=llc_executor)
     print(f"seed {seed}: LLC at {len(sweep.steps)} checkpoints, {llc_cfg.sgld.num_chains} chains x "
           f"({llc_cfg.sgld.num_burnin} + {llc_cfg.sgld.num_draws}) steps, in {time.perf_counter() - t1:.0f} s "
           f"(cached estimates load instantly); flagged chains: {sweep.diagnostics or 'none'}")

@@ -35,6 +35,7 @@
 # %% tags=["parameters"]
 profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 executor = None  # "serial" or "processes" (one run per core) for training; None keeps the profile's
+dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
 
 # %%
 import math
@@ -45,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from stagewise import transient_ridge as TR
+from stagewise.cluster import sweep_executor
 from stagewise.essential_dynamics import smooth_trajectory
 from stagewise.models.regression import RegressionTransformer, count_parameters
 from stagewise.plotting import apply_style, save_figure
@@ -53,6 +55,7 @@ from stagewise.profiles import default_profile, get_profile
 notebook_start = time.perf_counter()
 timings = {}
 profile = profile or default_profile()
+llc_executor = sweep_executor(dask_scheduler)  # 'serial', or a Client of that scheduler
 cfg = get_profile("ridge", profile)
 apply_style()
 D, K = cfg.task.task_size, cfg.task.max_examples
@@ -204,7 +207,7 @@ if cfg.num_pca_components >= 4:
 
 # %%
 t0 = time.perf_counter()
-llc = TR.final_llcs(cfg, runs)
+llc = TR.final_llcs(cfg, runs, executor=llc_executor)
 timings["LLC of trained models"] = time.perf_counter() - t0
 fin = summary.loc[finite]
 llc_ridge = llc.loc["∞", "llc_mean"]

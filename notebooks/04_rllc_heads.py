@@ -36,6 +36,7 @@
 
 # %% tags=["parameters"]
 profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
+dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
 
 # %%
 import dataclasses
@@ -45,6 +46,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from stagewise.cluster import sweep_executor
 from stagewise.clustering import cluster_table, curve_matrix
 from stagewise.data.domains import load_domain_contexts
 from stagewise.data.language import load_contexts, load_token_stream
@@ -60,6 +62,7 @@ from stagewise.train import analysis_steps
 
 notebook_start = time.perf_counter()
 profile = profile or default_profile()
+llc_executor = sweep_executor(dask_scheduler)  # 'serial', or a Client of that scheduler
 cfg = get_profile("rllc", profile)
 lm = get_profile("language", cfg.language)
 apply_style()
@@ -110,11 +113,11 @@ CLASS_COLORS = {"previous-token": "tab:green", "current-token": "tab:orange", "i
 # %%
 t0 = time.perf_counter()
 wr = head_llc_sweep(checkpoints, model_fn, loss, {"train": data["train"]}, cfg.sgld, heads=cfg.heads or None,
-                    compute_dtype=lm.sgld_dtype)
+                    compute_dtype=lm.sgld_dtype, executor=llc_executor)
 dr_cfg = dataclasses.replace(cfg.sgld, nbeta=cfg.data_refined_nbeta)
 head_domains = cfg.head_domains if cfg.head_domains is not None else cfg.domain_names
 wdr = head_llc_sweep(checkpoints, model_fn, loss, {k: data[k] for k in head_domains}, dr_cfg, heads=cfg.heads or None,
-                     compute_dtype=lm.sgld_dtype)
+                     compute_dtype=lm.sgld_dtype, executor=llc_executor)
 heads_frame = pd.concat([wr, wdr], ignore_index=True)
 n_est = len(heads_frame)
 n_heads, n_data = heads_frame["head"].nunique(), heads_frame["data"].nunique()
@@ -184,7 +187,8 @@ display(pd.concat([ratio, classes.rename("class")], axis=1).groupby("class")["co
 
 # %%
 t0 = time.perf_counter()
-whole = data_llc_sweep(checkpoints, model_fn, loss, data, lm.sgld, compute_dtype=lm.sgld_dtype)
+whole = data_llc_sweep(checkpoints, model_fn, loss, data, lm.sgld, compute_dtype=lm.sgld_dtype,
+                       executor=llc_executor)
 print(f"whole-model (dr)LLCs in {time.perf_counter() - t0:.0f} s")
 fig, ax = plt.subplots(figsize=(6, 3.2))
 plot_over_training(ax, steps, {name: g.set_index("step").loc[steps, "llc_mean"] for name, g in whole.groupby("data")},

@@ -27,6 +27,7 @@
 # %% tags=["parameters"]
 profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 seed = None  # regression training seed to analyse; None takes the first seed of the profile
+dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
 
 # %%
 import time
@@ -36,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stagewise.cluster import sweep_executor
 from stagewise.hessian import hessian_spectrum
 from stagewise.llc import SGLDConfig, estimate_llc
 from stagewise.plotting import apply_style, plot_stages, save_figure
@@ -45,6 +47,7 @@ from stagewise.profiles.hessian import TOY_SGLD
 
 notebook_start = time.perf_counter()
 profile = profile or default_profile()
+llc_executor = sweep_executor(dask_scheduler)  # 'serial', or a Client of that scheduler
 cfg = get_profile("hessian", profile)
 apply_style()
 print(cfg)
@@ -133,7 +136,7 @@ for column, label in (("trace", "Hessian trace"), ("top_eig", "top Hessian eigen
 from stagewise.runs import regression_llc
 
 match_factor = 1.5
-sweep = regression_llc(reg, seed)
+sweep = regression_llc(reg, seed, executor=llc_executor)
 keep = sweep.steps > 0
 llc_stages = detect_stages(sweep.steps[keep], sweep.llc_mean[keep])
 rows = []

@@ -26,7 +26,6 @@ import concurrent.futures as cf
 import hashlib
 import logging
 import multiprocessing
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
@@ -34,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stagewise.cache import artifact_dir, atomic_save, load_artifact
+from stagewise.hardware import available_cores
 from stagewise.llc import LLCResult, SGLDConfig, estimate_llc_sweep, resolve_compute_dtype
 from stagewise.llc.sweep import _load_state
 
@@ -121,7 +121,7 @@ def _open_executor(executor, max_workers: int | None):
     if executor == "serial":
         return "serial", None, 1
     if executor == "processes":
-        cores = os.cpu_count() or 1
+        cores = available_cores()
         workers = max_workers or cores
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"max_workers must be an integer >= 1, got {max_workers!r}")

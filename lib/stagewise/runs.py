@@ -42,10 +42,11 @@ def _regression_key(profile: RegressionProfile, seed: int) -> RegressionRunKey:
     return RegressionRunKey(profile.task, profile.model, replace(profile.train, seed=seed), profile.batch_size, seed)
 
 
-def regression_run(profile: RegressionProfile, seed: int, progress: bool = True) -> TrainedRun:
+def regression_run(profile: RegressionProfile, seed: int, progress: bool = True, device=None) -> TrainedRun:
     """Train (or load) the ``profile``'s regression transformer with training seed ``seed``.
 
     The seed sets both the initialisation and the data stream, as in the paper's seeds 0-4.
+    ``device``: where to train (None: a GPU if one is visible, else the CPU).
     """
     key = _regression_key(profile, seed)
     return train_cached(
@@ -57,15 +58,20 @@ def regression_run(profile: RegressionProfile, seed: int, progress: bool = True)
         config=key.train,
         progress=progress,
         description=f"regression seed {seed}",
+        device=device,
     )
 
 
-def regression_llc(profile: RegressionProfile, seed: int, executor="serial", progress: bool = True):
+def regression_llc(profile: RegressionProfile, seed: int, executor="serial", progress: bool = True, device=None):
     """λ̂(w_t) of ``regression_run(profile, seed)`` at the profile's analysis checkpoints.
 
     Same SGLD seed, noise and batches at every checkpoint (App. D.3.2); each checkpoint's estimate
-    is cached, so an interrupted sweep resumes where it stopped. Returns an ``LLCSweep``.
+    is cached, so an interrupted sweep resumes where it stopped. ``executor`` as in
+    :func:`stagewise.llc.estimate_llc_sweep` (e.g. :func:`stagewise.cluster.sweep_executor`);
+    ``device`` where the chains run (None: a GPU if one is visible). Returns an ``LLCSweep``.
     """
+    from stagewise.hardware import resolve_device
+
     from stagewise.llc import estimate_llc_sweep
     from stagewise.train import analysis_steps
 
@@ -78,6 +84,7 @@ def regression_llc(profile: RegressionProfile, seed: int, executor="serial", pro
         data=sgld_dataset(profile.task, profile.num_sgld_samples),
         config=profile.sgld,
         compute_dtype=profile.sgld_dtype,
+        device=str(resolve_device(device)),
         executor=executor,
         progress=progress,
     )
@@ -133,12 +140,13 @@ class LanguageRunKey:
     train_model: str = field(default="transformer_lens", metadata=HASH_OMIT_DEFAULT)
 
 
-def language_run(profile, progress: bool = True) -> TrainedRun:
-    """Train (or load) the ``profile``'s attention-only language model (main paper §5, App. D.1)."""
+def language_run(profile, progress: bool = True, device=None) -> TrainedRun:
+    """Train (or load) the ``profile``'s attention-only language model (main paper §5, App. D.1).
+    ``device``: where to train (None: a GPU if one is visible, else the CPU)."""
     from stagewise.data.language import LMBatches, _tokenizer_hash, load_contexts
     from stagewise.models.language import lm_loss, make_language_model
 
-    contexts = load_contexts(profile.corpus, "train", profile.model.n_ctx).long()
+    contexts = load_contexts(profile.corpus, "train", profile.model.n_ctx)  # int32; LMBatches widens each batch
     key = LanguageRunKey(profile.model, profile.train, profile.batch_size, profile.data_seed, profile.corpus,
                          _tokenizer_hash(), profile.train_model)
     if profile.train_model == "fast":
@@ -157,6 +165,7 @@ def language_run(profile, progress: bool = True) -> TrainedRun:
         progress=progress,
         description=f"{profile.model.n_layers}-layer LM",
         tokens_per_batch=profile.tokens_per_step,
+        device=device,
     )
     run.model_fn = partial(make_language_model, profile.model)  # probes read hooks: load as HookedTransformer
     return run
@@ -225,15 +234,19 @@ def language_analysis_steps(profile, run: TrainedRun):
     return analysis_steps(run.checkpoint_steps, profile.num_analysis_checkpoints)
 
 
-def language_llc(profile, run: TrainedRun | None = None, steps=None, executor="serial", progress: bool = True):
+def language_llc(profile, run: TrainedRun | None = None, steps=None, executor="serial", progress: bool = True,
+                 device=None):
     """λ̂(w_t) of ``language_run(profile)`` at its analysis checkpoints (or ``steps``), main paper Fig. 1a.
 
     SGLD batches come from the corpus's held-out ``sgld`` split (App. D.1.4: a separate set of Pile
     lines), with the same seed (noise and batch order) at every checkpoint; each estimate is cached
     per checkpoint, so an interrupted sweep resumes. ``profile.sgld_stride`` > 1 uses the
-    position-subsampled loss. Returns an ``LLCSweep``.
+    position-subsampled loss. ``executor`` and ``device`` as in :func:`regression_llc`; the chains
+    are looped, not vmapped (on a GPU, 20 vmapped chains of the paper's LM would need ~650 GB).
+    Returns an ``LLCSweep``.
     """
     from stagewise.data.language import load_contexts
+    from stagewise.hardware import resolve_device
     from stagewise.llc import estimate_llc_sweep
 
     run = run or language_run(profile, progress=progress)
@@ -246,6 +259,8 @@ def language_llc(profile, run: TrainedRun | None = None, steps=None, executor="s
         data=(load_contexts(profile.corpus, "sgld", profile.model.n_ctx).long(),),
         config=profile.sgld,
         compute_dtype=profile.sgld_dtype,
+        chain_mode="loop",
+        device=str(resolve_device(device)),
         executor=executor,
         progress=progress,
     )

@@ -176,12 +176,20 @@ def train(
     progress: bool = True,
     description: str = "train",
     tokens_per_batch: int = 0,
+    device: str | torch.device | None = "cpu",
 ) -> TrainedRun:
     """Train (or resume, or just load) the run stored in ``run_dir``.
 
     ``loss_fn(model, batch)`` returns the scalar training loss. A non-finite loss stops training
-    with an error naming the step (never silently continues).
+    with an error naming the step (never silently continues). ``device``: where the model, the
+    optimizer state and each batch live (None: a GPU if one is visible); checkpoints are always
+    written from CPU copies, so a run trained on a GPU loads anywhere. Not part of the cache key:
+    another device gives the same run up to float rounding (bit-identical resumption holds on the
+    device the run was started on).
     """
+    from stagewise.hardware import resolve_device
+
+    device = resolve_device(device)
     run_dir = Path(run_dir)
     if (run_dir / "done.json").exists():
         return TrainedRun(run_dir, model_fn)
@@ -191,9 +199,9 @@ def train(
     to_save = set(schedule.tolist())
 
     torch.manual_seed(config.seed)
-    model = model_fn()
+    model = model_fn().to(device)  # initialised on the CPU from the seeded global RNG, then moved
     opt, sched = _make_optimizer(model, config)
-    losses = torch.full((config.num_steps,), float("nan"))
+    losses = torch.full((config.num_steps,), float("nan"), device=device)  # on the device: no per-step sync
     start = 0
     resume_file = run_dir / "resume.pt"
     if resume_file.exists():
@@ -201,7 +209,7 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        losses = state["loss"]
+        losses = state["loss"].to(device)
         start = int(state["step"])
         log.info("resuming %s from step %d", run_dir, start)
     elif 0 in to_save:
@@ -210,7 +218,7 @@ def train(
     def save_resume(step: int) -> None:
         atomic_save(
             {"model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "loss": losses, "step": step},
+             "loss": losses.cpu(), "step": step},
             resume_file,
         )
 
@@ -220,7 +228,7 @@ def train(
     model.train()
     last_resume = start
     for step in bar:
-        batch = batch_fn(step)
+        batch = _to_device(batch_fn(step), device)
         with _autocast(model, config.compute_dtype):
             loss = loss_fn(model, batch).float()
         if not torch.isfinite(loss):
@@ -248,7 +256,7 @@ def train(
     if last_resume != config.num_steps:
         save_resume(config.num_steps)
     seconds = time.perf_counter() - t0
-    atomic_save({"loss": losses}, run_dir / "history.pt")
+    atomic_save({"loss": losses.cpu()}, run_dir / "history.pt")
     atomic_write_text(run_dir / "done.json", json.dumps(
         {"checkpoint_steps": schedule.tolist(), "seconds": seconds, "resumed_from": start}))
     return TrainedRun(run_dir, model_fn)
@@ -260,6 +268,16 @@ def _autocast(model: torch.nn.Module, compute_dtype: str):
     param = next(model.parameters(), None)
     device_type = param.device.type if param is not None else "cpu"
     return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # NamedTuple
+        return type(batch)(*(_to_device(b, device) for b in batch))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    return batch
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ from stagewise.cache import artifact_dir, atomic_save, config_to_dict, load_arti
 from stagewise.data.regression import (RegressionBatch, RegressionBatches, RegressionTask, regression_loss,
                                        regression_sgld_loss, sample_batch, sgld_dataset, task_set)
 from stagewise.essential_dynamics import TrajectoryPCA, fit_pca, smooth_trajectory
+from stagewise.hardware import available_cores
 from stagewise.models.regression import RegressionTransformer
 from stagewise.profiles.ridge import TransientRidgeProfile
 from stagewise.ridge import dmmse_predict, ridge_predict
@@ -103,15 +104,13 @@ def train_runs(profile: TransientRidgeProfile, executor="serial", max_workers: i
     spawned workers, torch threads split between them), a ``dask.distributed.Client`` or any
     ``concurrent.futures.Executor``. Workers write the cache; finished runs are only loaded.
     """
-    import os
-
     from stagewise.llc.sweep import _make_executor
 
     todo = [M for M in profile.task_diversities
             if not (artifact_dir("transient_ridge_runs", _run_key(profile, M)) / "done.json").exists()]
     pool, owned, wait = _make_executor(executor, max_workers)
     if pool is not None and todo:
-        threads = max(1, (os.cpu_count() or 1) // (max_workers or os.cpu_count() or 1)) if executor == "processes" else None
+        threads = max(1, available_cores() // (max_workers or available_cores())) if executor == "processes" else None
         bar = tqdm(total=len(todo), desc="training runs", disable=not progress)
         try:
             for fut in wait([pool.submit(_train_worker, {"profile": profile, "M": M, "threads": threads}) for M in todo]):

@@ -27,7 +27,6 @@ import functools
 import hashlib
 import logging
 import multiprocessing
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stagewise.cache import artifact_dir, atomic_save, config_to_dict, load_artifact
+from stagewise.hardware import available_cores
 from stagewise.llc.module import estimate_llc_module
 from stagewise.llc.sampler import LLCResult, SGLDConfig, resolve_compute_dtype
 
@@ -160,7 +160,7 @@ def _make_executor(executor, max_workers: int | None):
     if executor == "serial":
         return None, False, None
     if executor == "processes":
-        workers = max_workers or max(1, (os.cpu_count() or 1))
+        workers = max_workers or available_cores()
         pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
         return pool, True, cf.as_completed
     if type(executor).__module__.startswith("distributed"):  # dask.distributed.Client
@@ -227,7 +227,7 @@ def estimate_llc_sweep(
     pool, owned, wait = _make_executor(executor, max_workers)
     threads = None
     if executor == "processes":
-        threads = max(1, (os.cpu_count() or 1) // (max_workers or os.cpu_count() or 1))
+        threads = max(1, available_cores() // (max_workers or available_cores()))
     base = {"model_fn": model_fn, "loss": loss, "data": data, "config": config, "params_to_sample": params_to_sample,
             "param_mask": param_mask, "chain_mode": chain_mode, "compile": compile, "compute_dtype": compute_dtype,
             "device": device, "threads": threads}
