@@ -279,7 +279,7 @@ def write_summary(json_path: Path, csv_path: Path, meta: dict, chance: dict | No
     trained = [r for r in rows if r["step"] > 0]
     summary = {
         **meta, "stop": stop, "steps": last["step"], "tokens": last["tokens"], "epochs": last["epochs"],
-        "wall_s": last["wall_s"], "train_s": last["train_s"],
+        "wall_s": last["wall_s"], "train_s": last["train_s"], "cpu_s": last["cpu_s"],
         "tokens_per_s": last["tokens"] / last["train_s"] if last["train_s"] else None,
         "tokens_per_cpu_s": last["tokens"] / last["cpu_s"] if last["cpu_s"] else None,
         "chance": chance,
@@ -349,6 +349,31 @@ def throughput(args) -> None:
             print(row, flush=True)
 
 
+def table(args) -> None:
+    """A markdown table of every pilot's summary (``<name>.json``), for the results file."""
+    print("| pilot | B x C | lr | mix | steps | tokens | epochs | wall min | CPU min | tokens/s (wall) | tokens/CPU-s "
+          "| max prev L0 | max prev L1 | max prefix L1 | max induction L1 | max rep drop | min ICL | formed at "
+          "| law (calibrated / Aoyama) | stop |")
+    print("|" + "---|" * 20)
+    derived = ("stop", "steps", "tokens", "epochs", "wall_s", "train_s", "cpu_s", "tokens_per_s", "tokens_per_cpu_s",
+               "chance", "max", "min", "first_step", "formed_step", "formed_tokens", "law_tokens")
+    for path in sorted(RESULTS.glob("*.json")):
+        s = json.loads(path.read_text())  # recomputed from the CSV (the summary rules may be newer)
+        write_summary(path, path.with_suffix(".csv"), {k: v for k, v in s.items() if k not in derived},
+                      s["chance"], s["stop"])
+        s = json.loads(path.read_text())
+        m, law = s["max"], s["law_tokens"]
+        mix = f"{s['mix']:.0%} {s['mix_source']}" if s["mix"] else "none"
+        formed = (f"step {s['formed_step']:,} ({s['formed_tokens'] / 1e6:.2f}M)" if s["formed_step"] is not None
+                  else "none")
+        print(f"| {s['name']} | {s['batch']} x {s['ctx']} | {s['lr']:g} | {mix} | {s['steps']:,} | "
+              f"{s['tokens'] / 1e6:.2f}M | {s['epochs']:.2f} | {s['wall_s'] / 60:.0f} | {s['cpu_s'] / 60:.0f} | "
+              f"{s['tokens_per_s']:,.0f} | {s['tokens_per_cpu_s']:,.0f} | {m['prev0_max']:.3f} | {m['prev1_max']:.3f} | "
+              f"{m['prefix1_max']:.3f} | {m['induction1_max']:.3f} | {m['rep_drop']:.2f} | {s['min']['icl']:.2f} | "
+              f"{formed} | {law['calibrated_on_paper'] / 1e6:.0f}M / {law['aoyama_constant'] / 1e6:.1f}M | "
+              f"{s['stop']} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="command", required=True)
@@ -380,11 +405,9 @@ def main() -> None:
     t.add_argument("--model", default="tl", choices=["tl", "fast"])
     t.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=True)
     t.add_argument("--threads", type=int, default=1)
+    sub.add_parser("table")
     args = ap.parse_args()
-    if args.command == "run":
-        run(args)
-    else:
-        throughput(args)
+    {"run": run, "throughput": throughput, "table": table}[args.command](args)
 
 
 if __name__ == "__main__":
