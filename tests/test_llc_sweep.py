@@ -133,3 +133,33 @@ def test_loss_path_is_part_of_the_key_and_changes_no_science(tmp_cache):
     assert len(list(tmp_cache.glob("llc/*/result.pt"))) == 2
     np.testing.assert_allclose(fast.results[0].loss_trace, full.results[0].loss_trace, rtol=1e-4)
     assert abs(fast.llc_mean[0] - full.llc_mean[0]) < 0.02 * abs(full.llc_mean[0]) + 1e-3
+
+
+def test_compare_sweeps_counts_checkpoints_within_their_standard_errors():
+    from stagewise.llc import LLCSweep, compare_sweeps
+
+    def sweep(means, sems):
+        results = []
+        for m, s in zip(means, sems):
+            per_chain = np.array([m - s, m + s])  # std (ddof 1) = s·sqrt(2), sem = s
+            results.append(_result(per_chain))
+        return LLCSweep(np.array([10, 20, 30]), results)
+
+    a = sweep([10.0, 20.0, 30.0], [1.0, 1.0, 1.0])
+    b = sweep([11.0, 20.0, 36.0], [1.0, 1.0, 1.0])  # z = -0.71, 0, -4.2
+    table, summary = compare_sweeps(a, b)
+    np.testing.assert_allclose(table.z.to_numpy(), [-1 / np.sqrt(2), 0.0, -6 / np.sqrt(2)])
+    assert summary["within"] == 2 and summary["comparable"] == 3 and not summary["all_within"]
+    assert compare_sweeps(a, a)[1]["all_within"]
+    with pytest.raises(ValueError, match="no checkpoint"):
+        compare_sweeps(a, LLCSweep(np.array([5]), [a.results[0]]))
+
+
+def _result(per_chain):
+    from stagewise.llc import LLCResult
+
+    n = len(per_chain)
+    return LLCResult(llc_mean=float(per_chain.mean()), llc_std=float(per_chain.std(ddof=1)), llc_per_chain=per_chain,
+                     loss_trace=np.zeros((n, 1)), llc_trace=np.zeros((n, 1)), loss_init=0.0, loss_init_trace=np.zeros(1),
+                     burnin_loss_trace=np.zeros((n, 0)), diagnostics={}, excluded_chains=[], nbeta=1.0, num_sampled=1,
+                     config=CFG)

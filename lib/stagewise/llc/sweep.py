@@ -40,7 +40,7 @@ from stagewise.hardware import available_cores
 from stagewise.llc.module import estimate_llc_module
 from stagewise.llc.sampler import LLCResult, SGLDConfig, resolve_compute_dtype
 
-__all__ = ["LLCSweep", "estimate_llc_sweep", "sweep_cache_key", "CalibrationResult", "calibrate_sgld", "plot_llc_traces"]
+__all__ = ["LLCSweep", "estimate_llc_sweep", "sweep_cache_key", "compare_sweeps", "CalibrationResult", "calibrate_sgld", "plot_llc_traces"]
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,42 @@ def estimate_llc_sweep(
             pool.shutdown(cancel_futures=True)
     order = np.argsort(steps, kind="stable")
     return LLCSweep(np.asarray(steps)[order], [results[steps[i]] for i in order])
+
+
+def compare_sweeps(a: LLCSweep, b: LLCSweep, n_se: float = 2.0):
+    """Checkpoint-by-checkpoint agreement of two λ̂(t) curves of the same run (e.g. the exact path
+    against a fast path): ``(table, summary)``.
+
+    ``table`` has per common step both means and standard errors, the difference and
+    ``z = (a − b) / sqrt(se_a² + se_b²)``; ``summary`` counts the checkpoints with |z| ≤ ``n_se``.
+    Checkpoints where either curve has no standard error (one chain, or every chain excluded)
+    are compared in the table but not counted (``comparable`` False): agreement needs an error bar.
+    """
+    import pandas as pd
+
+    if not n_se > 0:
+        raise ValueError(f"n_se must be > 0, got {n_se}")
+    common = np.intersect1d(a.steps, b.steps)
+    if not len(common):
+        raise ValueError("the two sweeps share no checkpoint step")
+    ia = {int(s): i for i, s in enumerate(a.steps)}
+    ib = {int(s): i for i, s in enumerate(b.steps)}
+    rows = []
+    for step in common:
+        i, j = ia[int(step)], ib[int(step)]
+        ma, mb, sa, sb = a.llc_mean[i], b.llc_mean[j], a.llc_sem[i], b.llc_sem[j]
+        se = float(np.hypot(sa, sb))
+        ok = bool(np.isfinite([ma, mb, se]).all() and se > 0)
+        rows.append({"step": int(step), "llc_a": ma, "se_a": sa, "llc_b": mb, "se_b": sb, "difference": ma - mb,
+                     "z": (ma - mb) / se if ok else float("nan"), "comparable": ok})
+    table = pd.DataFrame(rows)
+    comparable = table[table.comparable]
+    within = int((comparable.z.abs() <= n_se).sum())
+    summary = {"checkpoints": int(len(table)), "comparable": int(len(comparable)), "within": within, "n_se": n_se,
+               "all_within": within == len(comparable) and len(comparable) > 0,
+               "max_abs_z": float(comparable.z.abs().max()) if len(comparable) else float("nan"),
+               "mean_difference": float(comparable.difference.mean()) if len(comparable) else float("nan")}
+    return table, summary
 
 
 # --------------------------------------------------------------------------------------------
