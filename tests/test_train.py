@@ -202,3 +202,17 @@ def test_bfloat16_compute_runs_the_forward_in_bf16_and_keeps_float32_state(tmp_p
 def test_bad_compute_dtype_raises():
     with pytest.raises(ValueError, match="compute_dtype"):
         TrainConfig(compute_dtype="float16")
+
+
+def test_fused_optimizer_takes_the_same_steps_up_to_rounding(tmp_path):
+    from stagewise.cache import config_hash
+
+    base = dict(num_steps=30, lr=3e-3, optimizer="adamw", weight_decay=0.05, num_linear=2, num_log=2, resume_every=30)
+    fused = _train(tmp_path / "fused", TrainConfig(**base, fused_optimizer=True))
+    plain = _train(tmp_path / "plain", TrainConfig(**base))
+    a, b = fused.load_state(30), plain.load_state(30)
+    start = plain.load_state(0)
+    for k in a:
+        moved = (b[k] - start[k]).abs().max()
+        assert (a[k] - b[k]).abs().max() <= 1e-3 * max(float(moved), 1e-6) + 1e-6, k
+    assert config_hash(TrainConfig(fused_optimizer=True)) != config_hash(TrainConfig())
