@@ -4,6 +4,9 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= cpu
 ONLY    ?=
+# notebooks run at once by `make figures` (threads per job = cores // JOBS; 04 runs after 01 and 05
+# after 02 in the same job): two single-thread jobs use a 2-core machine best (README, measured times)
+JOBS    ?= 2
 NBMAKE  := build/nbmake
 
 .PHONY: figures test install notebooks-ipynb benchmarks clean-cache lab
@@ -19,7 +22,7 @@ install: $(VENV)/.installed
 
 ## Regenerate every figure at $(PROFILE) (default cpu); ONLY=02 runs one notebook.
 figures: install
-	$(VENV)/bin/stagewise-figures --profile $(PROFILE) $(foreach n,$(ONLY),--only $(n))
+	$(VENV)/bin/stagewise-figures --profile $(PROFILE) --jobs $(JOBS) $(foreach n,$(ONLY),--only $(n))
 
 ## Unit tests + every notebook at the smoke profile through nbmake.
 test: install notebooks-ipynb
