@@ -158,6 +158,7 @@ def sgld_rows(model_kind: str, sh: dict, device: str) -> tuple[list[dict], list[
     import bench_llc
 
     from stagewise.data.regression import RegressionTask, regression_loss, sgld_dataset
+    from stagewise.llc import estimate_llc_module
     from stagewise.models.regression import RegressionTransformer
 
     notes = []
@@ -173,7 +174,7 @@ def sgld_rows(model_kind: str, sh: dict, device: str) -> tuple[list[dict], list[
         data = (torch.randint(0, cfg.d_vocab, (4 * sgld.batch_size, cfg.n_ctx), device=device),)
         contestants = [("ours, TransformerLens, loop", model, lm_forward_loss, "loop"),
                        ("ours, plain-torch twin (the sweeps' path), loop", twin, lm_fast_loss, "loop")]
-        evaluate = bench_llc._devinterp_evaluate_lm
+        evaluate = bench_llc._evaluate_lm
     else:
         from stagewise.data.regression import regression_prediction_loss
 
@@ -185,14 +186,14 @@ def sgld_rows(model_kind: str, sh: dict, device: str) -> tuple[list[dict], list[
         contestants = [("ours, full loss, loop", model, regression_loss, "loop"),
                        ("ours, predictions-only loss (the sweeps' path), loop", model, regression_prediction_loss, "loop"),
                        ("ours, predictions-only loss, vmap", model, regression_prediction_loss, "vmap")]
-        evaluate = bench_llc._devinterp_evaluate
+        evaluate = bench_llc._evaluate_regression
     rows = []
     for name, m, loss, mode in contestants:
         _reset(device)
-        res = bench_llc.run_ours(m, data, sgld, mode, False, None, False, loss=loss)
+        res = estimate_llc_module(m, loss, data, sgld, chain_mode=mode, progress=False)
         rows.append({"model": model_kind, "contestant": name, "chain_steps_per_s": sgld.num_chains * sgld.num_steps
-                     / res["seconds"], "llc_mean": res["llc_mean"], "llc_std": res["llc_std"],
-                     "flags": res.get("flags") or {}, "peak_bytes": _peak(device)})
+                     / res.elapsed_s, "llc_mean": res.llc_mean, "llc_std": res.llc_std,
+                     "flags": res.diagnostics or {}, "peak_bytes": _peak(device)})
     reason = _devinterp_reason()
     if reason:
         notes.append(f"{model_kind}: devinterp comparison skipped: {reason}")
