@@ -5,7 +5,8 @@ PY      := $(VENV)/bin/python
 PROFILE ?= cpu
 ONLY    ?=
 # notebooks run at once by `make figures` (threads per job = cores // JOBS; 04 runs after 01 and 05
-# after 02 in the same job): two single-thread jobs use a 2-core machine best (README, measured times)
+# after 02 in the same job): on 2 cores, two single-thread jobs
+# (not yet timed against JOBS=1 as a whole `make figures`: README, *Measured times*)
 JOBS    ?= 2
 NBMAKE  := build/nbmake
 
