@@ -1,8 +1,13 @@
 """Benchmark: SGLD LLC estimation, stagewise against devinterp 1.3.2 and 2.0.1 (issues 4 and 17).
 
 Run it in an environment with devinterp 1.3.2 beside stagewise (devinterp 2.0.1, an LM-oriented
-rewrite, runs in its own environment: ``--devinterp2-python``; see ``llc_benchmark.md`` for how
-both are built):
+rewrite, runs in its own environment: ``--devinterp2-python``). The two environments, as built for
+the results in ``llc_benchmark.md``:
+
+    python3 -m venv di13 && di13/bin/pip install torch==2.13.0 && di13/bin/pip install devinterp==1.3.2 \
+        && di13/bin/pip install -e .
+    python3 -m venv di20 && di20/bin/pip install torch==2.13.0 && di20/bin/pip install devinterp==2.0.1 \
+        transformer-lens==3.9.0 scipy scikit-learn pandas && di20/bin/pip install --no-deps -e .
 
     PY=/work/venvs/di13/bin/python
     $PY benchmarks/bench_llc.py                                   # regression, the issue's setting
@@ -33,6 +38,7 @@ Contestants
                    ``sweep-fast-s4`` = the cpu profile's own ``language_sgld_model`` (stride 4: one
                    position in four per context, an unbiased but noisier loss, not the same number).
   ``-bf16``        appended: compute dtype forced to bfloat16 (autocast) instead of 'auto'.
+``-fp32``        appended: compute dtype forced to float32 (the exact path) instead of 'auto'.
 ``@CxD``           appended to any name: that contestant runs C chains x D draws, no burn-in (a short
                    timing-only run, e.g. bf16 on a CPU without bf16 instructions).
 Legacy: ``<loop|vmap>[+compile][+bf16][+fast]`` (regression only) call ``estimate_llc_module`` directly.
@@ -82,6 +88,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine_info import busy_cpu_seconds, cpu_name  # noqa: E402  (benchmarks/, no stagewise import)
 from stagewise.data.regression import (RegressionTask, regression_forward_loss, regression_loss,
                                        regression_prediction_loss, sample_batch, sgld_dataset)
 from stagewise.llc import SGLDConfig, estimate_llc_module, estimate_llc_sweep
@@ -94,26 +101,6 @@ HERE = Path(__file__).resolve().parent
 # ------------------------------------------------------------------------------------------------
 # machine
 # ------------------------------------------------------------------------------------------------
-
-
-def busy_cpu_seconds() -> float:
-    """Seconds of CPU time all processes on the machine have used (Linux /proc/stat), NaN elsewhere."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    except (OSError, ValueError):
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_gflops(n: int, dtype: torch.dtype, reps: int) -> float:
@@ -260,6 +247,7 @@ def sweep_contestants(model_kind: str, profile=None) -> dict[str, Sweep]:
     out = dict(base)
     for name, s in base.items():
         out[name + "-bf16"] = dataclasses.replace(s, dtype="bfloat16", label=s.label + ", bf16 autocast")
+        out[name + "-fp32"] = dataclasses.replace(s, dtype="float32", label=s.label + ", float32")
     return out
 
 
@@ -496,7 +484,7 @@ def main() -> None:
         torch.save(data[0].cpu(), tmpdir / "contexts.pt")
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, state_path)
     for key in list(flops):
-        flops[key + "-bf16"] = flops[key]
+        flops[key + "-bf16"] = flops[key + "-fp32"] = flops[key]
 
     names = args.contestants.split(",")
     plan = []  # fail before the long runs

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_llc import busy_cpu_seconds  # noqa: E402
+from machine_info import busy_cpu_seconds  # noqa: E402
 
 
 def main() -> None:
