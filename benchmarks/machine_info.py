@@ -1,5 +1,6 @@
-"""Machine readings shared by the benchmark scripts, importable without stagewise (so that
-``bench_llc_devinterp2.py`` runs in an environment that has devinterp 2.0.1 and nothing of ours)."""
+"""Machine readings shared by the benchmark scripts, with no imports beyond the standard library
+(``bench_llc_devinterp2.py`` runs in the devinterp 2.0.1 environment, which has stagewise's models
+but not everything ``bench_llc.py`` imports)."""
 
 from __future__ import annotations
 
