@@ -545,14 +545,17 @@ per_seed
 # * **Structure.** As in the paper, the token embedding's smallest component collapses (its
 #   variance share falls ~3×), with an onset in LR2 in four seeds (seed 3: just after the LR2|LR3
 #   boundary), and y-heads harden to near one-hot, input-independent patterns (C.10: e.g. y-token
-#   queries attending to the preceding x), mid-way in LR2 in four seeds (seed 1: just after).
+#   queries attending to the preceding x), mid-way in LR2 in all five seeds (2026-12-02 run; in an
+#   earlier run on another machine seed 1's came just after the boundary).
 #   LayerNorm weights spread (some γ fall to ~0.4 in the first pre-attention LayerNorm during the
 #   LLC decrease), but no LayerNorm *collapse* (|γ| < 0.1) happens in 10k steps, and the token embedding moves *away* from the positional subspace
 #   rather than aligning with it.
 # * **Cost** (2-core CPU, measured under the shared lock): training 190–310 s per seed (227 s in a
 #   clean from-scratch run), LLC 10.5–12.5 s per checkpoint for seed 0 (2 chains) and 7.0 s for the
 #   other seeds (1 chain), probes 0.25 s per checkpoint, the rest (figures) ≈ 35 s: ≈ 43–45 min
-#   from an empty cache, at the limit of SPEC §0's 45 min; ≈ 35 s with everything cached.
+#   from an empty cache, at the limit of SPEC §0's 45 min; ≈ 35 s with everything cached. On one
+#   thread of a slower 2-core AMD EPYC Zen 3 (inside `make figures`, beside notebook 01) it took
+#   70.5 min: training 350–382 s per seed, LLC 2,251 s, probes 120 s (the notebook's JSON has them).
 # * **What only `paper` would show.** The LR3|LR4 boundary, the LayerNorm and unembedding
 #   collapses (C.6, C.7), the positional-embedding collapse and the OOD-input deterioration are the
 #   paper's late-training (40k–320k step) phenomena; at 2% of its steps our two LLC-decreasing
