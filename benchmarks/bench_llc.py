@@ -31,7 +31,7 @@ Contestants
   regression:      ``sweep-full`` = ``regression_forward_loss``; ``sweep-fast`` =
                    ``regression_prediction_loss`` (the predictions-only forward: what the profiles run,
                    ``regression_sgld_loss(profile.sgld_loss)``); compute dtype 'auto' (the profiles'
-                   ``sgld_dtype``: bf16 only on a CPU with bf16 dot-product instructions).
+                   ``sgld_dtype``: bf16 only where ``fast_bf16_support`` says it is faster).
   LM:              ``sweep-tl`` = the HookedTransformer with ``lm_forward_loss`` (reference);
                    ``sweep-fast`` = ``language_sgld_model(profile)`` at stride 1 (the plain-torch twin
                    FastAttentionOnlyLM, every position: the same loss devinterp computes);

@@ -56,7 +56,7 @@ class LanguageProfile:
     sgld_stride: int = 1
     # LLC fast path (part of each estimate's cache key): "fast" = the plain-torch twin of the
     # HookedTransformer (stagewise.models.language_fast; same weights and function), and the compute
-    # dtype ("auto" = bf16 where the machine has bf16 dot-product instructions, else fp32)
+    # dtype ("auto" = bf16 where the machine runs it faster: stagewise.llc.fast_bf16_support)
     sgld_model: str = "fast"
     sgld_dtype: str = "auto"
     # the model the training loop updates: the HookedTransformer, or its plain-torch twin with the very

@@ -40,7 +40,7 @@ class RegressionProfile:
     other_seeds_sgld: SGLDConfig | None = None
     # LLC fast path (part of each estimate's cache key): the loss through the predictions-only
     # forward (same function, ~0.8x the FLOPs) and the compute dtype: "auto" = bf16 where the
-    # machine has bf16 dot-product instructions, else fp32 (stagewise.llc.resolve_compute_dtype)
+    # machine runs bf16 faster (stagewise.llc.fast_bf16_support), else fp32 (resolve_compute_dtype)
     sgld_loss: str = "predictions_only"
     sgld_dtype: str = "auto"
 
