@@ -32,9 +32,11 @@
 # %% tags=["parameters"]
 profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 seeds = None  # list of training seeds; None keeps the profile's
+num_steps = None  # training steps (a schedule pilot); None keeps the profile's. Another value writes to figures/<profile>-<steps>/
 dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
 
 # %%
+import dataclasses
 import time
 
 import matplotlib.pyplot as plt
@@ -56,7 +58,13 @@ base = get_profile("regression", profile)
 overrides = {}
 if seeds is not None:
     overrides = {"seeds": tuple(seeds), "llc_seeds": tuple(s for s in base.llc_seeds if s in seeds) or (seeds[0],)}
+if num_steps is not None and num_steps != base.train.num_steps:
+    # same one-cycle schedule, stretched; the run is cached by its training config, so a pilot of
+    # benchmarks/pilots/regression_schedule.py at these steps is reused
+    overrides["train"] = dataclasses.replace(base.train, num_steps=int(num_steps))
 cfg = get_profile("regression", profile, **overrides)
+if cfg.train.num_steps != base.train.num_steps:
+    cfg = dataclasses.replace(cfg, name=f"{profile}-{cfg.train.num_steps}")  # its own figures folder
 apply_style()
 print(f"profile {cfg.name}: {cfg.train.num_steps:,} steps x batch {cfg.batch_size}, seeds {cfg.seeds}, "
       f"LLC of seeds {cfg.llc_seeds}")
