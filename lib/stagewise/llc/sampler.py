@@ -331,8 +331,8 @@ def fast_bf16_support(device: str | torch.device = "cpu", cpu_flags: set[str] | 
 
     CPU (flags and vendor read from /proc/cpuinfo unless ``cpu_flags`` / ``cpu_vendor`` are given):
 
-    * ``amx_bf16`` (AMX tiles): yes. A 2-core machine of this project with them ran bf16 at ~4.5x
-      its fp32 matmul rate.
+    * ``amx_bf16`` (AMX tiles): yes. An early 2-core machine of this project ran bf16 matmuls at
+      ~4.5x its fp32 rate, a ratio only AMX gives (its flags were not recorded).
     * ``avx512_bf16`` on an AMD CPU (Zen 4+, ``AuthenticAMD``): yes. Measured on an EPYC Zen 4: a
       512² matmul at 185 vs 87 GFLOP per CPU-second; the SGLD step 1.89x.
     * ``avx512_bf16`` on an Intel CPU without AMX (e.g. a VM that hides the tiles): **no**. Intel
