@@ -32,7 +32,7 @@
 # %% tags=["parameters"]
 profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 seeds = None  # list of training seeds; None keeps the profile's
-num_steps = None  # training steps (a schedule pilot); None keeps the profile's. Another value writes to figures/<profile>-<steps>/
+num_steps = None  # training steps (a schedule pilot); None keeps the profile's. Another value writes to benchmarks/results/pilots/<profile>-<steps>/
 dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
 
 # %%
@@ -46,7 +46,7 @@ import torch
 
 from stagewise.cluster import sweep_executor
 from stagewise.models.regression import RegressionTransformer, count_parameters
-from stagewise.plotting import apply_style, plot_over_training, save_figure, shade_stages
+from stagewise.plotting import apply_style, pilot_dir, plot_over_training, save_figure, shade_stages
 from stagewise.profiles import default_profile, get_profile
 from stagewise.runs import regression_run
 
@@ -63,8 +63,10 @@ if num_steps is not None and num_steps != base.train.num_steps:
     # benchmarks/pilots/regression_schedule.py at these steps is reused
     overrides["train"] = dataclasses.replace(base.train, num_steps=int(num_steps))
 cfg = get_profile("regression", profile, **overrides)
-if cfg.train.num_steps != base.train.num_steps:
-    cfg = dataclasses.replace(cfg, name=f"{profile}-{cfg.train.num_steps}")  # its own figures folder
+figure_dir = None  # the profile's figures folder
+if cfg.train.num_steps != base.train.num_steps:  # a pilot: its own folder under benchmarks/results/pilots
+    cfg = dataclasses.replace(cfg, name=f"{profile}-{cfg.train.num_steps}")
+    figure_dir = pilot_dir(cfg.name)
 apply_style()
 print(f"profile {cfg.name}: {cfg.train.num_steps:,} steps x batch {cfg.batch_size}, seeds {cfg.seeds}, "
       f"LLC of seeds {cfg.llc_seeds}")
@@ -110,7 +112,7 @@ ax.axhline(ridge_loss, ls=":", color="k", lw=0.8, label="ridge (optimal)")
 ax.set(xscale="log", yscale="log", xlabel="training step $t$", ylabel="training loss (MSE, smoothed)",
        title=f"Training loss of every seed against two reference losses ({cfg.name} profile)")
 ax.legend(ncol=2)
-save_figure(fig, "figB1b_regression_loss", profile=cfg.name)
+save_figure(fig, "figB1b_regression_loss", profile=cfg.name, directory=figure_dir)
 plt.show()
 
 # %% [markdown]
@@ -168,7 +170,7 @@ fig = plot_stages(result, steps_llc, sweep.llc_mean[keep], stds=sweep.llc_std[ke
                   loss=sweep.loss_init[keep], extra={"weight norm $\\|w_t\\|$": norms},
                   loss_label="test loss $\\ell(w_t)$ (MSE)",
                   title=f"Regression transformer, {cfg.name} profile, seed {seed0}")
-save_figure(fig, "fig1b_regression_llc", profile=cfg.name)
+save_figure(fig, "fig1b_regression_llc", profile=cfg.name, directory=figure_dir)
 plt.show()
 result.summary()
 
@@ -193,7 +195,7 @@ for col, (seed, sweep) in enumerate(sweeps.items()):
     axes[0, col].set_xlabel("")
 fig.suptitle(f"Loss and LLC of every seed ({cfg.name} profile); dotted: GP fit; dashed: detected boundaries")
 fig.tight_layout()
-save_figure(fig, "figB1b_regression_llc", profile=cfg.name)
+save_figure(fig, "figB1b_regression_llc", profile=cfg.name, directory=figure_dir)
 plt.show()
 
 # %% [markdown]
@@ -270,7 +272,7 @@ axes[0].legend(loc="upper left", ncol=2)
 same = r"; $\bar t = 0$, so both panels show the same curves" if cfg.task.num_tasks is None else ""
 fig.suptitle(f"Task prior (C.2), shaded by seed {seed0}'s LLC stages{same}", y=1.0)
 fig.tight_layout()
-save_figure(fig, "figC2_regression_task_prior", profile=cfg.name)
+save_figure(fig, "figC2_regression_task_prior", profile=cfg.name, directory=figure_dir)
 plt.show()
 
 # %% [markdown]
@@ -294,7 +296,7 @@ for ax, key, title in zip(axes, ("icl_1_D", "icl_D_K"), ("locating the task: $IC
     ax.set(title=title, ylabel="loss difference (MSE)")
 axes[0].legend(loc="best", ncol=2)
 fig.suptitle(f"ICL scores (C.3), shaded by seed {seed0}'s LLC stages", y=1.03)
-save_figure(fig, "figC3_regression_icl_scores", profile=cfg.name)
+save_figure(fig, "figC3_regression_icl_scores", profile=cfg.name, directory=figure_dir)
 plt.show()
 
 # %% [markdown]
@@ -322,7 +324,7 @@ for ax in axes[0]:
     ax.set_xlabel("")
 fig.suptitle(f"OOD generalisation (C.4), seed {seed0}", y=1.0)
 fig.tight_layout()
-save_figure(fig, "figC4_regression_ood", profile=cfg.name)
+save_figure(fig, "figC4_regression_ood", profile=cfg.name, directory=figure_dir)
 plt.show()
 
 # %% [markdown]
@@ -353,7 +355,7 @@ plot_over_training(axes[2], ps, {"unembedding subspace": probes["alignment.unemb
 axes[2].set_title("(c) token embedding's alignment with two subspaces", pad=12)
 fig.suptitle(f"Embedding collapse and alignment (C.5), seed {seed0}", y=1.05)
 fig.tight_layout()
-save_figure(fig, "figC5_regression_embeddings", profile=cfg.name)
+save_figure(fig, "figC5_regression_embeddings", profile=cfg.name, directory=figure_dir)
 plt.show()
 
 # %% [markdown]
@@ -397,7 +399,7 @@ for ax in axes[0]:
     ax.set_xlabel("")
 fig.suptitle(f"Unembedding collapse (C.6), seed {seed0}", y=1.02)
 fig.tight_layout()
-save_figure(fig, "figC6_regression_unembedding", profile=cfg.name)
+save_figure(fig, "figC6_regression_unembedding", profile=cfg.name, directory=figure_dir)
 plt.show()
 
 # %% [markdown]
@@ -434,7 +436,7 @@ for ax in axes[:-1].flat:
     ax.set_xlabel("")
 fig.suptitle(f"LayerNorm collapse (C.7), seed {seed0}", y=1.01)
 fig.tight_layout()
-save_figure(fig, "figC7_regression_layer_norms", profile=cfg.name)
+save_figure(fig, "figC7_regression_layer_norms", profile=cfg.name, directory=figure_dir)
 plt.show()
 
 # %% [markdown]
@@ -461,7 +463,7 @@ for metric, fig_name, title in (("normalised_entropy", "figC8_regression_attenti
         ax.set_xlabel("")
     fig.suptitle(f"Attention {title} per head ({'C.8' if metric != 'variability' else 'C.9'}), seed {seed0}", y=1.0)
     fig.tight_layout()
-    save_figure(fig, fig_name, profile=cfg.name)
+    save_figure(fig, fig_name, profile=cfg.name, directory=figure_dir)
     plt.show()
 
 # %% [markdown]
@@ -499,7 +501,7 @@ for r, step in enumerate(pattern_steps):
 fig.suptitle(f"Mean attention patterns (C.10), seed {seed0}", y=1.0)
 fig.tight_layout(rect=(0, 0, 0.93, 1))
 fig.colorbar(image, cax=fig.add_axes((0.945, 0.35, 0.015, 0.3)), label="mean attention weight")
-save_figure(fig, "figC10_regression_head_patterns", profile=cfg.name)
+save_figure(fig, "figC10_regression_head_patterns", profile=cfg.name, directory=figure_dir)
 plt.show()
 
 # %% [markdown]
@@ -604,5 +606,6 @@ for seed, res in stage_results.items():
          "in_paper_stage": bool(row.get("in_paper_stage", False)), "our_stage": row.get("our stage name")}
         for _, row in sig_tables[seed].iterrows()]
     headline["seeds"][f"seed_{seed}"] = record
-path = write_headline("02_regression_stages", cfg.name, headline, wall_time_s=timings["total"])
+path = write_headline("02_regression_stages", cfg.name, headline, wall_time_s=timings["total"],
+                      directory=figure_dir)
 print(f"headline numbers: {path}")

@@ -77,3 +77,14 @@ def test_several_shaded_panels_share_one_legend(result):
     assert legend_box.y1 <= min(ax.get_window_extent().y0 for ax in axes)
     assert add_stage_legend(fig, result) is fig.legends[0] and len(fig.legends) == 1
     plt.close(fig)
+
+
+def test_pilot_dir_is_outside_the_profiles_figures():
+    from stagewise.plotting import figures_dir, pilot_dir
+
+    path = pilot_dir("long-200000")
+    assert path.name == "long-200000" and path.parent.name == "pilots"
+    assert figures_dir("long") not in path.parents and figures_dir() not in path.parents
+    for bad in ("", "a/b", "a b"):
+        with pytest.raises(ValueError, match="pilot name"):
+            pilot_dir(bad)

@@ -19,6 +19,7 @@ __all__ = [
     "add_stage_legend",
     "apply_style",
     "figures_dir",
+    "pilot_dir",
     "plot_essential_dynamics",
     "plot_over_training",
     "plot_stages",
@@ -79,6 +80,18 @@ def figures_dir(profile: str | None = None) -> Path:
         path = path / profile
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def pilot_dir(name: str) -> Path:
+    """Where a pilot's figures and headline JSON go (a run at non-profile settings, e.g. notebook 02
+    with ``num_steps``): ``<repo>/benchmarks/results/pilots/<name>``, beside the other pilot records,
+    so a profile's figures folder only ever holds that profile's notebooks."""
+    if not name or any(c in name for c in "/\\ "):
+        raise ValueError(f"pilot name must be a plain folder name like 'long-200000', got {name!r}")
+    from stagewise.cache import _repo_root
+
+    repo = _repo_root()
+    return (repo / "benchmarks" / "results" if repo else Path.cwd()) / "pilots" / name
 
 
 def save_figure(fig, name: str, profile: str | None = None, directory: Path | None = None,
