@@ -7,7 +7,7 @@ import pytest
 
 from stagewise.profiles import PROFILE_NAMES
 from stagewise.runner import (NotebookFailure, NotebookTiming, _parse_param, dependency_chains, discover_notebooks,
-                              job_environment, job_threads, main, run_notebook, timings_table)
+                              job_environment, job_threads, main, run_notebook, schedule, timings_table)
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -73,6 +73,13 @@ def test_dependent_notebooks_share_a_chain_after_the_notebook_they_read():
     assert [[p.stem[:2] for p in c] for c in dependency_chains(only)] == [["03"], ["04"], ["05"]]
 
 
+def test_schedule_runs_the_wide_notebook_alone_before_the_chains():
+    wide, narrow = schedule(NOTEBOOKS)
+    assert [[p.stem[:2] for p in c] for c in wide] == [["03"]]
+    assert [[p.stem[:2] for p in c] for c in narrow] == [["01", "04"], ["02", "05"]]
+    assert schedule([p for p in NOTEBOOKS if p.stem[:2] != "03"])[0] == []
+
+
 def test_job_threads_never_oversubscribe():
     for jobs in range(1, 20):
         for cores in (1, 2, 3, 16):
@@ -122,8 +129,9 @@ def test_sequential_run_writes_timings_json_and_stops_at_a_failure(tmp_path, cap
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs two cores and Linux affinity")
 def test_parallel_jobs_split_threads_and_order_dependent_notebooks(tmp_path):
-    """Two jobs on two cores: one thread each (environment and torch inside the kernel), each job
-    pinned to its own core, and 04 starts only after 01 (whose cache it reads) has finished."""
+    """Two jobs on two cores: 03 (wide) first, alone on both cores with two threads; then one thread
+    each (environment and torch inside the kernel), each job pinned to its own core, and 04 starts
+    only after 01 (whose cache it reads) has finished."""
     nbs, log = tmp_path / "nbs", tmp_path / "log"
     nbs.mkdir()
     log.mkdir()
@@ -133,18 +141,21 @@ def test_parallel_jobs_split_threads_and_order_dependent_notebooks(tmp_path):
             f"json.dump({{'start': start, 'end': time.time(), 'omp': os.environ.get('OMP_NUM_THREADS'), "
             f"'torch': torch.get_num_threads(), 'cores': sorted(os.sched_getaffinity(0))}}, "
             f"open(os.path.join({str(log)!r}, NAME + '.json'), 'w'))\n")
-    for stem in ("01_lm_stages", "02_regression_stages", "04_rllc_heads"):
+    for stem in ("01_lm_stages", "02_regression_stages", "03_transient_ridge", "04_rllc_heads"):
         _notebook(nbs / f"{stem}.py", f"NAME = {stem!r}\n" + body)
     out = tmp_path / "out"
     assert main(["--profile", "smoke", "--notebooks", str(nbs), "--executed-dir", str(out), "--jobs", "2"]) == 0
     seen = {p.stem: json.loads(p.read_text()) for p in log.glob("*.json")}
-    assert set(seen) == {"01_lm_stages", "02_regression_stages", "04_rllc_heads"}
+    assert set(seen) == {"01_lm_stages", "02_regression_stages", "03_transient_ridge", "04_rllc_heads"}
+    wide = seen.pop("03_transient_ridge")
+    assert wide["omp"] == "2" and wide["torch"] == 2 and len(wide["cores"]) == 2
+    assert all(s["start"] >= wide["end"] for s in seen.values())
     assert all(s["omp"] == "1" and s["torch"] == 1 and len(s["cores"]) == 1 for s in seen.values())
     assert seen["04_rllc_heads"]["start"] >= seen["01_lm_stages"]["end"]
     assert seen["01_lm_stages"]["cores"] == seen["04_rllc_heads"]["cores"] != seen["02_regression_stages"]["cores"]
     record = json.loads((out / "timings.json").read_text())
-    assert record["jobs"] == 2 and [r["status"] for r in record["notebooks"]] == ["ok"] * 3
-    assert all(r["threads"] == 1 for r in record["notebooks"])
+    assert record["jobs"] == 2 and [r["status"] for r in record["notebooks"]] == ["ok"] * 4
+    assert [r["threads"] for r in record["notebooks"]] == [1, 1, 2, 1]
 
 
 def test_plan_flag_prints_the_plan_and_trains_nothing(tmp_path, capsys):

@@ -42,6 +42,7 @@ from typing import Any, Callable, Mapping
 __all__ = [
     "NOTEBOOKS",
     "DEPENDENCIES",
+    "WIDE",
     "KINDS",
     "StepSpec",
     "WorkItem",
@@ -71,6 +72,10 @@ NOTEBOOKS = {"01": "01_lm_stages", "02": "02_regression_stages", "03": "03_trans
 # Notebook -> the notebook whose cached artifacts it reads (04 analyses 01's language run, 05 02's
 # regression run and LLC sweep). Run alone, the dependent notebook computes them itself.
 DEPENDENCIES = {"04_rllc_heads": "01_lm_stages", "05_hessian_comparison": "02_regression_stages"}
+# Notebooks whose work is independent runs spread over one worker process per core (03's 13 training
+# runs): `stagewise-figures --jobs N` runs them first, alone, on all cores, then the other chains side
+# by side, so no core idles at the end behind the longest chain.
+WIDE = frozenset({"03_transient_ridge"})
 KINDS = ("train", "sgld", "forward", "hvp", "toy", "tokenize")
 FAMILIES = ("lm", "regression")
 HVPS_PER_LANCZOS = 50  # assumed Lanczos iterations for the top eigenvalue (tol 1e-3); not measured

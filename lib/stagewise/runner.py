@@ -15,7 +15,10 @@ seconds and status per notebook is printed and written to ``executed/<profile>/t
 (OMP/MKL/OpenBLAS thread variables, which torch reads at start-up) and, on Linux, pinned to its own
 cores. A notebook that reads another's cache (04 after 01, 05 after 02:
 :data:`stagewise.plan.DEPENDENCIES`) runs after it in the same job, never beside it: the training
-cache is not locked against two writers.
+cache is not locked against two writers. A notebook that spreads its own work over one worker
+process per core (03: :data:`stagewise.plan.WIDE`) runs first, alone, on all the cores, and the other
+chains after it side by side (:func:`schedule`): on 2 cores this keeps both busy to the end instead of
+leaving 03 to run on one core after the longest chain.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pathlib import Path
 from stagewise.profiles import DEFAULT_PROFILE, PROFILE_NAMES, check_profile
 
 __all__ = ["NotebookFailure", "NotebookTiming", "discover_notebooks", "run_notebook", "dependency_chains",
-           "job_threads", "job_environment", "timings_table", "write_timings", "main"]
+           "schedule", "job_threads", "job_environment", "timings_table", "write_timings", "main"]
 
 CORES_VARIABLE = "STAGEWISE_JOB_CORES"  # cores a --jobs child pins itself to (comma-separated)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
@@ -188,6 +191,17 @@ def dependency_chains(notebooks: list[Path]) -> list[list[Path]]:
     return chains
 
 
+def schedule(notebooks: list[Path]) -> tuple[list[list[Path]], list[list[Path]]]:
+    """(wide, narrow): the dependency chains of ``notebooks`` split into those led by a notebook of
+    :data:`stagewise.plan.WIDE` (run one at a time, each on all the cores) and the rest (run side by
+    side afterwards, ``cores // jobs`` threads each)."""
+    from stagewise.plan import WIDE
+
+    chains = dependency_chains(notebooks)
+    wide = [c for c in chains if c[0].stem in WIDE]
+    return wide, [c for c in chains if c[0].stem not in WIDE]
+
+
 def available_cores() -> list[int]:
     """The cores this process may run on (its affinity mask on Linux, else 0..cpu_count-1)."""
     if hasattr(os, "sched_getaffinity"):
@@ -228,18 +242,30 @@ def _child_command(nb: Path, profile: str, params: dict, executed_dir: Path | No
 
 def run_parallel(notebooks: list[Path], profile: str, params: dict, executed_dir: Path, jobs: int,
                  notebook_dir: Path) -> list[NotebookTiming]:
-    """Run the dependency chains of ``notebooks`` on up to ``jobs`` concurrent jobs, each notebook in
-    its own process with the job's threads and cores; a failure stops only its own chain."""
+    """Run ``notebooks`` on up to ``jobs`` concurrent jobs (:func:`schedule`): the wide chains first,
+    one at a time on all the cores, then the other dependency chains side by side, each notebook in
+    its own process with its job's threads and cores; a failure stops only its own chain."""
     cores = available_cores()
+    wide, narrow = schedule(notebooks)
+    results: dict[str, NotebookTiming] = {}
+    lock = threading.Lock()
+    if wide:
+        log.info("%d wide chain(s) first, each alone on %d core(s)", len(wide), len(cores))
+        _run_chains(wide, 1, cores, profile, params, executed_dir, notebook_dir, results, lock)
+    if narrow:
+        _run_chains(narrow, jobs, cores, profile, params, executed_dir, notebook_dir, results, lock)
+    return [results[nb.stem] for nb in notebooks]
+
+
+def _run_chains(chains: list[list[Path]], jobs: int, cores: list[int], profile: str, params: dict,
+                executed_dir: Path, notebook_dir: Path, results: dict, lock: threading.Lock) -> None:
+    """Run ``chains`` on ``min(jobs, cores, chains)`` slots of ``cores // jobs`` pinned cores each."""
     jobs, threads = job_threads(jobs, len(cores))
-    chains = dependency_chains(notebooks)
     jobs = min(jobs, len(chains))
-    log.info("%d notebook(s) in %d chain(s) on %d job(s) x %d thread(s)", len(notebooks), len(chains), jobs, threads)
+    log.info("%d chain(s) on %d job(s) x %d thread(s)", len(chains), jobs, threads)
     work: queue.Queue = queue.Queue()
     for chain in chains:
         work.put(chain)
-    results: dict[str, NotebookTiming] = {}
-    lock = threading.Lock()
 
     def slot(k: int) -> None:
         mine = cores[k * threads:(k + 1) * threads]
@@ -279,7 +305,6 @@ def run_parallel(notebooks: list[Path], profile: str, params: dict, executed_dir
         w.start()
     for w in workers:
         w.join()
-    return [results[nb.stem] for nb in notebooks]
 
 
 # ------------------------------------------------------------------------------------ plan
