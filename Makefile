@@ -5,8 +5,8 @@ PY      := $(VENV)/bin/python
 PROFILE ?= cpu
 ONLY    ?=
 # notebooks run at once by `make figures` (threads per job = cores // JOBS; 04 runs after 01 and 05
-# after 02 in the same job): on 2 cores, two single-thread jobs
-# (not yet timed against JOBS=1 as a whole `make figures`: README, *Measured times*)
+# after 02 in the same job; 03, which spreads its runs over one process per core, runs first on all
+# cores): on 2 cores, 03 on both, then two single-thread jobs (README, *Measured times*)
 JOBS    ?= 2
 NBMAKE  := build/nbmake
 

@@ -128,11 +128,16 @@ PROFILES = {
     # layer-0 previous-token head and no induction head form (prefix-matching stays at chance);
     # lr 3e-3 was no faster. The paper's LM3-LM4 came after ~0.65-0.9B tokens: a GPU's job.
     # Checkpoints: 60 linear + 60 log-spaced steps (the regression schedule's union), 30 analysed.
+    # Trained as the plain-torch twin with torch's fused AdamW (same weights, function and update;
+    # other rounding): 1.3-1.5x the HookedTransformer's tokens/s on one CPU thread
+    # (benchmarks/results/lm_induction_pilots.md), the probes load the checkpoints as HookedTransformers.
     "cpu": LanguageProfile(
         name="cpu",
         model=LanguageModelConfig(n_layers=2, n_ctx=256),
         train=TrainConfig(num_steps=4_000, lr=1e-3, optimizer="adamw", weight_decay=0.05, betas=(0.9, 0.999),
-                          schedule="constant", num_linear=60, num_log=60, seed=1, resume_every=250),
+                          schedule="constant", num_linear=60, num_log=60, seed=1, resume_every=250,
+                          fused_optimizer=True),
+        train_model="fast",
         batch_size=8,
         num_analysis_checkpoints=30,
         # the paper's ε, γ and nβ = 21.7 (its m = 100) with 2 chains x 80 draws of 4 contexts, the
