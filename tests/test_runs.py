@@ -26,6 +26,20 @@ def test_regression_run_is_cached_and_hessian_curve_is_cached_per_checkpoint(tmp
         regression_hessian(reg, get_profile("hessian", "smoke", num_checkpoints=3, num_probes=3), 0, progress=False)
 
 
+def test_hessian_through_the_predictions_only_loss_matches_the_full_forward_and_is_keyed_apart(tmp_cache):
+    import dataclasses
+
+    reg = get_profile("regression", "smoke")
+    assert reg.sgld_loss == "predictions_only"
+    hess = get_profile("hessian", "smoke", num_checkpoints=3, num_probes=4)
+    fast = regression_hessian(reg, hess, 0, progress=False)
+    full = regression_hessian(dataclasses.replace(reg, sgld_loss="full"), hess, 0, progress=False)
+    # the same function of the weights: the same probes and Lanczos start give the same numbers
+    np.testing.assert_allclose(fast[["trace", "trace_se", "top_eig"]].to_numpy(),
+                               full[["trace", "trace_se", "top_eig"]].to_numpy(), rtol=1e-4, atol=1e-7)
+    assert len({p.parent for p in (tmp_cache / "hessian").rglob("stats.pt")}) == 6  # two keys per checkpoint
+
+
 def test_regression_probes_match_direct_probes_and_are_cached_per_checkpoint(tmp_cache, monkeypatch):
     from stagewise.probes import regression as P
     from stagewise.runs import regression_probe_batch, regression_probes

@@ -93,7 +93,9 @@ def regression_llc(profile: RegressionProfile, seed: int, executor="serial", pro
 def regression_hessian(profile: RegressionProfile, hessian, seed: int, progress: bool = True):
     """Hutchinson trace (± s.e.) and top Lanczos eigenvalue of ``regression_run(profile, seed)`` at
     ``hessian.num_checkpoints`` checkpoints, on one fixed batch of ``hessian.hessian_batch``
-    sequences (App. C.2.2). Cached per checkpoint (resumable). Returns a DataFrame indexed by step.
+    sequences (App. C.2.2). The loss is the profile's LLC loss path (``profile.sgld_loss``; the
+    predictions-only forward is the same function with ≈ 0.8x the matmul FLOPs), part of the cache
+    key when it is not "full". Cached per checkpoint (resumable). Returns a DataFrame indexed by step.
     """
     import pandas as pd
     import torch
@@ -109,13 +111,16 @@ def regression_hessian(profile: RegressionProfile, hessian, seed: int, progress:
     b = sample_batch(profile.task, hessian.hessian_batch, torch.Generator().manual_seed(2024))
     base = {"run": config_to_dict(_regression_key(profile, seed)), "num_probes": hessian.num_probes, "tol": hessian.lanczos_tol,
             "batch": hessian.hessian_batch}
+    if profile.sgld_loss != "full":  # the full forward's entries keep their old keys
+        base["loss"] = profile.sgld_loss
+    loss = regression_sgld_loss(profile.sgld_loss)
     rows = []
     for step in tqdm(steps, desc="Hessian", disable=not progress):
         path = artifact_dir("hessian", {**base, "step": int(step)}) / "stats.pt"
         if path.exists():
             row = load_artifact(path)
         else:
-            stats = module_hessian_statistics(run.load_model(step), regression_loss, (b.tokens, b.ys),
+            stats = module_hessian_statistics(run.load_model(step), loss, (b.tokens, b.ys),
                                               num_probes=hessian.num_probes, chunk_size=10, tol=hessian.lanczos_tol,
                                               seed=0)
             row = {"step": int(step), "trace": stats.trace.mean, "trace_se": stats.trace.stderr,
