@@ -51,8 +51,8 @@ from stagewise.clustering import cluster_table, curve_matrix
 from stagewise.data.domains import load_domain_contexts
 from stagewise.data.language import load_contexts, load_token_stream
 from stagewise.plotting import apply_style, plot_over_training, save_figure
-from stagewise.probes.ablation import (classify_tokens_in_context, head_output_means, pattern_fractions,
-                                       per_head_icl_scores, tokens_in_context, vocabulary_strings)
+from stagewise.probes.ablation import (cached_per_head_icl_scores, cached_tokens_in_context, classify_tokens_in_context,
+                                       pattern_fractions, vocabulary_strings)
 from stagewise.probes.language import (bigram_distribution, classify_heads, composition_at, head_scores_at,
                                        icl_tokens, lm_probe_checkpoints, lm_probe_config)
 from stagewise.profiles import default_profile, get_profile
@@ -213,8 +213,7 @@ icl_eval = val[: min(len(val), 256)]
 rows = []
 for s in steps:
     model = run.load_model(int(s))
-    means = head_output_means(model, ablation_ref)
-    rows.append({"step": int(s), **per_head_icl_scores(model, icl_eval, k1, k2, pair, means=means)})
+    rows.append({"step": int(s), **cached_per_head_icl_scores(model, icl_eval, k1, k2, pair, reference=ablation_ref)})
 icl_frame = pd.DataFrame(rows).set_index("step")
 fig, ax = plt.subplots(figsize=(6, 3.2))
 plot_over_training(ax, icl_frame.index, {f"{c} alone (others ablated)" if ":" in c else c: icl_frame[c] for c in icl_frame},
@@ -233,11 +232,9 @@ icl_frame.round(3)
 
 # %%
 model = run.load_model(final)
-means = head_output_means(model, ablation_ref)
 vocab = vocabulary_strings()
 tic_tokens = val[: min(len(val), cfg.ablation_contexts)]
-frames = [tokens_in_context(model, tic_tokens, h, top_k=cfg.tokens_in_context, means=means) for h in labels]
-tic = pd.concat(frames, ignore_index=True)
+tic = cached_tokens_in_context(model, tic_tokens, labels, top_k=cfg.tokens_in_context, reference=ablation_ref)
 patterns = classify_tokens_in_context(tic, tic_tokens, vocab)
 fractions = pattern_fractions(tic, patterns)
 fractions["head class (probes)"] = classes

@@ -183,3 +183,29 @@ def test_bad_arguments():
         tokens_in_context(model, tokens, "0:1", top_k=0)
     with pytest.raises(ValueError, match="positions"):
         ablated_per_token_loss(model, torch.zeros(2, 17, dtype=torch.long))
+
+
+def test_cached_ablation_results_equal_the_plain_ones_and_are_keyed_by_weights_and_data(tmp_cache, monkeypatch):
+    import stagewise.probes.ablation as A
+
+    model, tokens, reference = _model(n_layers=2), _tokens(12), _tokens(8, seed=1)
+    means = head_output_means(model, reference)
+    scores = A.cached_per_head_icl_scores(model, tokens, 2, 12, ("1:0", "1:1"), reference=reference)
+    assert scores == per_head_icl_scores(model, tokens, 2, 12, ("1:0", "1:1"), means=means)
+    tic = A.cached_tokens_in_context(model, tokens, ["1:0", "1:2"], top_k=7, reference=reference)
+    expected = pd.concat([tokens_in_context(model, tokens, h, top_k=7, means=means) for h in ("1:0", "1:2")],
+                         ignore_index=True)
+    pd.testing.assert_frame_equal(tic, expected)
+
+    calls = []
+    monkeypatch.setattr(A, "per_head_icl_scores", lambda *a, **k: calls.append(1) or {"none": 0.0})
+    monkeypatch.setattr(A, "tokens_in_context", lambda *a, **k: calls.append(1) or expected.iloc[:0])
+    assert A.cached_per_head_icl_scores(model, tokens, 2, 12, ("1:0", "1:1"), reference=reference) == scores
+    pd.testing.assert_frame_equal(A.cached_tokens_in_context(model, tokens, ["1:0", "1:2"], 7, reference), tic)
+    assert calls == []  # both loaded from the cache
+    # other data, other weights, other settings: computed again
+    A.cached_per_head_icl_scores(model, _tokens(12, seed=2), 2, 12, ("1:0", "1:1"), reference=reference)
+    A.cached_per_head_icl_scores(_model(n_layers=2, seed=1), tokens, 2, 12, ("1:0", "1:1"), reference=reference)
+    A.cached_per_head_icl_scores(model, tokens, 3, 12, ("1:0", "1:1"), reference=reference)
+    A.cached_tokens_in_context(model, tokens, ["1:0", "1:2"], top_k=6, reference=reference)
+    assert len(calls) == 3 + 2  # three ICL scores, two heads' tokens in context

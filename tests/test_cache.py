@@ -104,3 +104,27 @@ def _renamed(config, name):
     out = config_to_dict(config)
     out["__type__"] = name
     return out
+
+
+def test_cached_value_computes_once_per_key_and_reloads(tmp_cache):
+    from stagewise.cache import cached_value, tensor_digest
+
+    calls = []
+
+    def compute(x):
+        calls.append(x)
+        return {"value": torch.tensor([x, 2.0 * x])}
+
+    first = cached_value("demo", {"x": 1.0}, lambda: compute(1.0))
+    again = cached_value("demo", {"x": 1.0}, lambda: compute(1.0))
+    other = cached_value("demo", {"x": 3.0}, lambda: compute(3.0))
+    assert calls == [1.0, 3.0]  # the second call with the same key loaded the saved value
+    torch.testing.assert_close(again["value"], first["value"])
+    torch.testing.assert_close(other["value"], torch.tensor([3.0, 6.0]))
+    assert len(list((tmp_cache / "demo").glob("*/value.pt"))) == 2
+    # the data key: by content, dtype and shape
+    a = torch.arange(6)
+    assert tensor_digest(a) == tensor_digest(a.clone())
+    assert tensor_digest(a) != tensor_digest(a.reshape(2, 3))
+    assert tensor_digest(a) != tensor_digest(a.float())
+    assert tensor_digest(a) != tensor_digest(a + (a == 5))

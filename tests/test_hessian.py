@@ -234,3 +234,25 @@ def test_bad_inputs_name_the_parameter(quartic):
         exact_hessian(loss_fn, params, max_dim=10)
     with pytest.raises(ValueError, match="rtol"):
         hessian_spectrum(loss_fn, params, rtol=-1)
+
+
+def test_toy_comparison_row_is_cached_by_potential_and_sampler(tmp_cache, monkeypatch):
+    import dataclasses
+
+    import stagewise.llc as llc_module
+    from stagewise.llc import SGLDConfig
+    from stagewise.potentials import toy_comparison
+
+    sgld = SGLDConfig(epsilon=1e-4, gamma=1.0, nbeta=1e3, num_chains=4, num_draws=300, num_burnin=60, seed=0)
+    row = toy_comparison(POTENTIALS["quadratic"], sgld)
+    assert row["name"] == "quadratic" and row["λ (exact)"] == 1.0 and row["rank H"] == 2
+    assert row["tr H"] == pytest.approx(4.0) and row["λ_max(H)"] == pytest.approx(2.0)
+    assert 0.7 < row["λ̂ (SGLD)"] < 1.3  # d/2 = 1 for a full-rank quadratic
+    calls = []
+    real = llc_module.estimate_llc
+    monkeypatch.setattr(llc_module, "estimate_llc", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert toy_comparison(POTENTIALS["quadratic"], sgld) == row  # loaded, not sampled again
+    assert calls == []
+    toy_comparison(POTENTIALS["quadratic"], dataclasses.replace(sgld, seed=1))
+    toy_comparison(POTENTIALS["quartic"], sgld)
+    assert len(calls) == 2

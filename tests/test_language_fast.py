@@ -139,3 +139,46 @@ def test_language_run_with_the_twin_is_keyed_apart_and_loads_as_hooked_transform
     for k in a:
         if not k.endswith("b_K"):  # see test_twin_trains_like_the_transformer_lens_model
             torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_twin_of_copies_the_weights_and_ablates_the_positional_embedding():
+    from stagewise.models.language_fast import twin_of
+
+    tl, _ = _trained_like()
+    tokens = torch.randint(0, CFG.d_vocab, (3, CFG.n_ctx), generator=torch.Generator().manual_seed(1))
+    w_pos = tl.W_pos.detach().clone()
+    twin = twin_of(tl)
+    torch.testing.assert_close(twin(tokens), tl(tokens), rtol=1e-4, atol=1e-4)
+    ablated = tl.run_with_hooks(tokens, fwd_hooks=[("hook_pos_embed", lambda x, hook: torch.zeros_like(x))])
+    torch.testing.assert_close(twin_of(tl, zero_positional=True)(tokens), ablated, rtol=1e-4, atol=1e-4)
+    assert (ablated - tl(tokens)).abs().max() > 1e-2  # the ablation changes this model's function
+    torch.testing.assert_close(tl.W_pos, w_pos, rtol=0, atol=0)  # the model itself is untouched
+    torch.testing.assert_close(twin_of(twin, zero_positional=True)(tokens), ablated, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(twin(tokens), tl(tokens), rtol=1e-4, atol=1e-4)  # ... and so is a twin passed in
+
+
+@pytest.mark.filterwarnings("ignore:.*HookedTransformer is deprecated")
+def test_twin_of_declines_other_architectures():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from stagewise.models.language_fast import twin_of
+
+    with_mlp = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=8, d_vocab=20,
+                                                         d_mlp=32, act_fn="relu", normalization_type="LN"))
+    assert twin_of(with_mlp) is None
+    assert twin_of(torch.nn.Linear(3, 3)) is None
+
+
+@pytest.mark.parametrize("ablate", [False, True])
+def test_validation_pass_through_the_twin_equals_the_hooked_transformer(ablate, monkeypatch):
+    """The probes' validation passes run the twin: the same per-token losses as the TransformerLens
+    forward (with its hook for the positional ablation), to float rounding."""
+    import stagewise.models.language_fast as LF
+    from stagewise.probes.language_behaviour import _validation_pass
+
+    tl, _ = _trained_like()
+    tokens = torch.randint(0, CFG.d_vocab, (5, CFG.n_ctx), generator=torch.Generator().manual_seed(2))
+    fast, _ = _validation_pass(tl, tokens, batch_size=2, ablate_positional=ablate)
+    monkeypatch.setattr(LF, "twin_of", lambda model, zero_positional=False: None)
+    reference, _ = _validation_pass(tl, tokens, batch_size=2, ablate_positional=ablate)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)

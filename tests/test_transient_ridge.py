@@ -231,9 +231,16 @@ def test_runs_outputs_pca_and_llc_end_to_end(tmp_cache, smoke):
 def test_training_is_deterministic_and_the_executor_path_matches_serial(tmp_cache, tmp_path, monkeypatch, smoke):
     p = replace(smoke, m_grid=(2,))
     serial = TR.run_outputs(p, 2, progress=False)
+    serial_llc = TR.final_llcs(p, TR.train_runs(p, progress=False), progress=False)
     monkeypatch.setenv("STAGEWISE_CACHE", str(tmp_path / "other"))
     with cf.ThreadPoolExecutor(max_workers=1) as pool:
-        TR.train_runs(p, executor=pool, progress=False)
+        runs = TR.train_runs(p, executor=pool, progress=False)
+    # the workers also wrote each run's outputs and final LLC: the later calls only load them
+    assert len(list((tmp_path / "other" / "transient_ridge_outputs").glob("*/outputs.pt"))) == 2  # M = 2 and ∞
+    llc_files = sorted((tmp_path / "other" / "llc").glob("*/result.pt"))
+    assert len(llc_files) == 2
+    pd.testing.assert_frame_equal(TR.final_llcs(p, runs, progress=False), serial_llc)  # bit-identical
+    assert sorted((tmp_path / "other" / "llc").glob("*/result.pt")) == llc_files  # loaded, nothing new
     pooled = TR.run_outputs(p, 2, progress=False)
     np.testing.assert_array_equal(serial.ood, pooled.ood)
     np.testing.assert_array_equal(serial.root, pooled.root)

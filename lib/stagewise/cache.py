@@ -23,7 +23,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -37,6 +37,8 @@ __all__ = [
     "atomic_save",
     "atomic_write_text",
     "load_artifact",
+    "cached_value",
+    "tensor_digest",
 ]
 
 ENV_VAR = "STAGEWISE_CACHE"
@@ -175,3 +177,24 @@ def load_artifact(path: Path, map_location: str | torch.device = "cpu") -> Any:
             f"cached artifact {path} is corrupt or not a stagewise checkpoint ({type(exc).__name__}: {exc}); "
             f"delete it to recompute"
         ) from exc
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 (16 hex digits) of a tensor's dtype, shape and bytes: a cache key for data."""
+    t = torch.as_tensor(tensor).detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)};".encode())
+    h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_value(kind: str, key: Any, compute: Callable[[], Any], root: Path | None = None) -> Any:
+    """``compute()`` once per ``key``: its result is saved atomically under ``artifact_dir(kind, key)``
+    and loaded on every later call. For cheap-to-key, minutes-to-compute notebook results (ablation
+    scores, toy-potential LLCs); ``key`` must name everything the result depends on (weights and data
+    by :func:`tensor_digest` / ``weights_digest``, settings, a version)."""
+    path = artifact_dir(kind, key, root) / "value.pt"
+    if path.exists():
+        return load_artifact(path)
+    value = compute()
+    atomic_save(value, path)
+    return value

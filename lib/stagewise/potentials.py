@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-__all__ = ["Potential", "POTENTIALS", "FIGURE_2", "quadratic_form"]
+__all__ = ["Potential", "POTENTIALS", "FIGURE_2", "quadratic_form", "toy_comparison"]
 
 PotentialFn = Callable[..., torch.Tensor]
 
@@ -130,3 +130,28 @@ POTENTIALS: dict[str, Potential] = _build()
 
 FIGURE_2: tuple[str, ...] = ("quadratic", "quartic", "degenerate", "lau")
 """The four potentials of Fig. 2, left to right (λ = 1, 1/2, 1/4, 1/4)."""
+
+
+# Bump when a potential's function or toy_comparison's row changes: cached rows are then recomputed.
+TOY_CACHE_VERSION = 1
+
+
+def toy_comparison(pot: Potential, sgld) -> dict[str, Any]:
+    """One row of Fig. 2's table for ``pot``: exact λ, the SGLD estimate λ̂ ± s.e. with ``sgld``
+    (an :class:`stagewise.llc.SGLDConfig`), and the Hessian at w* (trace, top eigenvalue, rank).
+    Cached by the potential (name, formula, w*, λ) and the SGLD settings: SGLD on a 2-parameter
+    potential is overhead-bound (~1 min for the four of Fig. 2), its result fixed by the seed."""
+    from stagewise.cache import cached_value, tensor_digest
+    from stagewise.hessian import hessian_spectrum
+    from stagewise.llc import estimate_llc
+
+    def compute() -> dict[str, Any]:
+        llc = estimate_llc(pot.fn, pot.params(), sgld, progress=False)
+        spec = hessian_spectrum(pot.fn, pot.params())
+        return {"potential": pot.latex, "name": pot.name, "λ (exact)": pot.llc, "λ̂ (SGLD)": llc.llc_mean,
+                "λ̂ s.e.": llc.llc_sem, "tr H": float(spec.eigenvalues.sum()),
+                "λ_max(H)": float(spec.eigenvalues.max()), "rank H": spec.rank, "flags": llc.diagnostics or ""}
+
+    key = {"version": TOY_CACHE_VERSION, "name": pot.name, "latex": pot.latex, "w_star": tensor_digest(pot.w_star),
+           "llc": pot.llc, "sgld": sgld}
+    return cached_value("toy-potentials", key, compute)

@@ -89,11 +89,16 @@ def transient_ridge_run(profile: TransientRidgeProfile, M: int | None, progress:
 
 
 def _train_worker(payload: dict) -> int | None:
-    """Worker entry point (top level, so it pickles): train one run, return its M."""
+    """Worker entry point (top level, so it pickles): train one run, then write its cached
+    :func:`run_outputs` and final LLC (:func:`final_llcs`) so that these run in parallel too and the
+    notebook's serial calls only load them; return its M."""
     if payload.get("threads"):
         torch.set_num_threads(payload["threads"])
-    transient_ridge_run(payload["profile"], payload["M"], progress=False)
-    return payload["M"]
+    profile, M = payload["profile"], payload["M"]
+    run = transient_ridge_run(profile, M, progress=False)
+    run_outputs(profile, M, progress=False)
+    _final_llc_row(profile, M, run, executor="serial")
+    return M
 
 
 def train_runs(profile: TransientRidgeProfile, executor="serial", max_workers: int | None = None,
@@ -102,7 +107,8 @@ def train_runs(profile: TransientRidgeProfile, executor="serial", max_workers: i
 
     ``executor`` as in :func:`stagewise.llc.estimate_llc_sweep`: "serial", "processes" (local
     spawned workers, torch threads split between them), a ``dask.distributed.Client`` or any
-    ``concurrent.futures.Executor``. Workers write the cache; finished runs are only loaded.
+    ``concurrent.futures.Executor``. Workers write the cache (the run, then its :func:`run_outputs`
+    and final LLC, which the notebook's later serial calls load); finished runs are only loaded.
     """
     from stagewise.llc.sweep import _make_executor
 
@@ -327,20 +333,24 @@ def final_llcs(profile: TransientRidgeProfile, runs: dict[int | None, TrainedRun
 
     Returns one row per M: ``llc_mean``, ``llc_sem``, ``loss_init`` and the flagged chains' ``flags``.
     """
+    rows = [_final_llc_row(profile, M, run, executor)
+            for M, run in tqdm(runs.items(), desc="LLC of trained models", disable=not progress)]
+    return pd.DataFrame(rows).set_index("M")
+
+
+def _final_llc_row(profile: TransientRidgeProfile, M: int | None, run: TrainedRun, executor="serial") -> dict:
+    """:func:`final_llcs`' row of one run (the sweep's cache makes a second call a load)."""
     from stagewise.llc import estimate_llc_sweep
 
-    rows = []
-    for M, run in tqdm(runs.items(), desc="LLC of trained models", disable=not progress):
-        final = int(run.checkpoint_steps[-1])
-        sweep = estimate_llc_sweep(
-            [(final, run.checkpoint_path(final))], model_fn=partial(RegressionTransformer, profile.model),
-            loss=regression_sgld_loss(profile.sgld_loss),
-            data=partial(sgld_dataset, run_task(profile, M), profile.num_sgld_samples),
-            config=profile.sgld, compute_dtype=profile.sgld_dtype, executor=executor, progress=False)
-        r = sweep.to_frame().iloc[0]
-        rows.append({"M": m_label(M), "m": math.inf if M is None else M, "llc_mean": r["llc_mean"],
-                     "llc_sem": r["llc_sem"], "loss_init": r["loss_init"], "flags": r["flags"]})
-    return pd.DataFrame(rows).set_index("M")
+    final = int(run.checkpoint_steps[-1])
+    sweep = estimate_llc_sweep(
+        [(final, run.checkpoint_path(final))], model_fn=partial(RegressionTransformer, profile.model),
+        loss=regression_sgld_loss(profile.sgld_loss),
+        data=partial(sgld_dataset, run_task(profile, M), profile.num_sgld_samples),
+        config=profile.sgld, compute_dtype=profile.sgld_dtype, executor=executor, progress=False)
+    r = sweep.to_frame().iloc[0]
+    return {"M": m_label(M), "m": math.inf if M is None else M, "llc_mean": r["llc_mean"],
+            "llc_sem": r["llc_sem"], "loss_init": r["loss_init"], "flags": r["flags"]}
 
 
 def llc_crossing(m, llc, llc_ridge: float) -> float | None:

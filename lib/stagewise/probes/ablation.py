@@ -57,7 +57,7 @@ from stagewise.refined import head_labels, parse_head
 __all__ = ["ABLATIONS", "head_output_means", "ablation_hooks", "ablated_per_token_loss", "ablation_scores",
            "icl_score_under_ablation", "per_head_icl_scores", "parse_heads", "PATTERNS", "tokens_in_context",
            "induction_pattern", "dyck_pattern", "classify_tokens_in_context", "pattern_fractions",
-           "vocabulary_strings"]
+           "vocabulary_strings", "cached_per_head_icl_scores", "cached_tokens_in_context"]
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,31 @@ def per_head_icl_scores(model, tokens: Tensor, k1: int, k2: int, heads: Sequence
     return out
 
 
+# Bump when an ablation score's definition changes: cached values of older versions are not reused.
+ABLATION_CACHE_VERSION = 1
+
+
+def _ablation_key(model, **parts) -> dict:
+    """Cache key of an ablation result: the model's weights and every input, tensors by content."""
+    from stagewise.cache import tensor_digest
+    from stagewise.probes.language import weights_digest
+
+    return {"version": ABLATION_CACHE_VERSION, "weights": weights_digest(model),
+            **{k: tensor_digest(v) if isinstance(v, Tensor) else v for k, v in parts.items()}}
+
+
+def cached_per_head_icl_scores(model, tokens: Tensor, k1: int, k2: int, heads: Sequence, reference: Tensor,
+                               batch_size: int = 16) -> dict[str, float]:
+    """:func:`per_head_icl_scores` with means over ``reference``, cached by weights and data
+    (:func:`stagewise.cache.cached_value`): a notebook rerun loads it instead of recomputing."""
+    from stagewise.cache import cached_value
+
+    key = _ablation_key(model, tokens=tokens, reference=reference, k1=int(k1), k2=int(k2), heads=list(heads),
+                        batch_size=batch_size)
+    return cached_value("lm-ablation-icl", key, lambda: per_head_icl_scores(
+        model, tokens, k1, k2, heads, means=head_output_means(model, reference, batch_size), batch_size=batch_size))
+
+
 # --------------------------------------------------------------------------------------------
 # Tokens in context (App. B.1) and their pattern classes (B.2, B.3, B.5)
 # --------------------------------------------------------------------------------------------
@@ -266,6 +291,22 @@ def tokens_in_context(model, tokens: Tensor, head, top_k: int = 1000, kind: str 
     frame.insert(0, "head", f"{layer}:{index}")
     return frame[["head", "sample", "position", "token", "next_token", "loss", "loss_ablated", "increase",
                   "max_attention", "attention"]]
+
+
+def cached_tokens_in_context(model, tokens: Tensor, heads: Sequence, top_k: int, reference: Tensor,
+                             batch_size: int = 16) -> pd.DataFrame:
+    """:func:`tokens_in_context` of each of ``heads`` (mean ablation, means over ``reference``), one
+    frame with a ``head`` column, cached by weights and data like :func:`cached_per_head_icl_scores`."""
+    from stagewise.cache import cached_value
+
+    def compute() -> pd.DataFrame:
+        means = head_output_means(model, reference, batch_size)
+        return pd.concat([tokens_in_context(model, tokens, h, top_k=top_k, means=means, batch_size=batch_size)
+                          for h in heads], ignore_index=True)
+
+    key = _ablation_key(model, tokens=tokens, reference=reference, heads=list(heads), top_k=int(top_k),
+                        batch_size=batch_size)
+    return cached_value("lm-tokens-in-context", key, compute)
 
 
 def induction_pattern(context: Sequence[int], k: int, max_attention: int | None = None) -> bool:

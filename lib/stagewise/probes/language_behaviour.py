@@ -77,12 +77,20 @@ def _logits(model, tokens: Tensor, ablate_positional: bool) -> Tensor:
 def _validation_pass(model, tokens: Tensor, batch_size: int, ablate_positional: bool = False,
                      samples: Tensor | None = None, sample_fn=None):
     """Per-token losses [N, T-1] (float64) of ``tokens``, and ``sample_fn(log_probs, current)`` at the
-    (sequence, k) pairs ``samples`` [m, 2] (sorted by sequence) from the same forward pass."""
+    (sequence, k) pairs ``samples`` [m, 2] (sorted by sequence) from the same forward pass.
+
+    The paper's architecture runs through its plain-torch twin (:func:`~stagewise.models.language_fast.twin_of`:
+    the same function, no hooks; measured 2.6x faster per pass on one CPU thread at context 256),
+    the positional ablation as the twin with W_pos zeroed; any other model through its own forward."""
+    from stagewise.models.language_fast import twin_of
+
+    twin = twin_of(model, zero_positional=ablate_positional)
     losses = torch.empty(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.float64)
     values = []
     for lo in range(0, len(tokens), batch_size):
         chunk = tokens[lo:lo + batch_size]
-        logp = F.log_softmax(_logits(model, chunk, ablate_positional).float(), dim=-1)
+        logits = twin(chunk) if twin is not None else _logits(model, chunk, ablate_positional)
+        logp = F.log_softmax(logits.float(), dim=-1)
         losses[lo:lo + len(chunk)] = -logp[:, :-1].gather(-1, chunk[:, 1:, None]).squeeze(-1).double()
         if samples is not None:
             here = samples[(samples[:, 0] >= lo) & (samples[:, 0] < lo + len(chunk))]
