@@ -26,8 +26,10 @@
 # eye — which of the paper's named stage signatures appear in our run, and when.
 #
 # *Profile scale.* `paper` is the paper's 500k steps; `cpu` is a shorter one-cycle schedule of the
-# same model and batch (10k steps, 5 seeds); `long` trains seed 0 on a schedule long enough for the
-# late stages LR3–LR5 (chosen by the pilots recorded in the README); `smoke` only exercises the code.
+# same model and batch (10k steps, 5 seeds); `long` trains seed 0 on the paper's own 500k-step
+# schedule for the late stages LR3–LR5 (chosen by the pilots recorded in the README: about 6 min on
+# a GPU, where each step is replayed as a CUDA graph, and about 5 h on a 2-core CPU; resumable);
+# `smoke` only exercises the code.
 
 # %% tags=["parameters"]
 profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
@@ -566,11 +568,17 @@ per_seed
 #   from an empty cache, at the limit of SPEC §0's 45 min; ≈ 35 s with everything cached. On one
 #   thread of a slower 2-core AMD EPYC Zen 3 (inside `make figures`, beside notebook 01) it took
 #   70.5 min: training 350–382 s per seed, LLC 2,251 s, probes 120 s (the notebook's JSON has them).
-# * **What only `paper` would show.** The LR3|LR4 boundary, the LayerNorm and unembedding
+# * **What the late stages need.** The LR3|LR4 boundary, the LayerNorm and unembedding
 #   collapses (C.6, C.7), the positional-embedding collapse and the OOD-input deterioration are the
 #   paper's late-training (40k–320k step) phenomena; at 2% of its steps our two LLC-decreasing
-#   stages merge into one and the weights only begin to spread. We have not run `paper` (the paper's LLC alone took ~72 CPU-hours
-#   per seed), so whether this code reproduces them at 500k steps is untested, not a finding.
+#   stages merge into one and the weights only begin to spread. The `long` profile trains seed 0
+#   for the paper's 500k steps (2026-12-04): there both LayerNorm collapses appear inside the
+#   paper's own windows (final LayerNorm at 106k, in LR3 = 40k–126k; the first attention
+#   LayerNorm at 207k, in LR4 = 126k–320k) and the LLC's last rise starts at 312k (paper 320k),
+#   but the LLC's decrease stays one smooth fall, so LR3|LR4 is not resolved with this LLC budget
+#   (2 chains × 300 steps on m = 256 at 60 checkpoints, against the paper's 10 × 5,000 on 1,024 at
+#   190), and the positional collapse and the OOD-input (g = 10) deterioration still do not appear.
+#   `paper` (5 seeds, the paper's LLC: ~72 CPU-hours per seed) has not been run.
 
 # %% [markdown]
 # ## Headline numbers as data

@@ -216,3 +216,121 @@ def test_fused_optimizer_takes_the_same_steps_up_to_rounding(tmp_path):
         moved = (b[k] - start[k]).abs().max()
         assert (a[k] - b[k]).abs().max() <= 1e-3 * max(float(moved), 1e-6) + 1e-6, k
     assert config_hash(TrainConfig(fused_optimizer=True)) != config_hash(TrainConfig())
+
+
+# --- CUDA-graph training path: its bookkeeping, run eagerly on the CPU (capture=False) ---------------
+
+def test_cuda_graph_on_the_cpu_is_a_clear_error(tmp_path):
+    cfg = TrainConfig(num_steps=5, num_linear=2, num_log=2)
+    with pytest.raises(ValueError, match="cuda_graph"):
+        train(partial(RegressionTransformer, SMALL), regression_loss, RegressionBatches(TASK, 8, 0), cfg,
+              tmp_path / "run", progress=False, cuda_graph=True)
+
+
+def test_graphed_step_warmup_is_undone_and_steps_match_the_eager_loop():
+    from stagewise.train import _GraphedStep, _make_optimizer
+
+    cfg = TrainConfig(num_steps=40, lr=3e-3)
+    data = RegressionBatches(TASK, 16, 3)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = RegressionTransformer(SMALL)
+        return model, *_make_optimizer(model, cfg)
+
+    model, opt, sched = fresh()
+    eager = []
+    for step in range(6):
+        loss = regression_loss(model, data(step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        eager.append(loss.item())
+
+    g_model, g_opt, g_sched = fresh()
+    # the warm-up takes 3 real steps on step 0's batch; the weights and Adam's state must be put back
+    graphed = _GraphedStep(g_model, g_opt, regression_loss, data(0), cfg, warmup=3, capture=False)
+    assert all(float(s["step"]) == 0 for s in g_opt.state.values())
+    assert all(torch.count_nonzero(s["exp_avg"]) == 0 for s in g_opt.state.values())
+    replayed = []
+    for step in range(6):
+        replayed.append(graphed(data(step)).item())
+        g_sched.step()
+    assert replayed == eager
+    for a, b in zip(model.parameters(), g_model.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="one shape"):
+        graphed(RegressionBatches(TASK, 8, 3)(0))
+
+
+def test_prefetcher_yields_every_step_in_order():
+    from stagewise.train import _Prefetcher
+
+    data = RegressionBatches(TASK, 4, 1)
+    pre = _Prefetcher(data, 5, 30, pin=False, depth=7, workers=3)
+    got = [next(pre) for _ in range(25)]
+    with pytest.raises(StopIteration):
+        next(pre)
+    pre.close()
+    for step, (tokens, ys) in zip(range(5, 30), got):
+        want = data(step)
+        assert torch.equal(tokens, want[0]) and torch.equal(ys, want[1])
+
+
+def test_deferred_finiteness_check_names_the_first_bad_step(tmp_path):
+    from stagewise.train import _check_finite
+
+    losses = torch.ones(50)
+    _check_finite(losses, 0, 50, tmp_path)
+    losses[17], losses[30] = float("nan"), float("inf")
+    _check_finite(losses, 0, 17, tmp_path)
+    with pytest.raises(FloatingPointError, match="at step 17 "):
+        _check_finite(losses, 10, 40, tmp_path)
+    with pytest.raises(FloatingPointError, match="at step 30 "):
+        _check_finite(losses, 18, 40, tmp_path)
+
+
+def test_capturable_optimizer_state_is_saved_portable():
+    from stagewise.train import _make_capturable, _portable_optimizer_state
+
+    torch.manual_seed(0)
+    model = RegressionTransformer(SMALL)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    regression_loss(model, RegressionBatches(TASK, 8, 0)(0)).backward()
+    opt.step()
+    state = opt.state_dict()
+    # what a capturable optimizer's state dict holds: a tensor lr and capturable on
+    state["param_groups"][0]["lr"] = torch.tensor(1e-3)
+    state["param_groups"][0]["capturable"] = True
+    portable = _portable_optimizer_state(state)
+    group = portable["param_groups"][0]
+    assert group["lr"] == pytest.approx(1e-3) and isinstance(group["lr"], float) and group["capturable"] is False
+    eager = torch.optim.Adam(model.parameters(), lr=3e-3)
+    eager.load_state_dict(portable)  # loads into the eager optimizer, which then steps
+    regression_loss(model, RegressionBatches(TASK, 8, 0)(1)).backward()
+    eager.step()
+    assert float(eager.state[next(model.parameters())]["step"]) == 2
+    _make_capturable(eager)
+    assert isinstance(eager.param_groups[0]["lr"], torch.Tensor) and eager.param_groups[0]["capturable"] is True
+    assert float(eager.param_groups[0]["lr"]) == pytest.approx(1e-3)
+
+
+def test_capturable_schedule_fills_the_same_lr_tensor_in_place():
+    """A captured graph reads the lr through its storage: the schedule must move it there."""
+    from stagewise.train import _make_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    cfg = TrainConfig(num_steps=1000)
+    opt, sched = _make_optimizer(model, cfg, capturable=True)
+    ref_opt, ref_sched = _make_optimizer(torch.nn.Linear(3, 2), cfg)
+    lr = opt.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and opt.param_groups[0]["capturable"] is True
+    ptr = lr.data_ptr()
+    for _ in range(600):
+        sched.step()
+        ref_sched.step()
+    now = opt.param_groups[0]["lr"]
+    assert now is lr and now.data_ptr() == ptr
+    assert float(now) == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-6)
+    assert float(now) > 10 * cfg.lr / 25  # moved well past the one-cycle start (max_lr / 25)

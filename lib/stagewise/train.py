@@ -157,10 +157,17 @@ class TrainedRun:
         return np.convolve(padded, kernel, mode="valid")
 
 
-def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
+def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig, capturable: bool = False):
+    """Adam(W) and its schedule. ``capturable``: the optimizer state and the learning rate live on
+    the model's device as tensors (the scheduler fills the lr in place), so one optimizer step can
+    be captured in a CUDA graph and replayed with the schedule still moving."""
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     kernel = {"fused": True} if cfg.fused_optimizer else {}
-    opt = cls(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **kernel)
+    lr: float | torch.Tensor = cfg.lr
+    if capturable:
+        kernel["capturable"] = True
+        lr = torch.tensor(cfg.lr, device=next(model.parameters()).device)
+    opt = cls(model.parameters(), lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **kernel)
     if cfg.schedule == "onecycle":
         # cycle_momentum=False keeps Adam's β1 at the paper's 0.9 (torch would otherwise cycle it).
         sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -182,6 +189,7 @@ def train(
     description: str = "train",
     tokens_per_batch: int = 0,
     device: str | torch.device | None = "cpu",
+    cuda_graph: bool = False,
 ) -> TrainedRun:
     """Train (or resume, or just load) the run stored in ``run_dir``.
 
@@ -191,10 +199,19 @@ def train(
     written from CPU copies, so a run trained on a GPU loads anywhere. Not part of the cache key:
     another device gives the same run up to float rounding (bit-identical resumption holds on the
     device the run was started on).
+
+    ``cuda_graph`` (a CUDA device only): capture one whole step (forward, loss, backward, Adam) as a
+    CUDA graph and replay it, with the batches built ahead on CPU threads and copied into the
+    graph's static inputs: for small models, whose eager step is all kernel-launch overhead. The
+    same run up to float rounding (the capturable Adam computes its bias corrections on the
+    device); the finiteness of the loss is checked at every checkpoint instead of every step (no
+    per-step host sync), and the error still names the first non-finite step. Not part of the key.
     """
     from stagewise.hardware import resolve_device
 
     device = resolve_device(device)
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device, got device {str(device)!r}")
     run_dir = Path(run_dir)
     if (run_dir / "done.json").exists():
         return TrainedRun(run_dir, model_fn)
@@ -205,7 +222,7 @@ def train(
 
     torch.manual_seed(config.seed)
     model = model_fn().to(device)  # initialised on the CPU from the seeded global RNG, then moved
-    opt, sched = _make_optimizer(model, config)
+    opt, sched = _make_optimizer(model, config, capturable=cuda_graph)
     losses = torch.full((config.num_steps,), float("nan"), device=device)  # on the device: no per-step sync
     start = 0
     resume_file = run_dir / "resume.pt"
@@ -214,6 +231,8 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if cuda_graph:
+            _make_capturable(opt)
         losses = state["loss"].to(device)
         start = int(state["step"])
         log.info("resuming %s from step %d", run_dir, start)
@@ -222,8 +241,8 @@ def train(
 
     def save_resume(step: int) -> None:
         atomic_save(
-            {"model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "loss": losses.cpu(), "step": step},
+            {"model": _cpu_state(model), "optimizer": _portable_optimizer_state(opt.state_dict()),
+             "scheduler": sched.state_dict(), "loss": losses.cpu(), "step": step},
             resume_file,
         )
 
@@ -231,33 +250,46 @@ def train(
     bar = tqdm(range(start, config.num_steps), initial=start, total=config.num_steps, desc=description,
                disable=not progress, mininterval=1.0, unit="step")
     model.train()
-    last_resume = start
+    last_resume = checked = start
+    graphed = batches = None
+    if cuda_graph and start < config.num_steps:
+        batches = _Prefetcher(batch_fn, start, config.num_steps, pin=True)
+        graphed = _GraphedStep(model, opt, loss_fn, _to_device(batch_fn(start), device), config)
     for step in bar:
-        batch = _to_device(batch_fn(step), device)
-        with _autocast(model, config.compute_dtype):
-            loss = loss_fn(model, batch).float()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {step} of {run_dir}; lower lr or check data")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step()
+        if graphed is not None:
+            loss = graphed(next(batches))
+        else:
+            batch = _to_device(batch_fn(step), device)
+            with _autocast(model, config.compute_dtype):
+                loss = loss_fn(model, batch).float()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss.item()} at step {step} of {run_dir}; lower lr or check data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
         sched.step()
         losses[step] = loss.detach()
         done = step + 1
         if done in to_save:
+            if graphed is not None:
+                _check_finite(losses, checked, done, run_dir)
+                checked = done
             atomic_save(_cpu_state(model), ckpt_dir / f"step_{done:08d}.pt")
             if done - last_resume >= config.resume_every or done == config.num_steps:
                 save_resume(done)
                 last_resume = done
-        if progress and step % 50 == 0:
+        if progress and step % (2000 if graphed is not None else 50) == 0:
             rate = (step + 1 - start) / max(time.perf_counter() - t0, 1e-9)
             post = {"loss": f"{loss.item():.4f}"}
             if tokens_per_batch:
                 post["tok/s"] = f"{rate * tokens_per_batch:,.0f}"
             bar.set_postfix(post)
     bar.close()
+    if batches is not None:
+        batches.close()
+    _check_finite(losses, checked, config.num_steps, run_dir)
     if last_resume != config.num_steps:
         save_resume(config.num_steps)
     seconds = time.perf_counter() - t0
@@ -265,6 +297,175 @@ def train(
     atomic_write_text(run_dir / "done.json", json.dumps(
         {"checkpoint_steps": schedule.tolist(), "seconds": seconds, "resumed_from": start}))
     return TrainedRun(run_dir, model_fn)
+
+
+def _check_finite(losses: torch.Tensor, lo: int, hi: int, run_dir: Path) -> None:
+    """Raise naming the first step in [lo, hi) whose training loss is not finite."""
+    bad = (~torch.isfinite(losses[lo:hi])).nonzero()
+    if len(bad):
+        step = lo + int(bad[0, 0])
+        raise FloatingPointError(f"training loss is {float(losses[step])} at step {step} of {run_dir}; "
+                                 "lower lr or check data")
+
+
+def _portable_optimizer_state(state: dict) -> dict:
+    """An optimizer state dict that loads into the eager optimizer on any device: a device-tensor
+    learning rate (capturable mode) as a float, ``capturable`` off, and the step counts on the CPU."""
+    groups = []
+    for group in state["param_groups"]:
+        group = dict(group)
+        if isinstance(group.get("lr"), torch.Tensor):
+            group["lr"] = float(group["lr"])
+        if "capturable" in group:
+            group["capturable"] = False
+        groups.append(group)
+    per_param = {k: {n: (v.detach().cpu() if n == "step" and isinstance(v, torch.Tensor) else v) for n, v in s.items()}
+                 for k, s in state["state"].items()}
+    return {"state": per_param, "param_groups": groups}
+
+
+def _make_capturable(opt: torch.optim.Optimizer) -> None:
+    """After loading a portable state: the lr back as a device tensor, capturable on, steps on the device."""
+    for group in opt.param_groups:
+        device = group["params"][0].device
+        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        group["capturable"] = True
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            if isinstance(st.get("step"), torch.Tensor):
+                st["step"] = st["step"].to(device=device, dtype=torch.float32)
+
+
+class _Prefetcher:
+    """``batch_fn(step)`` for steps start, start+1, … built ahead on CPU threads (``batch_fn`` is a
+    deterministic function of the step, so the order of the work does not matter), in step order."""
+
+    def __init__(self, batch_fn, start: int, stop: int, pin: bool, depth: int = 64, workers: int | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from stagewise.hardware import available_cores
+
+        self._fn, self._next, self._stop, self._pin = batch_fn, start, stop, pin
+        self._pool = ThreadPoolExecutor(max_workers=workers or max(1, min(8, available_cores() - 1)))
+        self._queue: list = []
+        for _ in range(depth):
+            self._submit()
+
+    def _make(self, step: int):
+        batch = self._fn(step)
+        return _pin(batch) if self._pin else batch
+
+    def _submit(self) -> None:
+        if self._next < self._stop:
+            self._queue.append(self._pool.submit(self._make, self._next))
+            self._next += 1
+
+    def __next__(self):
+        if not self._queue:
+            raise StopIteration
+        batch = self._queue.pop(0).result()
+        self._submit()
+        return batch
+
+    def close(self) -> None:
+        for f in self._queue:
+            f.cancel()
+        self._pool.shutdown(wait=True)
+
+
+def _pin(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_pin(b) for b in batch))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_pin(b) for b in batch)
+    return batch
+
+
+class _GraphedStep:
+    """One training step captured as a CUDA graph: ``step(batch)`` copies ``batch`` into the static
+    inputs, replays forward, loss, backward (and clipping) and the optimizer's update, and returns
+    the static loss tensor (valid until the next call).
+
+    Capture follows torch's whole-network recipe: warm-up steps on a side stream, then the capture.
+    The warm-up changes the weights and the optimizer state, so both are put back afterwards
+    (capture itself records kernels without running them): the first replay is the run's next step.
+    ``capture=False`` (CPU tests of this bookkeeping): the same warm-up and restore, then each call
+    runs the step eagerly instead of replaying it.
+    """
+
+    def __init__(self, model, opt, loss_fn, example_batch, config: TrainConfig, warmup: int = 3, capture: bool = True):
+        params = list(model.parameters())
+        saved_params = [p.detach().clone() for p in params]
+        saved_state = {p: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in opt.state[p].items()}
+                       for p in params if p in opt.state}
+        self.static = _clone_batch(example_batch)
+
+        def step():
+            with _autocast(model, config.compute_dtype):
+                loss = loss_fn(model, self.static).float()
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
+            opt.step()
+            return loss
+
+        self._step, self._opt, self.graph = step, opt, None
+        if capture:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    opt.zero_grad(set_to_none=True)
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            opt.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss = step()
+        else:
+            for _ in range(warmup):
+                opt.zero_grad(set_to_none=True)
+                step()
+        with torch.no_grad():
+            for p, v in zip(params, saved_params):
+                p.copy_(v)
+            for p in params:
+                for k, v in opt.state[p].items():
+                    if isinstance(v, torch.Tensor):
+                        v.copy_(saved_state[p][k]) if p in saved_state else v.zero_()
+        if capture:
+            torch.cuda.synchronize()
+
+    def __call__(self, batch) -> torch.Tensor:
+        _copy_batch(self.static, batch)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._opt.zero_grad(set_to_none=True)
+            self.loss = self._step()
+        return self.loss
+
+
+def _clone_batch(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch.clone()
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_clone_batch(b) for b in batch))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_clone_batch(b) for b in batch)
+    return batch
+
+
+def _copy_batch(dst, src) -> None:
+    if isinstance(dst, torch.Tensor):
+        if dst.shape != src.shape:
+            raise ValueError(f"a CUDA-graphed step needs batches of one shape: {tuple(dst.shape)} vs {tuple(src.shape)}")
+        dst.copy_(src, non_blocking=True)
+    elif isinstance(dst, (tuple, list)):
+        for d, s_ in zip(dst, src):
+            _copy_batch(d, s_)
 
 
 def _autocast(model: torch.nn.Module, compute_dtype: str):
