@@ -255,40 +255,42 @@ def train(
     if cuda_graph and start < config.num_steps:
         batches = _Prefetcher(batch_fn, start, config.num_steps, pin=True)
         graphed = _GraphedStep(model, opt, loss_fn, _to_device(batch_fn(start), device), config)
-    for step in bar:
-        if graphed is not None:
-            loss = graphed(next(batches))
-        else:
-            batch = _to_device(batch_fn(step), device)
-            with _autocast(model, config.compute_dtype):
-                loss = loss_fn(model, batch).float()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss.item()} at step {step} of {run_dir}; lower lr or check data")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-        sched.step()
-        losses[step] = loss.detach()
-        done = step + 1
-        if done in to_save:
+    try:
+        for step in bar:
             if graphed is not None:
-                _check_finite(losses, checked, done, run_dir)
-                checked = done
-            atomic_save(_cpu_state(model), ckpt_dir / f"step_{done:08d}.pt")
-            if done - last_resume >= config.resume_every or done == config.num_steps:
-                save_resume(done)
-                last_resume = done
-        if progress and step % (2000 if graphed is not None else 50) == 0:
-            rate = (step + 1 - start) / max(time.perf_counter() - t0, 1e-9)
-            post = {"loss": f"{loss.item():.4f}"}
-            if tokens_per_batch:
-                post["tok/s"] = f"{rate * tokens_per_batch:,.0f}"
-            bar.set_postfix(post)
-    bar.close()
-    if batches is not None:
-        batches.close()
+                loss = graphed(next(batches))
+            else:
+                batch = _to_device(batch_fn(step), device)
+                with _autocast(model, config.compute_dtype):
+                    loss = loss_fn(model, batch).float()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss is {loss.item()} at step {step} of {run_dir}; lower lr or check data")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                opt.step()
+            sched.step()
+            losses[step] = loss.detach()
+            done = step + 1
+            if done in to_save:
+                if graphed is not None:
+                    _check_finite(losses, checked, done, run_dir)
+                    checked = done
+                atomic_save(_cpu_state(model), ckpt_dir / f"step_{done:08d}.pt")
+                if done - last_resume >= config.resume_every or done == config.num_steps:
+                    save_resume(done)
+                    last_resume = done
+            if progress and step % (2000 if graphed is not None else 50) == 0:
+                rate = (step + 1 - start) / max(time.perf_counter() - t0, 1e-9)
+                post = {"loss": f"{loss.item():.4f}"}
+                if tokens_per_batch:
+                    post["tok/s"] = f"{rate * tokens_per_batch:,.0f}"
+                bar.set_postfix(post)
+    finally:
+        bar.close()
+        if batches is not None:
+            batches.close()
     _check_finite(losses, checked, config.num_steps, run_dir)
     if last_resume != config.num_steps:
         save_resume(config.num_steps)
