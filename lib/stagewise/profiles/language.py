@@ -121,8 +121,10 @@ PROFILES = {
                              # corpus (local shards or 'hub'); without it notebook 01 stops at once
                              corpus=paper_corpus(PAPER_TRAIN.num_steps * 100 * 1024)),
     # cpu: chosen by measurement on this 2-core machine (README): the paper's architecture at context
-    # 256 and batch 8 (2,048 tokens per step) trains at ~7k tokens/s, dominated by the 256 x 5000
-    # unembedding, so 4,000 AdamW steps at the paper's lr (8.2M tokens) take ~20 min. Pilot runs
+    # 256 and batch 8 (2,048 tokens per step) trains at ~7k tokens/s on 2 threads of the first
+    # machine (3.2-4.3k on one thread of the later AMD EPYCs), dominated by the 256 x 5000
+    # unembedding, so 4,000 AdamW steps at the paper's lr (8.2M tokens) take ~20 min there (32-42 min
+    # on one thread inside `make figures`). Pilot runs
     # to 6,000 steps (12M tokens): the validation loss reaches the bigram entropy by ~2k steps (LM1)
     # and keeps falling (n-grams, LM2), a layer-1 head slowly turns to the previous token, but no
     # layer-0 previous-token head and no induction head form (prefix-matching stays at chance);
