@@ -355,7 +355,7 @@ class _Prefetcher:
 
     def _make(self, step: int):
         batch = self._fn(step)
-        return _pin(batch) if self._pin else batch
+        return _map_batch(torch.Tensor.pin_memory, batch) if self._pin else batch
 
     def _submit(self) -> None:
         if self._next < self._stop:
@@ -375,16 +375,6 @@ class _Prefetcher:
         self._pool.shutdown(wait=True)
 
 
-def _pin(batch):
-    if isinstance(batch, torch.Tensor):
-        return batch.pin_memory()
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_pin(b) for b in batch))
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_pin(b) for b in batch)
-    return batch
-
-
 class _GraphedStep:
     """One training step captured as a CUDA graph: ``step(batch)`` copies ``batch`` into the static
     inputs, replays forward, loss, backward (and clipping) and the optimizer's update, and returns
@@ -402,7 +392,7 @@ class _GraphedStep:
         saved_params = [p.detach().clone() for p in params]
         saved_state = {p: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in opt.state[p].items()}
                        for p in params if p in opt.state}
-        self.static = _clone_batch(example_batch)
+        self.static = _map_batch(torch.Tensor.clone, example_batch)
 
         def step():
             with _autocast(model, config.compute_dtype):
@@ -450,16 +440,6 @@ class _GraphedStep:
         return self.loss
 
 
-def _clone_batch(batch):
-    if isinstance(batch, torch.Tensor):
-        return batch.clone()
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_clone_batch(b) for b in batch))
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_clone_batch(b) for b in batch)
-    return batch
-
-
 def _copy_batch(dst, src) -> None:
     if isinstance(dst, torch.Tensor):
         if dst.shape != src.shape:
@@ -478,14 +458,19 @@ def _autocast(model: torch.nn.Module, compute_dtype: str):
     return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
-def _to_device(batch, device: torch.device):
+def _map_batch(fn, batch):
+    """``fn`` applied to every tensor of a batch (a tensor, or tuples / lists / NamedTuples of them)."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return fn(batch)
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # NamedTuple
-        return type(batch)(*(_to_device(b, device) for b in batch))
+        return type(batch)(*(_map_batch(fn, b) for b in batch))
     if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(b, device) for b in batch)
+        return type(batch)(_map_batch(fn, b) for b in batch)
     return batch
+
+
+def _to_device(batch, device: torch.device):
+    return _map_batch(lambda t: t.to(device, non_blocking=True), batch)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
