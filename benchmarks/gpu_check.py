@@ -35,7 +35,9 @@ import math
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -172,8 +174,9 @@ def sgld_rows(model_kind: str, sh: dict, device: str) -> tuple[list[dict], list[
         twin = make_fast_language_model(cfg).to(device).eval()
         twin.load_state_dict(model.state_dict())
         data = (torch.randint(0, cfg.d_vocab, (4 * sgld.batch_size, cfg.n_ctx), device=device),)
-        contestants = [("ours, TransformerLens, loop", model, lm_forward_loss, "loop"),
-                       ("ours, plain-torch twin (the sweeps' path), loop", twin, lm_fast_loss, "loop")]
+        contestants = [("ours, TransformerLens, loop", model, lm_forward_loss, "loop", None),
+                       ("ours, plain-torch twin (the sweeps' path), loop", twin, lm_fast_loss, "loop", None),
+                       ("ours, plain-torch twin, loop, bf16", twin, lm_fast_loss, "loop", "bfloat16")]
         evaluate = bench_llc._evaluate_lm
     else:
         from stagewise.data.regression import regression_prediction_loss
@@ -183,14 +186,17 @@ def sgld_rows(model_kind: str, sh: dict, device: str) -> tuple[list[dict], list[
         model = RegressionTransformer(reg.model).to(device).eval()
         tokens, ys = sgld_dataset(RegressionTask(), 4 * sgld.batch_size)
         data = (tokens.to(device), ys.to(device))
-        contestants = [("ours, full loss, loop", model, regression_loss, "loop"),
-                       ("ours, predictions-only loss (the sweeps' path), loop", model, regression_prediction_loss, "loop"),
-                       ("ours, predictions-only loss, vmap", model, regression_prediction_loss, "vmap")]
+        contestants = [("ours, full loss, loop", model, regression_loss, "loop", None),
+                       ("ours, predictions-only loss (the sweeps' path), loop", model, regression_prediction_loss, "loop",
+                        None),
+                       ("ours, predictions-only loss, vmap", model, regression_prediction_loss, "vmap", None),
+                       ("ours, predictions-only loss, vmap, bf16", model, regression_prediction_loss, "vmap",
+                        "bfloat16")]
         evaluate = bench_llc._evaluate_regression
     rows = []
-    for name, m, loss, mode in contestants:
+    for name, m, loss, mode, dtype in contestants:
         _reset(device)
-        res = estimate_llc_module(m, loss, data, sgld, chain_mode=mode, progress=False)
+        res = estimate_llc_module(m, loss, data, sgld, chain_mode=mode, compute_dtype=dtype, progress=False)
         rows.append({"model": model_kind, "contestant": name, "chain_steps_per_s": sgld.num_chains * sgld.num_steps
                      / res.elapsed_s, "llc_mean": res.llc_mean, "llc_std": res.llc_std,
                      "flags": res.diagnostics or {}, "peak_bytes": _peak(device)})
@@ -243,7 +249,8 @@ def _gb(b) -> str:
 def markdown(record: dict) -> str:
     lines = [f"\n## GPU check, {record['device_name']} ({record['device']}), {record['date']}"
              + (" — TINY shapes (a test of the script, not a measurement)" if record["tiny"] else ""),
-             f"torch {record['torch']}, {record['host']}; wall time {record['wall_seconds']:.0f} s\n",
+             f"torch {record['torch']}, {record['host']}; wall time {record['wall_seconds']:.0f} s",
+             "packages: " + ", ".join(f"{k} {v or 'absent'}" for k, v in record.get("environment", {}).items()) + "\n",
              "| training | steps/s | tokens/s | peak memory (measured) | traced peak (stagewise.plan) |",
              "|---|---|---|---|---|"]
     for r in record["training"]:
@@ -273,58 +280,130 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def environment() -> dict:
+    """Versions of the packages the check imports (a missing one is recorded, not fatal)."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    for name in ("transformer-lens", "transformers", "datasets", "devinterp", "numpy", "pyarrow", "fsspec"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+class Sections:
+    """Runs the check's parts one by one under a wall-clock budget: a part that raises is recorded
+    (its error and traceback tail) and the next one runs; parts not started before the budget is
+    spent are recorded as skipped. ``save`` is called after every part, so a run killed by its
+    lease leaves every finished part on disk."""
+
+    def __init__(self, budget_s: float, save: Callable[[], None]):
+        self.t0, self.budget_s, self.save = time.perf_counter(), budget_s, save
+        self.log: list[dict] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        entry = {"section": name, "started_s": round(self.elapsed(), 1)}
+        self.log.append(entry)
+        if self.elapsed() > self.budget_s:
+            entry["status"] = f"skipped: the {self.budget_s:.0f} s budget was spent"
+            print(f"[gpu_check] {name}: {entry['status']}", flush=True)
+            self.save()
+            return None
+        print(f"[gpu_check] {name} (at {entry['started_s']:.0f} s)", flush=True)
+        try:
+            result = fn()
+            entry["status"] = "ok"
+        except Exception as exc:  # recorded and reported; the other parts still run
+            result = None
+            entry["status"] = f"error: {type(exc).__name__}: {exc}"[:500]
+            entry["traceback"] = traceback.format_exc()[-3000:]
+            print(entry["traceback"], flush=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        entry["seconds"] = round(self.elapsed() - entry["started_s"], 1)
+        self.save()
+        return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes and the smoke profile (tests the script)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="folder of gpu_check.md / .json")
     ap.add_argument("--no-projection", action="store_true", help="skip the calibrated projection of the profile")
+    ap.add_argument("--budget-s", type=float, default=math.inf,
+                    help="wall-clock seconds after which parts not yet started are skipped (recorded as such)")
     args = ap.parse_args(argv)
+    if not args.budget_s > 0:
+        ap.error(f"--budget-s must be > 0 seconds, got {args.budget_s}")
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")
     if device == "cpu" and not args.tiny:
         print("note: the paper's shapes on a CPU take hours and may not fit in memory; use --tiny to test the script",
               flush=True)
-    t0 = time.perf_counter()
     sh = shapes(args.tiny)
-    notes = []
-    training = [lm_training(sh["lm"], sh["lm_batch"], sh["lm_steps"], device, "float32")]
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported() or device == "cpu":
-        training.append(lm_training(sh["lm"], sh["lm_batch"], sh["lm_steps"], device, "bfloat16"))
-    training.append(regression_training(sh["reg"].model, sh["reg_batch"], sh["reg_steps"], device))
-    for r in training:
-        print(json.dumps(r), flush=True)
-    notes.append("SGLD runs at random initialisations (no trained checkpoint is needed for speed): the λ̂ values "
-                 "and flags in the SGLD table are not estimates of anything")
-    sgld = []
-    for kind in ("lm", "regression"):
-        rows, n = sgld_rows(kind, sh, device)
-        sgld += rows
-        notes += n
-        for r in rows:
-            print(json.dumps(r, default=str), flush=True)
     record = {"device": device, "tiny": args.tiny, "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
               "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else
               (platform.processor() or platform.machine()), "host": f"{platform.node()}, {torch.get_num_threads()} threads",
-              "training": training, "sgld": sgld}
-    if not args.no_projection:
-        report, text = projection(sh["profile"], device, args.tiny)
-        print(text, flush=True)
-        record["projection"] = report
-        notes += report.get("notes", [])
-    else:
-        record["projection"] = {"profile": sh["profile"], "steps": [], "notebooks": [], "total_seconds": {}}
-    record["notes"] = notes
-    record["wall_seconds"] = time.perf_counter() - t0
+              "environment": environment(), "training": [], "sgld": [], "notes": [],
+              "projection": {"profile": sh["profile"], "steps": [], "notebooks": [], "total_seconds": {}}}
     args.results.mkdir(parents=True, exist_ok=True)
     suffix = device.split(":")[0] + ("_tiny" if args.tiny else "")
-    (args.results / f"gpu_check_{suffix}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    json_path = args.results / f"gpu_check_{suffix}.json"
+
+    def save() -> None:
+        record["wall_seconds"] = sections.elapsed()
+        record["sections"] = sections.log
+        tmp = json_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        tmp.replace(json_path)
+
+    sections = Sections(args.budget_s, save)
+    print(json.dumps(record["environment"]), flush=True)
+    record["notes"].append("SGLD runs at random initialisations (no trained checkpoint is needed for speed): the λ̂ "
+                           "values and flags in the SGLD table are not estimates of anything")
+
+    def add_training(r):
+        if r is not None:
+            record["training"].append(r)
+            print(json.dumps(r), flush=True)
+
+    add_training(sections.run("LM training fp32", lambda: lm_training(sh["lm"], sh["lm_batch"], sh["lm_steps"],
+                                                                       device, "float32")))
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported() or device == "cpu":
+        add_training(sections.run("LM training bf16", lambda: lm_training(sh["lm"], sh["lm_batch"], sh["lm_steps"],
+                                                                           device, "bfloat16")))
+    add_training(sections.run("regression training", lambda: regression_training(sh["reg"].model, sh["reg_batch"],
+                                                                                 sh["reg_steps"], device)))
+    for kind in ("lm", "regression"):
+        out = sections.run(f"SGLD {kind}", lambda kind=kind: sgld_rows(kind, sh, device))
+        if out is not None:
+            rows, n = out
+            record["sgld"] += rows
+            record["notes"] += n
+            for r in rows:
+                print(json.dumps(r, default=str), flush=True)
+    if not args.no_projection:
+        out = sections.run("projection", lambda: projection(sh["profile"], device, args.tiny))
+        if out is not None:
+            report, text = out
+            print(text, flush=True)
+            record["projection"] = report
+            record["notes"] += report.get("notes", [])
+    failed = [e for e in sections.log if e["status"] != "ok"]
+    record["notes"] += [f"part '{e['section']}' did not finish: {e['status']}" for e in failed]
+    save()
     with open(args.results / "gpu_check.md", "a") as fh:
         fh.write(markdown(record))
     print(markdown(record))
-    print(f"results: {args.results / 'gpu_check.md'}, {args.results / f'gpu_check_{suffix}.json'} "
-          f"({record['wall_seconds']:.0f} s)")
+    print(f"results: {args.results / 'gpu_check.md'}, {json_path} ({record['wall_seconds']:.0f} s)")
     return record
 
 

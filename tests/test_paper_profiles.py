@@ -221,10 +221,7 @@ def test_new_corpus_fields_leave_existing_cache_keys_unchanged():
     assert config_to_dict(CorpusConfig(min_train_tokens=5))["min_train_tokens"] == 5
 
 
-@pytest.mark.slow
-def test_gpu_check_script_runs_on_cpu_with_tiny_shapes(tmp_path):
-    """benchmarks/gpu_check.py end to end without a GPU (--device cpu --tiny): every table filled,
-    results appended and written, devinterp compared or skipped with the reason."""
+def _load_gpu_check():
     import importlib.util
     from pathlib import Path
 
@@ -232,6 +229,40 @@ def test_gpu_check_script_runs_on_cpu_with_tiny_shapes(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_check", path)
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
+    return gpu_check
+
+
+def test_gpu_check_sections_record_a_failing_part_and_skip_parts_past_the_budget():
+    """One lease, one run: a part that raises is recorded with its error and the next part still
+    runs; a part not started within the budget is skipped and recorded; the record is saved after
+    every part (so a run killed by its lease keeps what finished)."""
+    gpu_check = _load_gpu_check()
+    saves = []
+    sec = gpu_check.Sections(budget_s=3600, save=lambda: saves.append(len(sec.log)))
+
+    def broken():
+        raise RuntimeError("no transformer_lens here")
+
+    assert sec.run("broken", broken) is None
+    assert sec.run("fine", lambda: 7) == 7
+    sec.budget_s = 0.0  # the budget is spent from here on
+    ran = []
+    assert sec.run("late", lambda: ran.append(1)) is None
+    assert ran == []
+    status = {e["section"]: e["status"] for e in sec.log}
+    assert status["broken"].startswith("error: RuntimeError: no transformer_lens here")
+    assert "RuntimeError" in sec.log[0]["traceback"]
+    assert status["fine"] == "ok" and status["late"].startswith("skipped")
+    assert saves == [1, 2, 3]
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--device", "cpu", "--tiny", "--budget-s", "0"])
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu_with_tiny_shapes(tmp_path):
+    """benchmarks/gpu_check.py end to end without a GPU (--device cpu --tiny): every table filled,
+    results appended and written, devinterp compared or skipped with the reason."""
+    gpu_check = _load_gpu_check()
     record = gpu_check.main(["--device", "cpu", "--tiny", "--results", str(tmp_path)])
     assert [r["what"].split(",")[0] for r in record["training"]] == ["LM training", "LM training", "regression training"]
     assert all(r["steps_per_s"] > 0 for r in record["training"])
@@ -243,4 +274,6 @@ def test_gpu_check_script_runs_on_cpu_with_tiny_shapes(tmp_path):
     assert all(math.isfinite(v) and v > 0 for v in record["projection"]["total_seconds"].values())
     md = (tmp_path / "gpu_check.md").read_text()
     assert "TINY shapes" in md and "| total |" in md
-    assert json.loads((tmp_path / "gpu_check_cpu_tiny.json").read_text())["tiny"] is True
+    saved = json.loads((tmp_path / "gpu_check_cpu_tiny.json").read_text())
+    assert saved["tiny"] is True and all(e["status"] == "ok" for e in saved["sections"])
+    assert saved["environment"]["torch"] == torch.__version__
