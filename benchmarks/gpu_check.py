@@ -75,7 +75,7 @@ def shapes(tiny: bool) -> dict:
                 "reg_sgld": dataclasses.replace(reg.sgld, num_chains=2, num_draws=5, num_burnin=2, batch_size=64),
                 "profile": "smoke", "lang": lang, "reg": reg}
     return {"lm": lang.model, "lm_batch": lang.batch_size, "lm_steps": 20, "reg_batch": reg.batch_size, "reg_steps": 300,
-            "lm_sgld": dataclasses.replace(lang.sgld, num_chains=2, num_draws=10),
+            "lm_sgld": dataclasses.replace(lang.sgld, num_chains=2, num_draws=30),
             "reg_sgld": dataclasses.replace(reg.sgld, num_chains=4, num_draws=100, num_burnin=20),
             "profile": "paper", "lang": lang, "reg": reg}
 

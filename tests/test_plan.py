@@ -174,3 +174,15 @@ def test_report_and_text_name_every_notebook_and_how_numbers_were_obtained():
 def test_unknown_notebook_is_an_error():
     with pytest.raises(ValueError, match="no plan for notebook"):
         plan_profile("smoke", ["99"])
+
+
+def test_an_infinite_budget_cuts_no_rows_and_a_finite_one_cuts_them_in_proportion():
+    """The GPU check calibrates with flop_budget=inf (every step at its full batch): that must keep
+    the batch (inf // x is nan in Python, which once crashed the calibration on an H200)."""
+    from stagewise.plan import _cut_batch, _trace_cached
+
+    spec = StepSpec("regression", RegressionTransformerConfig(), "train")
+    assert _cut_batch(spec, 256, math.inf, math.inf) == 256
+    per_row = _trace_cached(spec, 256, "loop").total_bytes / 256
+    assert _cut_batch(spec, 256, 10.5 * per_row, math.inf) == 10
+    assert _cut_batch(spec, 256, 0.0, math.inf) == 1  # never below one row

@@ -811,7 +811,10 @@ def _cut_batch(spec: StepSpec, batch: int, memory_budget: float, flop_budget: fl
     tr = _trace_cached(spec, batch, "loop")
     per_row_bytes = tr.total_bytes / batch
     per_row_flops = max(tr.flops, 1.0) / batch
-    cut = min(batch, int(memory_budget // per_row_bytes), int(flop_budget // per_row_flops))
+    def rows(budget: float, per_row: float) -> int:  # an infinite budget caps nothing (inf // x is nan)
+        return batch if math.isinf(budget) else int(budget // per_row)
+
+    cut = min(batch, rows(memory_budget, per_row_bytes), rows(flop_budget, per_row_flops))
     return max(cut, 2 if spec.kind == "sgld" else 1)
 
 
