@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -91,11 +92,16 @@ def test_trace_matches_measured_peak_rss_of_real_steps():
             out[kind] = {"predicted": predicted, "measured": hwm() - base}
         print(json.dumps(out))
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # A fixed mmap threshold (glibc): every tensor past 64 KiB is mapped when allocated and unmapped
+    # when freed, so the RSS follows the live tensors. With glibc's dynamic threshold, freed blocks
+    # were reused or kept by the heap, and the measurement of the same step moved from 0.75x to 1.3x
+    # of the trace from run to run.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     for kind, g in got.items():
         assert g["measured"] > 50e6, (kind, g)  # the step's tensors dominate the measurement
-        assert 0.75 < g["predicted"] / g["measured"] < 1.25, (kind, g)
+        assert 0.9 < g["predicted"] / g["measured"] < 1.1, (kind, g)  # 1.01 measured (Zen 4, 2026-12-04)
 
 
 @pytest.mark.slow

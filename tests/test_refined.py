@@ -192,6 +192,20 @@ def test_data_sweep_gives_one_curve_per_data_set(tmp_cache):
     assert (frame.num_sampled == sum(p.numel() for p in model.parameters())).all()
 
 
+def test_refined_sweeps_loop_over_chains_by_default_on_every_device(tmp_cache, monkeypatch):
+    """The sampler's chain_mode='auto' vmaps chains on CUDA; at the paper's LM shapes that needs
+    130-650 GB (stagewise.plan, calibrated on an H200), so both refined sweeps ask for 'loop'."""
+    import stagewise.llc.sweep as sw
+
+    seen = []
+    real = sw._run_checkpoint
+    monkeypatch.setattr(sw, "_run_checkpoint", lambda payload: seen.append(payload["chain_mode"]) or real(payload))
+    cks, data = _sweep_checkpoints()[:1], {"train": _sweep_data()["train"]}
+    head_llc_sweep(cks, SWEEP_MODEL, lm_forward_loss, data, SWEEP_CFG, heads=["0:0"], cache=False, progress=False)
+    data_llc_sweep(cks, SWEEP_MODEL, lm_forward_loss, data, SWEEP_CFG, cache=False, progress=False)
+    assert seen == ["loop", "loop"]
+
+
 def test_sweep_bad_arguments(tmp_cache):
     cks, data = _sweep_checkpoints(), _sweep_data()
     with pytest.raises(ValueError, match="listed twice"):

@@ -1057,8 +1057,8 @@ def plan_report(plan: ProfilePlan, cpu: Calibration | None, gpu: Calibration | N
                           if r.get("peak_bytes", {}).get("vmap", 0) > gpu_class.memory_gib * 2**30})
         for step, batch, size in too_big:
             notes.append(f"{step} at batch {batch}: chains vmapped need {_fmt_bytes(size)} > {gpu_class.memory_gib:g} GiB; "
-                         "the sampler's chain_mode='auto' picks vmap on CUDA, so these sweeps must run with "
-                         "chain_mode='loop' there")
+                         "the language-model sweeps (runs.language_llc, refined.head_llc_sweep and "
+                         "data_llc_sweep) run chains in a loop (chain_mode='loop'), as this plan times them")
     return {"profile": plan.profile, "notebooks": notebooks, "total_seconds": total, "steps": steps, "host": extra,
             "devices": {c.label: {"description": c.description, "notes": c.notes} for c in cals},
             "gpu_memory_gib": gpu_class.memory_gib if gpu_class else None, "cross_check": check, "notes": notes}

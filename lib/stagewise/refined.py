@@ -238,7 +238,7 @@ def head_llc_sweep(
     max_workers: int | None = None,
     cache: bool = True,
     cache_root=None,
-    chain_mode: str = "auto",
+    chain_mode: str = "loop",
     compile: bool = False,
     compute_dtype: str | None = None,
     progress: bool = True,
@@ -256,6 +256,9 @@ def head_llc_sweep(
     group spanning layers), ``llc_mean, llc_std, llc_sem, loss_init, num_sampled, nbeta,
     excluded_chains, flags`` (comma-separated chain flags; empty = all chains well behaved).
     ``compute_dtype`` as in :func:`stagewise.llc.estimate_llc_sweep` ('auto' resolved here).
+    ``chain_mode`` defaults to 'loop' (not the sampler's 'auto', which vmaps on CUDA): at the
+    `paper` profile's LM shapes vmapped chains need 130–650 GB (``stagewise.plan``, calibrated on
+    an H200; ``benchmarks/results/gpu_check.md``), while one chain's step already fills a GPU.
     """
     probe = model_fn()
     n_layers, n_heads = probe.cfg.n_layers, probe.cfg.n_heads
@@ -298,13 +301,14 @@ def data_llc_sweep(
     max_workers: int | None = None,
     cache: bool = True,
     cache_root=None,
-    chain_mode: str = "auto",
+    chain_mode: str = "loop",
     compile: bool = False,
     compute_dtype: str | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Whole-model drLLC λ̂(w_t; q') on each data set q' of ``data`` ({name: data set}) at each
-    checkpoint (refined paper Fig. 12). Same columns as :func:`head_llc_sweep`, with head ``"all"``."""
+    checkpoint (refined paper Fig. 12). Same columns as :func:`head_llc_sweep`, with head ``"all"``;
+    chains in a loop by default, as there."""
     datasets = _as_datasets(data)
     common = {"model_fn": model_fn, "loss": loss, "config": config, "chain_mode": chain_mode, "compile": compile,
               "compute_dtype": resolve_compute_dtype(compute_dtype)}
