@@ -192,14 +192,34 @@ def sgld_rows(model_kind: str, sh: dict, device: str) -> tuple[list[dict], list[
                        ("ours, predictions-only loss, vmap", model, regression_prediction_loss, "vmap", None),
                        ("ours, predictions-only loss, vmap, bf16", model, regression_prediction_loss, "vmap",
                         "bfloat16")]
+        if device.startswith("cuda"):
+            contestants += [("ours, predictions-only loss, vmap + CUDA graph", model, regression_prediction_loss,
+                             "vmap+graph", None),
+                            ("ours, predictions-only loss, vmap + CUDA graph, bf16", model, regression_prediction_loss,
+                             "vmap+graph", "bfloat16")]
         evaluate = bench_llc._evaluate_regression
     rows = []
+    eager = {}  # (dtype) -> the vmapped eager run's loss traces, for the graph's agreement
     for name, m, loss, mode, dtype in contestants:
         _reset(device)
-        res = estimate_llc_module(m, loss, data, sgld, chain_mode=mode, compute_dtype=dtype, progress=False)
-        rows.append({"model": model_kind, "contestant": name, "chain_steps_per_s": sgld.num_chains * sgld.num_steps
-                     / res.elapsed_s, "llc_mean": res.llc_mean, "llc_std": res.llc_std,
-                     "flags": res.diagnostics or {}, "peak_bytes": _peak(device)})
+        graph = mode.endswith("+graph")
+        res = estimate_llc_module(m, loss, data, sgld, chain_mode=mode.removesuffix("+graph"), compute_dtype=dtype,
+                                  cuda_graph=graph, progress=False)
+        row = {"model": model_kind, "contestant": name, "chain_steps_per_s": sgld.num_chains * sgld.num_steps
+               / res.elapsed_s, "llc_mean": res.llc_mean, "llc_std": res.llc_std,
+               "flags": res.diagnostics or {}, "peak_bytes": _peak(device)}
+        if mode == "vmap":
+            eager[dtype] = res
+        elif graph and dtype in eager:
+            ref = eager[dtype]
+            row["graph_vs_vmap"] = {"max_abs_loss_trace_diff": float(abs(res.loss_trace - ref.loss_trace).max()),
+                                    "loss_trace_spread": float(ref.loss_trace.std()),
+                                    "llc_diff": res.llc_mean - ref.llc_mean}
+            notes.append(f"{name}: loss traces against the eager vmap run at the same seed differ by at most "
+                         f"{row['graph_vs_vmap']['max_abs_loss_trace_diff']:.3g} (their spread "
+                         f"{row['graph_vs_vmap']['loss_trace_spread']:.3g}); λ̂ differs by "
+                         f"{row['graph_vs_vmap']['llc_diff']:.3g}")
+        rows.append(row)
     reason = _devinterp_reason()
     if reason:
         notes.append(f"{model_kind}: devinterp comparison skipped: {reason}")

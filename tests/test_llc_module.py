@@ -93,3 +93,45 @@ def test_hooked_transformer_head_refined_llc(hooked):
     r2 = estimate_llc_module(hooked, _lm_loss, tokens, cfg, params_to_sample=["blocks.0.attn.W_Q"],
                              param_mask={"blocks.0.attn.W_Q": head}, progress=False)
     np.testing.assert_allclose(r2.loss_trace, r.loss_trace, rtol=1e-6)
+
+
+def test_cuda_graph_bookkeeping_equals_vmap_bit_for_bit(monkeypatch):
+    """cuda_graph=True: the step on static buffers (batch and noise copied in, theta updated in
+    place, the capture's warm-up undone). On a CPU the same bookkeeping runs eagerly
+    (``capture=False``): every draw, ℓ(w*) and burn-in loss equals chain_mode='vmap' exactly, so the
+    warm-up moved nothing, the noise streams were not advanced by the example noise, and the batch
+    order is the eager one. A masked (weight-refined) run as well."""
+    import stagewise.llc.sampler as S
+
+    torch.manual_seed(0)
+    model = RegressionTransformer(RegressionTransformerConfig(n_layers=1, d_embed=16, d_mlp=16, n_heads=2)).eval()
+    b = sample_batch(RegressionTask(), 96, torch.Generator().manual_seed(1))
+    data = (b.tokens, b.ys)
+    cfg = SGLDConfig(epsilon=1e-4, gamma=100.0, nbeta=30.0, num_chains=3, num_draws=7, num_burnin=3, batch_size=32,
+                     seed=5)
+    monkeypatch.setattr(S, "_check_graph_setting", lambda *a: None)  # allow the eager replay on a CPU
+    for kw in ({}, {"params_to_sample": ["blocks.0.attn.qkv.weight"]}):
+        ref = estimate_llc_module(model, regression_loss, data, cfg, chain_mode="vmap", progress=False, **kw)
+        got = estimate_llc_module(model, regression_loss, data, cfg, chain_mode="vmap", cuda_graph=True,
+                                  progress=False, **kw)
+        np.testing.assert_array_equal(got.loss_trace, ref.loss_trace)
+        np.testing.assert_array_equal(got.burnin_loss_trace, ref.burnin_loss_trace)
+        np.testing.assert_array_equal(got.loss_init_trace, ref.loss_init_trace)
+        assert got.llc_mean == ref.llc_mean and got.num_sampled == ref.num_sampled
+
+
+def test_cuda_graph_refuses_settings_it_cannot_capture():
+    torch.manual_seed(0)
+    model = RegressionTransformer(RegressionTransformerConfig(n_layers=1, d_embed=16, d_mlp=16, n_heads=2)).eval()
+    b = sample_batch(RegressionTask(), 32, torch.Generator().manual_seed(1))
+    cfg = SGLDConfig(epsilon=1e-4, gamma=100.0, nbeta=30.0, num_chains=2, num_draws=2, num_burnin=0, batch_size=16)
+    with pytest.raises(ValueError, match="CUDA device, got 'cpu'"):
+        estimate_llc_module(model, regression_loss, (b.tokens, b.ys), cfg, cuda_graph=True, progress=False)
+    from stagewise.llc.sampler import _check_graph_setting
+
+    with pytest.raises(ValueError, match="chain_mode must be 'vmap' or 'auto', got 'loop'"):
+        _check_graph_setting(torch.device("cuda"), "loop", False, (b.tokens,))
+    with pytest.raises(ValueError, match="choose one"):
+        _check_graph_setting(torch.device("cuda"), "vmap", True, (b.tokens,))
+    with pytest.raises(ValueError, match="needs data"):
+        _check_graph_setting(torch.device("cuda"), "vmap", False, None)

@@ -163,3 +163,13 @@ def _result(per_chain):
                      loss_trace=np.zeros((n, 1)), llc_trace=np.zeros((n, 1)), loss_init=0.0, loss_init_trace=np.zeros(1),
                      burnin_loss_trace=np.zeros((n, 0)), diagnostics={}, excluded_chains=[], nbeta=1.0, num_sampled=1,
                      config=CFG)
+
+
+def test_cuda_graph_none_resolves_to_where_it_applies():
+    from stagewise.llc.sweep import _resolve_cuda_graph
+
+    assert _resolve_cuda_graph(None, "cuda", "auto", False) and _resolve_cuda_graph(None, "cuda:1", "vmap", False)
+    assert not _resolve_cuda_graph(None, "cpu", "auto", False) and not _resolve_cuda_graph(None, None, "vmap", False)
+    assert not _resolve_cuda_graph(None, "cuda", "loop", False) and not _resolve_cuda_graph(None, "cuda", "auto", True)
+    assert _resolve_cuda_graph(True, "cpu", "loop", False) is True  # explicit: estimate_llc then says why not
+    assert _resolve_cuda_graph(False, "cuda", "vmap", False) is False

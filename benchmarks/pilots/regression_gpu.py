@@ -6,6 +6,7 @@ cache entries it writes serve notebooks 02 and 05 at ``profile=long, num_steps=<
     STAGEWISE_CACHE=/tmp/swc python benchmarks/pilots/regression_gpu.py check --out $OUT
     STAGEWISE_CACHE=/tmp/swc python benchmarks/pilots/regression_gpu.py train --steps 500000 --out $OUT
     STAGEWISE_CACHE=/tmp/swc python benchmarks/pilots/regression_gpu.py analyse --steps 500000 --out $OUT
+    STAGEWISE_CACHE=/tmp/swc python benchmarks/pilots/regression_gpu.py sgld-graph --steps 20000 --out $OUT
     STAGEWISE_CACHE=/tmp/swc python benchmarks/pilots/regression_gpu.py pack --out $OUT
     python benchmarks/pilots/regression_gpu.py compare --steps 500000 --out benchmarks/results/pilots  # here
 
@@ -145,6 +146,46 @@ def analyse(args) -> None:
             converged=float(curv.converged.mean()))
 
 
+def sgld_graph(args) -> None:
+    """The CUDA-graphed SGLD step against the eager vmapped one through the notebooks' sweep entry
+    point, same checkpoints, seed and data: a short run (``--steps``, graph-trained), then (a) the
+    `long` profile's LLC setting at 6 analysis checkpoints and (b) the `paper` profile's 10 chains
+    at m = 1024 (burn-in and draws cut to 100 + 400) at the last one; seconds per checkpoint of
+    each, and the largest |Δλ̂| against the sweep's own standard error."""
+    from stagewise.data.regression import sgld_dataset
+    from stagewise.llc import estimate_llc_sweep
+    from stagewise.models.regression import RegressionTransformer
+    from stagewise.runs import regression_run, regression_sgld_loss
+    from stagewise.train import analysis_steps
+
+    prof = _profile(args.steps)
+    run = regression_run(prof, 0, progress=False, device="cuda", cuda_graph=True)
+    steps = analysis_steps(run.checkpoint_steps, 6)
+    paper = get_profile("regression", "paper")
+    settings = {"long": (prof.sgld, [(int(s), run.checkpoint_path(s)) for s in steps]),
+                "paper-10-chains": (dataclasses.replace(paper.sgld, num_burnin=100, num_draws=400),
+                                    [(int(steps[-1]), run.checkpoint_path(steps[-1]))])}
+    for name, (cfg, cks) in settings.items():
+        row = {"phase": "sgld_graph", "setting": name, "checkpoints": [s for s, _ in cks],
+               "sgld": f"{cfg.num_chains} chains x ({cfg.num_burnin} + {cfg.num_draws}), m = {cfg.batch_size}"}
+        out = {}
+        for label, graph in (("eager", False), ("graph", True)):
+            t0 = time.perf_counter()
+            sweep = estimate_llc_sweep(cks, model_fn=partial(RegressionTransformer, prof.model),
+                                       loss=regression_sgld_loss(prof.sgld_loss),
+                                       data=sgld_dataset(prof.task, max(prof.num_sgld_samples, 4 * cfg.batch_size)),
+                                       config=cfg, compute_dtype=prof.sgld_dtype, cuda_graph=graph, device="cuda",
+                                       cache=False, progress=False)
+            out[label] = sweep
+            row[f"{label}_s_per_checkpoint"] = (time.perf_counter() - t0) / len(cks)
+            row[f"{label}_llc"] = [round(float(x), 3) for x in sweep.llc_mean]
+        sem = max(float(r.llc_sem) for r in out["eager"].results)
+        row["max_abs_llc_diff"] = float(max(abs(a - b) for a, b in zip(out["graph"].llc_mean, out["eager"].llc_mean)))
+        row["largest_eager_sem"] = sem
+        row["speedup"] = row["eager_s_per_checkpoint"] / row["graph_s_per_checkpoint"]
+        _record(args.out, **row)
+
+
 def compare(args) -> None:
     from stagewise.cache import artifact_dir, load_artifact
     from stagewise.data.regression import RegressionBatches, regression_loss
@@ -201,7 +242,7 @@ def pack(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=["check", "train", "analyse", "pack", "compare"])
+    parser.add_argument("phase", choices=["check", "train", "analyse", "sgld-graph", "pack", "compare"])
     parser.add_argument("--compare-steps", type=int, default=400)
     parser.add_argument("--steps", type=int, default=500_000)
     parser.add_argument("--out", type=Path, required=True)
@@ -209,7 +250,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.phase not in ("pack", "compare") and not torch.cuda.is_available():
         sys.exit("no CUDA device: this pilot is for a GPU (the CPU runs notebook 02 at profile=long instead)")
-    {"check": check, "train": run_training, "analyse": analyse, "pack": pack, "compare": compare}[args.phase](args)
+    {"check": check, "train": run_training, "analyse": analyse, "sgld-graph": sgld_graph, "pack": pack,
+     "compare": compare}[args.phase](args)
 
 
 if __name__ == "__main__":

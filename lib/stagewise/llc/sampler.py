@@ -393,7 +393,7 @@ def resolve_compute_dtype(setting: str | None, device: str | torch.device = "cpu
     return "bfloat16" if fast else None
 
 
-def _autocast(compute_dtype: str | None, device: torch.device, dtype: torch.dtype):
+def _autocast(compute_dtype: str | None, device: torch.device, dtype: torch.dtype, cache: bool = True):
     """The context the loss's forward and backward run in: nothing (exact), or bf16 autocast."""
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be None (the weights' own dtype, exact) or 'bfloat16' (the loss's "
@@ -406,7 +406,8 @@ def _autocast(compute_dtype: str | None, device: torch.device, dtype: torch.dtyp
     if dtype != torch.float32:
         raise ValueError(f"compute_dtype='bfloat16' needs float32 sampled weights (the fp32 master copy the chains "
                          f"keep), got {dtype}")
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    # the cast cache must be off under CUDA-graph capture (cached casts would be captured once)
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def _resolve_chain_mode(chain_mode: str, device: torch.device) -> str:
@@ -432,6 +433,7 @@ def estimate_llc(
     chain_mode: str = "auto",
     compile: bool = False,
     compute_dtype: str | None = None,
+    cuda_graph: bool = False,
     progress: bool = True,
 ) -> LLCResult:
     """Estimate the LLC λ̂(w*) at ``params`` = w* with SGLD (eq. 8; estimator eq. 5; traces eq. 26).
@@ -466,6 +468,12 @@ def estimate_llc(
     update of eq. (8) stay fp32 (float32 weights required). A speed option (CPU cores with bf16
     dot-product instructions run bf16 matmuls ~4× faster): check the estimate against an fp32 run
     at the same seed before relying on it (benchmarks/results/llc_benchmark.md).
+    ``cuda_graph`` (CUDA, vmapped chains): one whole SGLD step (ℓ(w*) on the step's batch, the
+    chains' vmapped forward + backward and the eq. (8) update) is captured as a CUDA graph and
+    replayed; the batch and the chains' noise (drawn eagerly from the same per-chain generators)
+    are copied into its static inputs. Same mathematics and random streams as ``chain_mode='vmap'``
+    (on a CPU, ``_SGLDGraph(capture=False)`` runs the same bookkeeping eagerly and is bit-identical
+    to it, tested); it removes the kernel-launch overhead that bounds small models on a GPU.
     Inputs are never mutated. Non-finite or divergent chains are reported in ``diagnostics``,
     logged, and excluded from ``llc_mean``.
     """
@@ -475,8 +483,10 @@ def estimate_llc(
     nbeta = config.resolved_nbeta(has_data=data is not None)
     device = next(iter(params.values())).device
     mode = _resolve_chain_mode(chain_mode, device)
+    if cuda_graph:
+        _check_graph_setting(device, mode, compile, data)
     dtype = params[layout.names[0]].dtype
-    precision = _autocast(compute_dtype, device, dtype)
+    precision = _autocast(compute_dtype, device, dtype, cache=not cuda_graph)
     C, eps, gamma = config.num_chains, config.epsilon, config.gamma
 
     frozen = {n: t.detach() for n, t in params.items() if n not in layout.names}
@@ -523,43 +533,142 @@ def estimate_llc(
     losses_star: list[torch.Tensor] = []
     star_const = None
 
+    def draw_noise(out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None:
+            return torch.stack([torch.randn(layout.numel, generator=gen, device=device, dtype=dtype) for gen in gens])
+        for c, gen in enumerate(gens):
+            torch.randn(layout.numel, generator=gen, device=device, dtype=dtype, out=out[c])
+        return out
+
+    def update(theta, g, noise):
+        # eq. (8): Δw = −ε/2 (nβ ∇ℓ_m(w) + γ (w − w*)) + N(0, ε)
+        new = theta + (-half_eps * (nbeta * g + gamma * (theta - w_star)) + noise_std * noise)
+        # frozen elements: where() rather than a multiply so they stay bit-identical even if Δ is inf
+        return new if mask is None else torch.where(mask, new, theta)
+
     t0 = time.perf_counter()
     with torch.no_grad():
-        for t in tqdm(range(config.num_steps), desc="SGLD", disable=not progress, leave=False):
-            batch = next(batches)
-            if t >= config.num_burnin:
-                if data is None:
-                    if star_const is None:
-                        star_const = flat_loss(w_star, None).detach().reshape(())
-                    losses_star.append(star_const)
-                else:
-                    losses_star.append(flat_loss(w_star, batch).detach().reshape(()))
-            with torch.enable_grad():
-                if mode == "loop":
-                    step_losses, gs = grads(list(theta), batch, alive)
-                    g = torch.stack([x if x is not None else torch.zeros_like(w_star) for x in gs])
-                else:
+        if cuda_graph:
+            def graph_step(theta, batch, noise):
+                loss_star = flat_loss(w_star, batch).detach().reshape(())
+                with torch.enable_grad():
                     g, step_losses = vg(theta, batch)
-            noise = torch.stack([torch.randn(layout.numel, generator=gen, device=device, dtype=dtype) for gen in gens])
-            # eq. (8): Δw = −ε/2 (nβ ∇ℓ_m(w) + γ (w − w*)) + N(0, ε)
-            delta = -half_eps * (nbeta * g + gamma * (theta - w_star)) + noise_std * noise
-            new = theta + delta
-            # frozen elements: where() rather than a multiply so they stay bit-identical even if Δ is inf
-            theta = new if mask is None else torch.where(mask, new, theta)
-            step_losses = step_losses.detach().reshape(C)
-            losses.append(step_losses)
-            if mode == "loop":
-                # the loop skips dead chains, so it needs to know now (one sync per step);
-                # in vmap mode a dead chain just carries its NaNs along.
-                for c, v in enumerate(step_losses.tolist()):
-                    if alive[c] and not math.isfinite(v):
-                        alive[c] = False
-                        log.warning("SGLD chain %d has a non-finite loss at step %d; it is stopped", c, t)
+                return update(theta, g, noise), step_losses.detach().reshape(C), loss_star
+
+            batch = next(batches)
+            # example noise of zeros: drawing it would advance the chains' generators
+            graphed = _SGLDGraph(graph_step, theta, batch, torch.zeros_like(theta), capture=device.type == "cuda")
+            for t in tqdm(range(config.num_steps), desc="SGLD", disable=not progress, leave=False):
+                if t > 0:
+                    batch = next(batches)
+                step_losses, loss_star = graphed(batch, draw_noise(graphed.noise))
+                losses.append(step_losses.clone())
+                if t >= config.num_burnin:
+                    losses_star.append(loss_star.clone())
+        else:
+            for t in tqdm(range(config.num_steps), desc="SGLD", disable=not progress, leave=False):
+                batch = next(batches)
+                if t >= config.num_burnin:
+                    if data is None:
+                        if star_const is None:
+                            star_const = flat_loss(w_star, None).detach().reshape(())
+                        losses_star.append(star_const)
+                    else:
+                        losses_star.append(flat_loss(w_star, batch).detach().reshape(()))
+                with torch.enable_grad():
+                    if mode == "loop":
+                        step_losses, gs = grads(list(theta), batch, alive)
+                        g = torch.stack([x if x is not None else torch.zeros_like(w_star) for x in gs])
+                    else:
+                        g, step_losses = vg(theta, batch)
+                theta = update(theta, g, draw_noise())
+                step_losses = step_losses.detach().reshape(C)
+                losses.append(step_losses)
+                if mode == "loop":
+                    # the loop skips dead chains, so it needs to know now (one sync per step);
+                    # in vmap mode a dead chain just carries its NaNs along.
+                    for c, v in enumerate(step_losses.tolist()):
+                        if alive[c] and not math.isfinite(v):
+                            alive[c] = False
+                            log.warning("SGLD chain %d has a non-finite loss at step %d; it is stopped", c, t)
     elapsed = time.perf_counter() - t0
     loss_arr = torch.stack(losses).to("cpu", torch.float64).numpy()
     star_arr = torch.stack(losses_star).to("cpu", torch.float64).numpy()
     result = _summarise(loss_arr, star_arr, config, nbeta, layout.numel if mask is None else int(mask.sum()), elapsed)
     return dataclasses.replace(result, compute_dtype=compute_dtype)
+
+
+def _check_graph_setting(device: torch.device, mode: str, compile: bool, data) -> None:
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graph=True replays the SGLD step as a CUDA graph: it needs the weights on a CUDA "
+                         f"device, got {device.type!r}")
+    if mode != "vmap":
+        raise ValueError(f"cuda_graph=True captures the vmapped chains: chain_mode must be 'vmap' or 'auto', "
+                         f"got {mode!r}")
+    if compile:
+        raise ValueError("cuda_graph=True and compile=True are two ways of fusing the step: choose one")
+    if data is None:
+        raise ValueError("cuda_graph=True needs data (a potential without data has no batch to copy in)")
+
+
+class _SGLDGraph:
+    """One SGLD step of all chains, ``step(theta, batch, noise) -> (theta', losses [C], ℓ(w*))``,
+    captured as a CUDA graph over static ``theta`` (updated in place), batch and noise buffers.
+
+    ``__call__(batch, noise)`` copies the batch into the static batch (``noise`` may already be the
+    static ``self.noise``, filled in place), replays, and returns the static loss tensors (valid
+    until the next call; the caller clones them). Capture follows torch's recipe: warm-up on a side
+    stream, then capture; the warm-up moves ``theta``, so it is put back (the first replay is
+    step 0). ``capture=False`` (CPU tests of this bookkeeping) runs ``step`` eagerly on the same
+    static buffers instead of replaying it.
+    """
+
+    def __init__(self, step, theta: torch.Tensor, example_batch, noise: torch.Tensor, capture: bool = True,
+                 warmup: int = 3):
+        self.theta = theta.clone()
+        self.noise = noise.clone()
+        self.batch = tuple(b.clone() for b in example_batch) if isinstance(example_batch, tuple) \
+            else example_batch.clone()
+        start = self.theta.clone()
+
+        def run():
+            new, losses, loss_star = step(self.theta, self.batch, self.noise)
+            self.theta.copy_(new)
+            return losses, loss_star
+
+        self._run, self.graph = run, None
+        with torch.no_grad():
+            if capture:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(warmup):
+                        run()
+                torch.cuda.current_stream().wait_stream(side)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):
+                    self.losses, self.loss_star = run()
+            else:
+                for _ in range(warmup):
+                    run()
+            self.theta.copy_(start)
+        if capture:
+            torch.cuda.synchronize()
+
+    def __call__(self, batch, noise: torch.Tensor):
+        with torch.no_grad():
+            if isinstance(self.batch, tuple):
+                for dst, src in zip(self.batch, batch):
+                    dst.copy_(src, non_blocking=True)
+            else:
+                self.batch.copy_(batch, non_blocking=True)
+            if noise is not self.noise:
+                self.noise.copy_(noise)
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self.losses, self.loss_star = self._run()
+        return self.losses, self.loss_star
 
 
 def _check_scalar(loss: torch.Tensor) -> None:

@@ -136,8 +136,17 @@ def _run_checkpoint(payload: dict) -> dict:
     result = estimate_llc_module(model, payload["loss"], data, payload["config"],
                                  params_to_sample=payload["params_to_sample"], param_mask=payload["param_mask"],
                                  chain_mode=payload["chain_mode"], compile=payload["compile"],
-                                 compute_dtype=payload.get("compute_dtype"), progress=False)
+                                 compute_dtype=payload.get("compute_dtype"), cuda_graph=payload.get("cuda_graph", False),
+                                 progress=False)
     return result.to_dict()
+
+
+def _resolve_cuda_graph(setting: bool | None, device: str | None, chain_mode: str, compile: bool) -> bool:
+    """``cuda_graph`` None = where it applies: a CUDA device, chains vmapped ('vmap', or 'auto', which
+    vmaps on CUDA), no torch.compile. Not part of the cache key: the same numbers up to rounding."""
+    if setting is None:
+        return (device or "cpu").startswith("cuda") and chain_mode in ("auto", "vmap") and not compile
+    return bool(setting)
 
 
 def sweep_cache_key(config: SGLDConfig, model_fn: Callable, loss: Callable, data, params_to_sample=None,
@@ -189,6 +198,7 @@ def estimate_llc_sweep(
     chain_mode: str = "auto",
     compile: bool = False,
     compute_dtype: str | None = None,
+    cuda_graph: bool | None = False,
     device: str | None = None,
     progress: bool = True,
 ) -> LLCSweep:
@@ -202,6 +212,8 @@ def estimate_llc_sweep(
     or 'auto' = :func:`stagewise.llc.resolve_compute_dtype`) is resolved here and is part of the key.
     ``device`` (default CPU) is where each checkpoint's chains run (model and batches moved there);
     not part of the key: another device gives the same estimate up to float rounding.
+    ``cuda_graph`` (False; None = wherever it applies: CUDA, vmapped chains, no compile) replays
+    each SGLD step as a CUDA graph (:func:`stagewise.llc.estimate_llc`); not part of the key either.
     """
     if params_to_sample is not None and callable(params_to_sample):
         raise TypeError("estimate_llc_sweep needs params_to_sample as a list of names (a predicate cannot be hashed)")
@@ -230,6 +242,7 @@ def estimate_llc_sweep(
         threads = max(1, available_cores() // (max_workers or available_cores()))
     base = {"model_fn": model_fn, "loss": loss, "data": data, "config": config, "params_to_sample": params_to_sample,
             "param_mask": param_mask, "chain_mode": chain_mode, "compile": compile, "compute_dtype": compute_dtype,
+            "cuda_graph": _resolve_cuda_graph(cuda_graph, device, chain_mode, compile),
             "device": device, "threads": threads}
 
     def finish(step: int, path: Path | None, out: dict) -> None:
