@@ -357,11 +357,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="tiny shapes and the smoke profile (tests the script)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="folder of gpu_check.md / .json")
     ap.add_argument("--no-projection", action="store_true", help="skip the calibrated projection of the profile")
+    ap.add_argument("--parts", default="training,sgld,projection",
+                    help="comma-separated parts to run (training, sgld, projection)")
     ap.add_argument("--budget-s", type=float, default=math.inf,
                     help="wall-clock seconds after which parts not yet started are skipped (recorded as such)")
     args = ap.parse_args(argv)
     if not args.budget_s > 0:
         ap.error(f"--budget-s must be > 0 seconds, got {args.budget_s}")
+    parts = set(args.parts.split(","))
+    if not parts or not parts <= {"training", "sgld", "projection"}:
+        ap.error(f"--parts must name some of training, sgld, projection, got {args.parts!r}")
+    if args.no_projection:
+        parts.discard("projection")
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")
@@ -395,14 +402,15 @@ def main(argv: list[str] | None = None) -> dict:
             record["training"].append(r)
             print(json.dumps(r), flush=True)
 
-    add_training(sections.run("LM training fp32", lambda: lm_training(sh["lm"], sh["lm_batch"], sh["lm_steps"],
-                                                                       device, "float32")))
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported() or device == "cpu":
-        add_training(sections.run("LM training bf16", lambda: lm_training(sh["lm"], sh["lm_batch"], sh["lm_steps"],
-                                                                           device, "bfloat16")))
-    add_training(sections.run("regression training", lambda: regression_training(sh["reg"].model, sh["reg_batch"],
-                                                                                 sh["reg_steps"], device)))
-    for kind in ("lm", "regression"):
+    if "training" in parts:
+        add_training(sections.run("LM training fp32", lambda: lm_training(sh["lm"], sh["lm_batch"], sh["lm_steps"],
+                                                                           device, "float32")))
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported() or device == "cpu":
+            add_training(sections.run("LM training bf16", lambda: lm_training(sh["lm"], sh["lm_batch"],
+                                                                               sh["lm_steps"], device, "bfloat16")))
+        add_training(sections.run("regression training", lambda: regression_training(
+            sh["reg"].model, sh["reg_batch"], sh["reg_steps"], device)))
+    for kind in ("lm", "regression") if "sgld" in parts else ():
         out = sections.run(f"SGLD {kind}", lambda kind=kind: sgld_rows(kind, sh, device))
         if out is not None:
             rows, n = out
@@ -410,7 +418,7 @@ def main(argv: list[str] | None = None) -> dict:
             record["notes"] += n
             for r in rows:
                 print(json.dumps(r, default=str), flush=True)
-    if not args.no_projection:
+    if "projection" in parts:
         out = sections.run("projection", lambda: projection(sh["profile"], device, args.tiny))
         if out is not None:
             report, text = out

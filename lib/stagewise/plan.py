@@ -742,12 +742,17 @@ def measure_step(spec: StepSpec, batch: int, device: str = "cpu", repeats: int =
     :func:`stagewise.llc.estimate_llc_module` with 1 chain × ``sgld_draws`` draws (plus one warm-up
     call), its time less the ℓ(w*) passes, which are measured separately (``forward_seconds``);
     hvp: one Hessian-vector product by forward-over-reverse (:func:`stagewise.hessian.hvp`).
+    On CUDA the regression transformer's steps are timed as the pipeline runs them there: training
+    replayed as a CUDA graph (:func:`stagewise.runs.regression_run`), SGLD with ``spec.chains``
+    vmapped chains replayed as a CUDA graph (:func:`stagewise.runs.regression_llc`), per step the
+    difference of a 120- and a 20-draw run (each call captures its own graph).
     """
     import torch
 
     from stagewise.llc import SGLDConfig, estimate_llc_module
 
     cuda = str(device).startswith("cuda")
+    graphed = cuda and spec.family == "regression" and spec.kind in ("train", "sgld")
     if cuda:  # the previous measurement's tensors are gone before this one's high-water mark starts
         import gc
 
@@ -771,29 +776,48 @@ def measure_step(spec: StepSpec, batch: int, device: str = "cpu", repeats: int =
         seconds = fwd
     elif spec.kind == "train":
         cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
-        opt = cls(model.parameters(), lr=1e-3)
+        if graphed:  # runs.regression_run and transient_ridge_run replay the step as a CUDA graph there
+            from stagewise.train import TrainConfig, _GraphedStep
 
-        def train_step():
+            opt = cls(model.parameters(), lr=torch.tensor(1e-3, device=device), capturable=True)
             model.train()
-            opt.zero_grad(set_to_none=True)
-            loss(model, data).backward()
-            opt.step()
+            step = _GraphedStep(model, opt, loss, data, TrainConfig())
+            seconds = _timed(lambda: step(data), device, max(repeats, 50))
+        else:
+            opt = cls(model.parameters(), lr=1e-3)
 
-        seconds = _timed(train_step, device, repeats)
+            def train_step():
+                model.train()
+                opt.zero_grad(set_to_none=True)
+                loss(model, data).backward()
+                opt.step()
+
+            seconds = _timed(train_step, device, repeats)
     elif spec.kind == "sgld":
         data = tuple(torch.cat([t, t]) for t in data)  # two batches' worth of rows
-        cfg = SGLDConfig(epsilon=1e-7, gamma=100.0, nbeta=10.0, num_chains=1, num_draws=sgld_draws, num_burnin=0,
+        # as the sweeps run it: on CUDA the regression sweeps vmap their chains and replay each step
+        # as a CUDA graph (runs.regression_llc, transient_ridge.final_llcs); elsewhere one chain, looped
+        chains = spec.chains if graphed else 1
+        cfg = SGLDConfig(epsilon=1e-7, gamma=100.0, nbeta=10.0, num_chains=chains, num_draws=sgld_draws, num_burnin=0,
                          batch_size=batch, seed=0)
         from stagewise.llc import resolve_compute_dtype
 
         model.eval()
-        kw = dict(chain_mode="loop", compute_dtype=resolve_compute_dtype(spec.dtype, device), progress=False)
-        if fwd < 0.1:  # cheap steps: one-time costs of the first call would matter; expensive ones: they do not
-            estimate_llc_module(model, _module_loss(spec), data, dataclasses.replace(cfg, num_draws=1), **kw)
-        res = estimate_llc_module(model, _module_loss(spec), data, cfg, **kw)
+        kw = dict(chain_mode="vmap" if graphed else "loop", cuda_graph=graphed,
+                  compute_dtype=resolve_compute_dtype(spec.dtype, device), progress=False)
+        if graphed:  # per step: the difference of two runs (each call captures its own graph)
+            short, long_ = (estimate_llc_module(model, _module_loss(spec), data, dataclasses.replace(cfg, num_draws=n),
+                                                **kw) for n in (20, 120))
+            res, per_step = long_, (long_.elapsed_s - short.elapsed_s) / 100
+        else:
+            if fwd < 0.1:  # cheap steps: one-time costs of the first call would matter; expensive ones: they do not
+                estimate_llc_module(model, _module_loss(spec), data, dataclasses.replace(cfg, num_draws=1), **kw)
+            res = estimate_llc_module(model, _module_loss(spec), data, cfg, **kw)
+            per_step = res.elapsed_s / sgld_draws
         if not math.isfinite(res.llc_mean):
             raise FloatingPointError(f"calibration SGLD of {spec.label()} gave a non-finite estimate")
-        seconds = max(res.elapsed_s / sgld_draws - fwd, 0.0)
+        # per chain-step, less its share of the ℓ(w*) pass (added back from forward_seconds)
+        seconds = max(per_step / chains - fwd / chains, 0.0) if graphed else max(per_step - fwd, 0.0)
     elif spec.kind == "hvp":
         from stagewise.hessian import hvp
 

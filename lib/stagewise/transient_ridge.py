@@ -76,8 +76,15 @@ def _run_key(profile: TransientRidgeProfile, M: int | None) -> RegressionRunKey:
                             profile.batch_size, profile.seed)
 
 
-def transient_ridge_run(profile: TransientRidgeProfile, M: int | None, progress: bool = True) -> TrainedRun:
-    """Train (or load, or resume) the run with task diversity ``M`` (cached by the full config)."""
+def transient_ridge_run(profile: TransientRidgeProfile, M: int | None, progress: bool = True, device=None,
+                        cuda_graph: bool | None = None) -> TrainedRun:
+    """Train (or load, or resume) the run with task diversity ``M`` (cached by the full config).
+
+    ``device`` and ``cuda_graph`` as in :func:`stagewise.runs.regression_run` (None: a GPU if one
+    is visible, each step replayed as a CUDA graph there); neither is part of the key."""
+    from stagewise.hardware import resolve_device
+
+    device = resolve_device(device)
     key = _run_key(profile, M)
     return train_cached(
         "transient_ridge_runs", key,
@@ -85,6 +92,7 @@ def transient_ridge_run(profile: TransientRidgeProfile, M: int | None, progress:
         loss_fn=regression_loss,
         batch_fn=RegressionBatches(key.task, profile.batch_size, profile.seed),
         config=key.train, progress=progress, description=f"M = {m_label(M)}",
+        device=device, cuda_graph=device.type == "cuda" if cuda_graph is None else cuda_graph,
     )
 
 
@@ -340,6 +348,7 @@ def final_llcs(profile: TransientRidgeProfile, runs: dict[int | None, TrainedRun
 
 def _final_llc_row(profile: TransientRidgeProfile, M: int | None, run: TrainedRun, executor="serial") -> dict:
     """:func:`final_llcs`' row of one run (the sweep's cache makes a second call a load)."""
+    from stagewise.hardware import resolve_device
     from stagewise.llc import estimate_llc_sweep
 
     final = int(run.checkpoint_steps[-1])
@@ -347,7 +356,8 @@ def _final_llc_row(profile: TransientRidgeProfile, M: int | None, run: TrainedRu
         [(final, run.checkpoint_path(final))], model_fn=partial(RegressionTransformer, profile.model),
         loss=regression_sgld_loss(profile.sgld_loss),
         data=partial(sgld_dataset, run_task(profile, M), profile.num_sgld_samples),
-        config=profile.sgld, compute_dtype=profile.sgld_dtype, executor=executor, progress=False)
+        config=profile.sgld, compute_dtype=profile.sgld_dtype, executor=executor, progress=False,
+        device=str(resolve_device(None)), cuda_graph=None)
     r = sweep.to_frame().iloc[0]
     return {"M": m_label(M), "m": math.inf if M is None else M, "llc_mean": r["llc_mean"],
             "llc_sem": r["llc_sem"], "loss_init": r["loss_init"], "flags": r["flags"]}
