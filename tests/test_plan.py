@@ -192,3 +192,18 @@ def test_an_infinite_budget_cuts_no_rows_and_a_finite_one_cuts_them_in_proportio
     per_row = _trace_cached(spec, 256, "loop").total_bytes / 256
     assert _cut_batch(spec, 256, 10.5 * per_row, math.inf) == 10
     assert _cut_batch(spec, 256, 0.0, math.inf) == 1  # never below one row
+
+
+def test_regression_steps_are_timed_and_traced_as_the_pipeline_runs_them_on_cuda():
+    """On CUDA the regression sweeps vmap their chains and replay steps as CUDA graphs, so the
+    calibration times them so and the report sets the vmapped trace beside the measured memory;
+    the LM (looped chains) and every CPU step stay looped."""
+    from stagewise.plan import _graphed_on, _timed_mode
+
+    reg, lm = RegressionTransformerConfig(), LanguageModelConfig(n_layers=2, n_ctx=64, d_model=64, n_heads=4)
+    sgld = StepSpec("regression", reg, "sgld", chains=10)
+    assert _graphed_on(sgld, "cuda") and _graphed_on(StepSpec("regression", reg, "train"), "cuda:0")
+    assert not _graphed_on(sgld, "cpu") and not _graphed_on(StepSpec("regression", reg, "hvp"), "cuda")
+    assert not _graphed_on(StepSpec("lm", lm, "sgld", chains=20), "cuda")
+    assert _timed_mode(sgld, "cuda") == "vmap" and _timed_mode(sgld, "cpu") == "loop"
+    assert _timed_mode(StepSpec("regression", reg, "train"), "cuda") == "loop"

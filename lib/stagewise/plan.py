@@ -725,6 +725,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _graphed_on(spec: StepSpec, device: str) -> bool:
+    """Whether the pipeline replays ``spec`` as a CUDA graph on ``device`` (and so the calibration
+    times it that way): the regression transformer's training and SGLD steps on CUDA."""
+    return str(device).startswith("cuda") and spec.family == "regression" and spec.kind in ("train", "sgld")
+
+
+def _timed_mode(spec: StepSpec, device: str) -> str:
+    """The chain layout a calibration on ``device`` measured ``spec`` in (for its traced memory)."""
+    return "vmap" if spec.kind == "sgld" and _graphed_on(spec, device) else "loop"
+
+
 def _timed(fn, device: str, repeats: int) -> float:
     fn()  # warm-up (lazy initialisation, allocator, kernels)
     _sync(device)
@@ -752,7 +763,7 @@ def measure_step(spec: StepSpec, batch: int, device: str = "cpu", repeats: int =
     from stagewise.llc import SGLDConfig, estimate_llc_module
 
     cuda = str(device).startswith("cuda")
-    graphed = cuda and spec.family == "regression" and spec.kind in ("train", "sgld")
+    graphed = _graphed_on(spec, device)
     if cuda:  # the previous measurement's tensors are gone before this one's high-water mark starts
         import gc
 
@@ -1067,7 +1078,8 @@ def plan_report(plan: ProfilePlan, cpu: Calibration | None, gpu: Calibration | N
                                          "forward_seconds": t.forward_seconds,
                                          "seconds_at_profile_batch": t.seconds * batch / t.batch,
                                          "memory_bytes": t.memory_bytes or None,
-                                         "traced_bytes": _trace_cached(spec, t.batch, "loop").total_bytes}
+                                         "traced_bytes": _trace_cached(spec, t.batch, _timed_mode(spec, c.device))
+                                         .total_bytes}
         steps.append(entry)
     extra = {}
     if cpu is not None:
