@@ -84,7 +84,7 @@ class CausalSelfAttention(nn.Module):
 
     def _pattern(self, q, k):
         T = q.shape[-2]
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head) + self.causal_mask[:T, :T].to(q.dtype)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head) + self.causal_mask[:T, :T]
         return scores.softmax(dim=-1)
 
     def forward(self, x: torch.Tensor, queries: slice | None = None) -> torch.Tensor:
@@ -102,7 +102,7 @@ class CausalSelfAttention(nn.Module):
         k, v = F.linear(x, w_kv).split(C, dim=-1)
         q = F.linear(xq, w_q).view(B, Tq, self.n_heads, self.d_head).transpose(1, 2)
         k, v = (t.view(B, T, self.n_heads, self.d_head).transpose(1, 2) for t in (k, v))
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head) + self.causal_mask[:T, :T][queries].to(q.dtype)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head) + self.causal_mask[:T, :T][queries]
         y = scores.softmax(dim=-1) @ v  # B H Tq d_head
         return self.out(y.transpose(1, 2).reshape(B, Tq, C))
 
