@@ -846,6 +846,7 @@ def _cut_batch(spec: StepSpec, batch: int, memory_budget: float, flop_budget: fl
     tr = _trace_cached(spec, batch, "loop")
     per_row_bytes = tr.total_bytes / batch
     per_row_flops = max(tr.flops, 1.0) / batch
+
     def rows(budget: float, per_row: float) -> int:  # an infinite budget caps nothing (inf // x is nan)
         return batch if math.isinf(budget) else int(budget // per_row)
 
