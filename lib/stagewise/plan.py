@@ -828,7 +828,7 @@ def measure_step(spec: StepSpec, batch: int, device: str = "cpu", repeats: int =
         if not math.isfinite(res.llc_mean):
             raise FloatingPointError(f"calibration SGLD of {spec.label()} gave a non-finite estimate")
         # per chain-step, less its share of the ℓ(w*) pass (added back from forward_seconds)
-        seconds = max(per_step / chains - fwd / chains, 0.0) if graphed else max(per_step - fwd, 0.0)
+        seconds = max((per_step - fwd) / chains, 0.0)
     elif spec.kind == "hvp":
         from stagewise.hessian import hvp
 

@@ -51,11 +51,6 @@ def regression_run(profile: RegressionProfile, seed: int, progress: bool = True,
     each step as a CUDA graph (:func:`stagewise.train.train`; None: on a GPU, where it trained the
     `long` profile's 500k steps at 1,492 steps/s on one H200), not part of the key.
     """
-    from stagewise.hardware import resolve_device
-
-    device = resolve_device(device)
-    if cuda_graph is None:
-        cuda_graph = device.type == "cuda"
     key = _regression_key(profile, seed)
     return train_cached(
         "regression_runs",

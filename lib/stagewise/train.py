@@ -27,6 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from stagewise.cache import HASH_OMIT_DEFAULT, artifact_dir, atomic_save, atomic_write_text, load_artifact
+from stagewise import cuda_graphs
+from stagewise.cuda_graphs import copy_batch, map_batch
 
 __all__ = ["COMPUTE_DTYPES", "TrainConfig", "TrainedRun", "analysis_steps", "checkpoint_schedule", "train", "train_cached"]
 
@@ -189,7 +191,7 @@ def train(
     description: str = "train",
     tokens_per_batch: int = 0,
     device: str | torch.device | None = "cpu",
-    cuda_graph: bool = False,
+    cuda_graph: bool | None = False,
 ) -> TrainedRun:
     """Train (or resume, or just load) the run stored in ``run_dir``.
 
@@ -206,10 +208,13 @@ def train(
     same run up to float rounding (the capturable Adam computes its bias corrections on the
     device); the finiteness of the loss is checked at every checkpoint instead of every step (no
     per-step host sync), and the error still names the first non-finite step. Not part of the key.
+    ``cuda_graph=None``: graphed exactly when ``device`` is a CUDA device.
     """
     from stagewise.hardware import resolve_device
 
     device = resolve_device(device)
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda"
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got device {str(device)!r}")
     run_dir = Path(run_dir)
@@ -355,7 +360,7 @@ class _Prefetcher:
 
     def _make(self, step: int):
         batch = self._fn(step)
-        return _map_batch(torch.Tensor.pin_memory, batch) if self._pin else batch
+        return map_batch(torch.Tensor.pin_memory, batch) if self._pin else batch
 
     def _submit(self) -> None:
         if self._next < self._stop:
@@ -392,7 +397,7 @@ class _GraphedStep:
         saved_params = [p.detach().clone() for p in params]
         saved_state = {p: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in opt.state[p].items()}
                        for p in params if p in opt.state}
-        self.static = _map_batch(torch.Tensor.clone, example_batch)
+        self.static = map_batch(torch.Tensor.clone, example_batch)
 
         def step():
             with _autocast(model, config.compute_dtype):
@@ -405,17 +410,7 @@ class _GraphedStep:
 
         self._step, self._opt, self.graph = step, opt, None
         if capture:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(warmup):
-                    opt.zero_grad(set_to_none=True)
-                    step()
-            torch.cuda.current_stream().wait_stream(side)
-            opt.zero_grad(set_to_none=True)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.loss = step()
+            self.graph, self.loss = cuda_graphs.capture(step, warmup, lambda: opt.zero_grad(set_to_none=True))
         else:
             for _ in range(warmup):
                 opt.zero_grad(set_to_none=True)
@@ -431,23 +426,13 @@ class _GraphedStep:
             torch.cuda.synchronize()
 
     def __call__(self, batch) -> torch.Tensor:
-        _copy_batch(self.static, batch)
+        copy_batch(self.static, batch)
         if self.graph is not None:
             self.graph.replay()
         else:
             self._opt.zero_grad(set_to_none=True)
             self.loss = self._step()
         return self.loss
-
-
-def _copy_batch(dst, src) -> None:
-    if isinstance(dst, torch.Tensor):
-        if dst.shape != src.shape:
-            raise ValueError(f"a CUDA-graphed step needs batches of one shape: {tuple(dst.shape)} vs {tuple(src.shape)}")
-        dst.copy_(src, non_blocking=True)
-    elif isinstance(dst, (tuple, list)):
-        for d, s_ in zip(dst, src):
-            _copy_batch(d, s_)
 
 
 def _autocast(model: torch.nn.Module, compute_dtype: str):
@@ -458,19 +443,8 @@ def _autocast(model: torch.nn.Module, compute_dtype: str):
     return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
-def _map_batch(fn, batch):
-    """``fn`` applied to every tensor of a batch (a tensor, or tuples / lists / NamedTuples of them)."""
-    if isinstance(batch, torch.Tensor):
-        return fn(batch)
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # NamedTuple
-        return type(batch)(*(_map_batch(fn, b) for b in batch))
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_map_batch(fn, b) for b in batch)
-    return batch
-
-
 def _to_device(batch, device: torch.device):
-    return _map_batch(lambda t: t.to(device, non_blocking=True), batch)
+    return map_batch(lambda t: t.to(device, non_blocking=True), batch)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

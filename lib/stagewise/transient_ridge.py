@@ -82,9 +82,6 @@ def transient_ridge_run(profile: TransientRidgeProfile, M: int | None, progress:
 
     ``device`` and ``cuda_graph`` as in :func:`stagewise.runs.regression_run` (None: a GPU if one
     is visible, each step replayed as a CUDA graph there); neither is part of the key."""
-    from stagewise.hardware import resolve_device
-
-    device = resolve_device(device)
     key = _run_key(profile, M)
     return train_cached(
         "transient_ridge_runs", key,
@@ -92,7 +89,7 @@ def transient_ridge_run(profile: TransientRidgeProfile, M: int | None, progress:
         loss_fn=regression_loss,
         batch_fn=RegressionBatches(key.task, profile.batch_size, profile.seed),
         config=key.train, progress=progress, description=f"M = {m_label(M)}",
-        device=device, cuda_graph=device.type == "cuda" if cuda_graph is None else cuda_graph,
+        device=device, cuda_graph=cuda_graph,
     )
 
 

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from stagewise import cuda_graphs
+from stagewise.cuda_graphs import copy_batch, map_batch
 from stagewise.llc.diagnostics import FLAGS, chain_diagnostics
 
 __all__ = ["SGLDConfig", "LLCResult", "estimate_llc", "default_nbeta", "derive_seed", "fast_bf16_support",
@@ -533,9 +535,8 @@ def estimate_llc(
     losses_star: list[torch.Tensor] = []
     star_const = None
 
-    def draw_noise(out: torch.Tensor | None = None) -> torch.Tensor:
-        if out is None:
-            return torch.stack([torch.randn(layout.numel, generator=gen, device=device, dtype=dtype) for gen in gens])
+    def draw_noise(out: torch.Tensor) -> torch.Tensor:
+        """Fill ``out`` [C, d] with each chain's next N(0, 1) draw from its own generator."""
         for c, gen in enumerate(gens):
             torch.randn(layout.numel, generator=gen, device=device, dtype=dtype, out=out[c])
         return out
@@ -556,16 +557,17 @@ def estimate_llc(
                 return update(theta, g, noise), step_losses.detach().reshape(C), loss_star
 
             batch = next(batches)
-            # example noise of zeros: drawing it would advance the chains' generators
-            graphed = _SGLDGraph(graph_step, theta, batch, torch.zeros_like(theta), capture=device.type == "cuda")
+            graphed = _SGLDGraph(graph_step, theta, batch, capture=device.type == "cuda")
             for t in tqdm(range(config.num_steps), desc="SGLD", disable=not progress, leave=False):
                 if t > 0:
                     batch = next(batches)
-                step_losses, loss_star = graphed(batch, draw_noise(graphed.noise))
+                draw_noise(graphed.noise)
+                step_losses, loss_star = graphed(batch)
                 losses.append(step_losses.clone())
                 if t >= config.num_burnin:
                     losses_star.append(loss_star.clone())
         else:
+            noise = torch.empty_like(theta)
             for t in tqdm(range(config.num_steps), desc="SGLD", disable=not progress, leave=False):
                 batch = next(batches)
                 if t >= config.num_burnin:
@@ -581,7 +583,7 @@ def estimate_llc(
                         g = torch.stack([x if x is not None else torch.zeros_like(w_star) for x in gs])
                     else:
                         g, step_losses = vg(theta, batch)
-                theta = update(theta, g, draw_noise())
+                theta = update(theta, g, draw_noise(noise))
                 step_losses = step_losses.detach().reshape(C)
                 losses.append(step_losses)
                 if mode == "loop":
@@ -615,20 +617,17 @@ class _SGLDGraph:
     """One SGLD step of all chains, ``step(theta, batch, noise) -> (theta', losses [C], ℓ(w*))``,
     captured as a CUDA graph over static ``theta`` (updated in place), batch and noise buffers.
 
-    ``__call__(batch, noise)`` copies the batch into the static batch (``noise`` may already be the
-    static ``self.noise``, filled in place), replays, and returns the static loss tensors (valid
-    until the next call; the caller clones them). Capture follows torch's recipe: warm-up on a side
-    stream, then capture; the warm-up moves ``theta``, so it is put back (the first replay is
+    The caller fills ``self.noise`` in place; ``__call__(batch)`` copies the batch into the static
+    batch, replays, and returns the static loss tensors (valid until the next call; the caller
+    clones them). The capture's warm-up moves ``theta``, so it is put back (the first replay is
     step 0). ``capture=False`` (CPU tests of this bookkeeping) runs ``step`` eagerly on the same
     static buffers instead of replaying it.
     """
 
-    def __init__(self, step, theta: torch.Tensor, example_batch, noise: torch.Tensor, capture: bool = True,
-                 warmup: int = 3):
+    def __init__(self, step, theta: torch.Tensor, example_batch, capture: bool = True, warmup: int = 3):
         self.theta = theta.clone()
-        self.noise = noise.clone()
-        self.batch = tuple(b.clone() for b in example_batch) if isinstance(example_batch, tuple) \
-            else example_batch.clone()
+        self.noise = torch.zeros_like(theta)  # zeros: drawing it would advance the chains' generators
+        self.batch = map_batch(torch.Tensor.clone, example_batch)
         start = self.theta.clone()
 
         def run():
@@ -639,15 +638,7 @@ class _SGLDGraph:
         self._run, self.graph = run, None
         with torch.no_grad():
             if capture:
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    for _ in range(warmup):
-                        run()
-                torch.cuda.current_stream().wait_stream(side)
-                self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
-                    self.losses, self.loss_star = run()
+                self.graph, (self.losses, self.loss_star) = cuda_graphs.capture(run, warmup)
             else:
                 for _ in range(warmup):
                     run()
@@ -655,15 +646,9 @@ class _SGLDGraph:
         if capture:
             torch.cuda.synchronize()
 
-    def __call__(self, batch, noise: torch.Tensor):
+    def __call__(self, batch):
         with torch.no_grad():
-            if isinstance(self.batch, tuple):
-                for dst, src in zip(self.batch, batch):
-                    dst.copy_(src, non_blocking=True)
-            else:
-                self.batch.copy_(batch, non_blocking=True)
-            if noise is not self.noise:
-                self.noise.copy_(noise)
+            copy_batch(self.batch, batch)
             if self.graph is not None:
                 self.graph.replay()
             else:
