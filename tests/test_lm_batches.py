@@ -100,3 +100,82 @@ def test_random_segment_needs_bos_inside_the_vocabulary():
     mix = RepeatMix(fraction=1.0, source="random", vocab_size=50)
     with pytest.raises(ValueError, match="vocab_size"):
         LMBatches(_contexts(), 4, repeat_mix=mix)(0)
+
+
+def _repeats_in(row, lo, hi, min_len):
+    """(length, first, second) of the longest span row[a:a+L] == row[b:b+L], b >= a + L, within [lo, hi)."""
+    best = (0, None, None)
+    r = row.tolist()
+    for a in range(lo, hi):
+        for b in range(a + 1, hi):
+            n = 0
+            while b + n < hi and a + n < b and r[a + n] == r[b + n]:
+                n += 1
+            if n >= min_len and n > best[0]:
+                best = (n, a, b)
+    return best
+
+
+def test_segments_layout_repeats_each_chunks_segment_at_a_varying_distance():
+    n_ctx, segments = 65, 2
+    tokens = _contexts(n_ctx=n_ctx, n=40)
+    mix = RepeatMix(fraction=1.0, source="random", seed=3, vocab_size=5000, layout="segments", segments=segments,
+                    min_length=4, max_length=8, background="random")
+    c = mix.chunk_length(n_ctx)
+    distances = set()
+    for step in range(3):
+        batch = LMBatches(tokens, 8, seed=0, repeat_mix=mix)(step)[0]
+        assert torch.all(batch[:, 0] == BOS) and not (batch[:, 1:] == BOS).any()
+        for row in batch:
+            for k in range(segments):
+                lo = 1 + k * c
+                length, a, b = _repeats_in(row, lo, lo + c, 3)
+                # uniform tokens over 5k ids repeat by chance with probability ~1e-4 per pair: the
+                # longest repeat is the written segment, whole, inside its chunk
+                assert 4 <= length <= 8 and b >= a + length and b + length <= lo + c
+                distances.add(b - a)
+    assert len(distances) > 10  # random offsets, not a fixed one
+
+
+def test_segments_on_natural_background_copy_the_contexts_own_text_and_keep_the_rest():
+    n_ctx = 41
+    tokens = _contexts(n_ctx=n_ctx, n=40)
+    plain = LMBatches(tokens, 8, seed=0)
+    mix = RepeatMix(fraction=1.0, source="natural", seed=1, vocab_size=100, layout="segments", segments=1,
+                    min_length=5, max_length=5)
+    a, b = LMBatches(tokens, 8, seed=0, repeat_mix=mix)(2)[0], plain(2)[0]
+    for row_a, row_b in zip(a, b):
+        changed = torch.nonzero(row_a != row_b).flatten()
+        assert len(changed) <= 5 and (len(changed) == 0 or changed.max() - changed.min() < 5)
+        # the overwritten span now holds 5 tokens that also stand, unchanged, earlier in the context
+        length, first, second = _repeats_in(row_a, 1, n_ctx, 5)
+        assert length >= 5 and torch.equal(row_a[first:first + 5], row_b[first:first + 5])
+
+
+def test_unigram_source_draws_from_the_batchs_own_tokens():
+    n_ctx = 33
+    stream = torch.randint(0, 10, (40 * (n_ctx - 1),), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    tokens = pack_contexts(stream, n_ctx, BOS)  # text over ids 0..9 only
+    mix = RepeatMix(fraction=1.0, source="unigram", vocab_size=100, layout="segments", segments=2, min_length=4,
+                    max_length=8, background="random")
+    batch = LMBatches(tokens, 8, seed=0, repeat_mix=mix)(0)[0]
+    c = mix.chunk_length(n_ctx)
+    for row in batch:
+        length, a, b = _repeats_in(row, 1, 1 + c, 4)
+        assert length >= 4 and row[a:a + length].max() < 10  # unigram draws come from the text's ids
+
+
+def test_segments_that_do_not_fit_name_the_parameters():
+    mix = RepeatMix(fraction=1.0, layout="segments", segments=4, max_length=20)
+    with pytest.raises(ValueError, match="max_length"):
+        mix.apply(_contexts(n_ctx=65), 0)
+    for kwargs, word in [({"layout": "thirds"}, "layout"), ({"segments": 0}, "segments"),
+                         ({"min_length": 9, "max_length": 8}, "min_length"), ({"background": "x"}, "background"),
+                         ({"source": "zipf"}, "source")]:
+        with pytest.raises(ValueError, match=word):
+            RepeatMix(**kwargs)
+
+
+def test_new_fields_leave_old_cache_keys_alone():
+    assert config_hash(RepeatMix(fraction=0.1)) == config_hash(RepeatMix(fraction=0.1, layout="halves", segments=1))
+    assert config_hash(RepeatMix(fraction=0.1)) != config_hash(RepeatMix(fraction=0.1, layout="segments"))

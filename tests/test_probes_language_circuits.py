@@ -156,3 +156,30 @@ def test_induction_score_on_repeated_tokens(model):
     for head in (1, 2, 3):
         assert score[1, head].item() == pytest.approx(chance, rel=1e-4)
     assert score[0, 0] < 0.1
+
+
+def test_offset_repeat_sequences_copy_one_segment_at_a_varying_distance():
+    tokens, a, b = L.offset_repeat_sequences(300, 5000, 4999, length=128, segment=20, seed=1)
+    assert tokens.shape == (300, 128) and torch.all(tokens[:, 0] == 4999) and not (tokens[:, 1:] == 4999).any()
+    rows = torch.arange(300)[:, None]
+    span = torch.arange(20)
+    assert torch.equal(tokens[rows, a[:, None] + span], tokens[rows, b[:, None] + span])
+    assert (a >= 1).all() and (a + 20 <= 64).all() and (b >= 64).all() and (b + 20 <= 128).all()
+    assert len(set((b - a).tolist())) > 40  # the offset varies: no fixed-offset head can copy it
+    with pytest.raises(ValueError, match="length"):
+        L.offset_repeat_sequences(4, 5000, 4999, length=40, segment=20)
+
+
+def test_offset_repeat_drop_of_the_induction_circuit_and_without_its_matching():
+    model = induction_model()
+    got = L.offset_repeat_losses(model, 200, N_CTX, segment=8, bos_id=BOS)
+    # the same averages recomputed from the per-token losses: tokens a+1..a+7 and b+1..b+7
+    tokens, a, b = L.offset_repeat_sequences(200, V, BOS, N_CTX, 8, seed=0)
+    losses = L.position_losses(model, tokens)
+    first = np.mean([losses[i, a[i] + j - 1].item() for i in range(200) for j in range(1, 8)])
+    second = np.mean([losses[i, b[i] + j - 1].item() for i in range(200) for j in range(1, 8)])
+    assert got["first"] == pytest.approx(first) and got["second"] == pytest.approx(second)
+    assert got["drop"] > 5  # the second copy is read off the first (11 token types: some ambiguity)
+    with torch.no_grad():
+        model.blocks[1].attn.W_Q.zero_()  # the induction head attends evenly: no matching
+    assert L.offset_repeat_losses(model, 200, N_CTX, segment=8, bos_id=BOS)["drop"] < got["drop"] - 3

@@ -55,6 +55,7 @@ from stagewise.probes.language_structure import (
     induction_scores,
     prefix_matching_scores,
     previous_and_current_token_scores,
+    offset_repeat_losses,
     repeated_sequences,
 )
 from stagewise.train import TrainConfig, _autocast, _make_optimizer
@@ -63,7 +64,28 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "lm_induction_pilots
 REP_DROP_THRESHOLD = 1.0  # nats
 COLUMNS = ["step", "tokens", "epochs", "wall_s", "train_s", "cpu_s", "train_loss", "val_loss", "icl", "prev0_max", "prev0_head",
            "prev1_max", "prefix1_max", "prefix1_head", "prefix0_max", "induction1_max", "induction1_head",
-           "rep_loss1", "rep_loss2", "rep_drop", "probe_s"]
+           "rep_loss1", "rep_loss2", "rep_drop", "off_loss1", "off_loss2", "off_drop", "probe_s"]
+# pilots logged before the random-offset probe existed have no off_* columns
+OPTIONAL = ("off_loss1", "off_loss2", "off_drop")
+
+
+def mix_of(args) -> RepeatMix:
+    return RepeatMix(fraction=args.mix, source=args.mix_source, seed=args.data_seed, layout=args.layout,
+                     segments=args.segments, min_length=args.seg_min, max_length=args.seg_max,
+                     background=args.background)
+
+
+def describe_mix(s: dict) -> str:
+    """The table's words for a pilot's data (old summaries lack the layout fields: BOS + S + S)."""
+    if not s["mix"]:
+        return "none (text)"
+    text = f"{1 - s['mix']:.0%} text + " if s["mix"] < 1 else ""
+    if s.get("mix_layout", "halves") in (None, "halves"):
+        return f"{text}{s['mix']:.0%} BOS+S+S fixed offset, {s['mix_source']} S"
+    lo, hi = s["mix_lengths"]
+    bg = "random" if s["mix_background"] == "random" else "text"
+    return (f"{text}{s['mix']:.0%} {s['mix_segments']} x {s['mix_source']} segment(s) of {lo}-{hi} at random offsets "
+            f"in {bg}")
 
 
 def model_config(ctx: int) -> LanguageModelConfig:
@@ -125,6 +147,7 @@ def probe(model, val: torch.Tensor, probe_seqs: int, seed: int = 0) -> dict:
     rep_losses = position_losses(model, rep, batch_size=64)  # column k-1: loss at token k
     rep1 = float(rep_losses[:, 1:h].mean())  # tokens 2..h of the first copy (unpredictable)
     rep2 = float(rep_losses[:, h + 1:2 * h].mean())  # tokens h+2..2h: an induction head can copy them
+    off = offset_repeat_losses(model, n_rep, length=length, segment=min(20, (length - 3) // 2), seed=seed + 3)
     losses = position_losses(model, val, batch_size=16)
     k1, k2 = icl_tokens(ctx)
     out = {
@@ -133,6 +156,7 @@ def probe(model, val: torch.Tensor, probe_seqs: int, seed: int = 0) -> dict:
         "prefix1_max": float(prefix[1].max()), "prefix1_head": int(prefix[1].argmax()),
         "prefix0_max": float(prefix[0].max()), "induction1_max": float(ind[1].max()),
         "induction1_head": int(ind[1].argmax()), "rep_loss1": rep1, "rep_loss2": rep2, "rep_drop": rep1 - rep2,
+        "off_loss1": off["first"], "off_loss2": off["second"], "off_drop": off["drop"],
     }
     chance = {"previous_token": chance_prev, "prefix_matching": chance_prefix, "induction": chance_ind,
               "icl_tokens": [k1, k2]}
@@ -153,7 +177,7 @@ def run(args) -> None:
     corpus = CorpusConfig()
     contexts = load_contexts(corpus, "train", args.ctx)
     corpus_tokens = contexts.shape[0] * (args.ctx - 1)
-    mix = RepeatMix(fraction=args.mix, source=args.mix_source, seed=args.data_seed)
+    mix = mix_of(args)
     batches = LMBatches(contexts, args.batch, args.data_seed, repeat_mix=mix)
     val_all = load_contexts(corpus, "validation", args.ctx)
     pick = torch.randperm(len(val_all), generator=torch.Generator().manual_seed(0))[:args.val_contexts]
@@ -184,7 +208,9 @@ def run(args) -> None:
 
     meta = {"name": args.name, "batch": args.batch, "ctx": args.ctx, "lr": args.lr, "dtype": args.dtype,
             "model": args.model, "fused_adamw": args.fused_adamw, "seed": args.seed, "data_seed": args.data_seed, "mix": args.mix,
-            "mix_source": args.mix_source if args.mix else None, "tokens_per_step": args.batch * args.ctx,
+            "mix_source": args.mix_source if args.mix else None, "mix_layout": args.layout if args.mix else None,
+            "mix_segments": args.segments, "mix_lengths": [args.seg_min, args.seg_max],
+            "mix_background": args.background, "tokens_per_step": args.batch * args.ctx,
             "corpus_train_tokens": corpus_tokens, "probe_seqs": args.probe_seqs, "val_contexts": args.val_contexts,
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
             "torch": torch.__version__, "thresholds": {"previous_token": PREVIOUS_TOKEN_THRESHOLD,
@@ -237,7 +263,7 @@ def run(args) -> None:
         if step % args.log_every == 0 or step == args.max_steps:
             row = log_row(loss_sum, loss_n)
             loss_sum, loss_n = 0.0, 0
-            formed_now = row["prefix1_max"] >= INDUCTION_THRESHOLD and row["rep_drop"] >= REP_DROP_THRESHOLD
+            formed_now = formed(row)
             formed_run = formed_run + 1 if formed_now else 0
             atomic_save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
                          "optimizer": opt.state_dict(), "step": step, "wall_s": row["wall_s"],
@@ -259,6 +285,15 @@ def run(args) -> None:
     print(f"stopped: {stop} at step {step}", flush=True)
 
 
+def formed(row) -> bool:
+    """Both heads of a content-based induction circuit, by the notebooks' thresholds: a layer-0
+    previous-token head, a layer-1 prefix-matching head, and a loss drop of >= 1 nat on a repeat
+    placed at a random offset (a positional copy head earns the BOS + R + R induction score and
+    rep_drop, never this; pilots logged before the probe existed cannot pass)."""
+    return (row["prev0_max"] >= PREVIOUS_TOKEN_THRESHOLD and row["prefix1_max"] >= INDUCTION_THRESHOLD
+            and (row.get("off_drop") or 0.0) >= REP_DROP_THRESHOLD)
+
+
 def first_step(rows, test) -> int | None:
     for r in rows:
         if test(r):
@@ -266,15 +301,20 @@ def first_step(rows, test) -> int | None:
     return None
 
 
-def write_summary(json_path: Path, csv_path: Path, meta: dict, chance: dict | None, stop: str) -> None:
+def read_rows(csv_path: Path) -> list[dict]:
     with open(csv_path) as fh:
-        rows = [{k: (float(v) if k not in ("step", "tokens", "prev0_head", "prefix1_head", "induction1_head")
-                     else int(v)) for k, v in r.items()} for r in csv.DictReader(fh)]
+        return [{k: (None if v in ("", None) else float(v) if k not in ("step", "tokens", "prev0_head", "prefix1_head",
+                                                                       "induction1_head") else int(v))
+                 for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def write_summary(json_path: Path, csv_path: Path, meta: dict, chance: dict | None, stop: str) -> None:
+    rows = read_rows(csv_path)
     last = rows[-1]
-    formed = None
+    formed_at = None
     for a, b in zip(rows, rows[1:]):
-        if all(r["prefix1_max"] >= INDUCTION_THRESHOLD and r["rep_drop"] >= REP_DROP_THRESHOLD for r in (a, b)):
-            formed = a["step"]
+        if formed(a) and formed(b):
+            formed_at = a["step"]
             break
     trained = [r for r in rows if r["step"] > 0]
     summary = {
@@ -284,15 +324,17 @@ def write_summary(json_path: Path, csv_path: Path, meta: dict, chance: dict | No
         "tokens_per_cpu_s": last["tokens"] / last["cpu_s"] if last["cpu_s"] else None,
         "chance": chance,
         "max": {c: max(r[c] for r in rows) for c in ("prev0_max", "prev1_max", "prefix1_max", "prefix0_max",
-                                                    "induction1_max", "rep_drop")},
+                                                    "induction1_max", "rep_drop", "off_drop")
+                if all(r.get(c) is not None for r in rows)},
         "min": {c: min(r[c] for r in trained) if trained else None for c in ("val_loss", "icl")},
         "first_step": {
             "prev0_above_threshold": first_step(rows, lambda r: r["prev0_max"] >= PREVIOUS_TOKEN_THRESHOLD),
             "prefix1_above_threshold": first_step(rows, lambda r: r["prefix1_max"] >= INDUCTION_THRESHOLD),
             "rep_drop_above_threshold": first_step(rows, lambda r: r["rep_drop"] >= REP_DROP_THRESHOLD),
+            "off_drop_above_threshold": first_step(rows, lambda r: (r.get("off_drop") or 0) >= REP_DROP_THRESHOLD),
         },
-        "formed_step": formed,
-        "formed_tokens": formed * meta["tokens_per_step"] if formed is not None else None,
+        "formed_step": formed_at,
+        "formed_tokens": formed_at * meta["tokens_per_step"] if formed_at is not None else None,
         "law_tokens": law_tokens(meta["batch"], meta["ctx"]),
     }
     atomic_write_text(json_path, json.dumps(summary, indent=1))
@@ -349,12 +391,23 @@ def throughput(args) -> None:
             print(row, flush=True)
 
 
+def _at(rows, step, tokens_per_step) -> str:
+    """'tokens (wall min)' at a logged step, or '-' when the event never happened."""
+    if step is None:
+        return "-"
+    wall = next(r["wall_s"] for r in rows if r["step"] == step)
+    return f"{step * tokens_per_step / 1e6:.2f}M ({wall / 60:.0f} min)"
+
+
 def table(args) -> None:
-    """A markdown table of every pilot's summary (``<name>.json``), for the results file."""
-    print("| pilot | B x C | lr | mix | steps | tokens | epochs | wall min | CPU min | tokens/s (wall) | tokens/CPU-s "
-          "| max prev L0 | max prev L1 | max prefix L1 | max induction L1 | max rep drop | min ICL | formed at "
-          "| law (calibrated / Aoyama) | stop |")
-    print("|" + "---|" * 20)
+    """A markdown table of every pilot's summary (``<name>.json``), for the results file: the data
+    recipe, shape, lr, the tokens and wall time at which each probe first crossed its threshold
+    (layer-0 previous-token >= 0.4, layer-1 prefix matching >= 0.3, random-offset repeat drop >= 1
+    nat; '-' = never), the maxima of every score, and why the pilot stopped."""
+    print("| pilot | data | B x C | lr | tokens | wall min | tokens/CPU-s | prev L0 >= 0.4 at | prefix L1 >= 0.3 at "
+          "| offset drop >= 1 at | formed (all three) | max prev L0 | max prev L1 | max prefix L1 | max induction L1 "
+          "| max fixed-offset drop | max random-offset drop | min ICL | stop |")
+    print("|" + "---|" * 19)
     derived = ("stop", "steps", "tokens", "epochs", "wall_s", "train_s", "cpu_s", "tokens_per_s", "tokens_per_cpu_s",
                "chance", "max", "min", "first_step", "formed_step", "formed_tokens", "law_tokens")
     for path in sorted(RESULTS.glob("*.json")):
@@ -362,16 +415,15 @@ def table(args) -> None:
         write_summary(path, path.with_suffix(".csv"), {k: v for k, v in s.items() if k not in derived},
                       s["chance"], s["stop"])
         s = json.loads(path.read_text())
-        m, law = s["max"], s["law_tokens"]
-        mix = f"{s['mix']:.0%} {s['mix_source']}" if s["mix"] else "none"
-        formed = (f"step {s['formed_step']:,} ({s['formed_tokens'] / 1e6:.2f}M)" if s["formed_step"] is not None
-                  else "none")
-        print(f"| {s['name']} | {s['batch']} x {s['ctx']} | {s['lr']:g} | {mix} | {s['steps']:,} | "
-              f"{s['tokens'] / 1e6:.2f}M | {s['epochs']:.2f} | {s['wall_s'] / 60:.0f} | {s['cpu_s'] / 60:.0f} | "
-              f"{s['tokens_per_s']:,.0f} | {s['tokens_per_cpu_s']:,.0f} | {m['prev0_max']:.3f} | {m['prev1_max']:.3f} | "
-              f"{m['prefix1_max']:.3f} | {m['induction1_max']:.3f} | {m['rep_drop']:.2f} | {s['min']['icl']:.2f} | "
-              f"{formed} | {law['calibrated_on_paper'] / 1e6:.0f}M / {law['aoyama_constant'] / 1e6:.1f}M | "
-              f"{s['stop']} |")
+        rows = read_rows(path.with_suffix(".csv"))
+        m, first, tps = s["max"], s["first_step"], s["tokens_per_step"]
+        off = f"{m['off_drop']:.2f}" if "off_drop" in m else "not probed"
+        print(f"| {s['name']} | {describe_mix(s)} | {s['batch']} x {s['ctx']} | {s['lr']:g} | {s['tokens'] / 1e6:.2f}M | "
+              f"{s['wall_s'] / 60:.0f} | {s['tokens_per_cpu_s']:,.0f} | {_at(rows, first['prev0_above_threshold'], tps)} | "
+              f"{_at(rows, first['prefix1_above_threshold'], tps)} | "
+              f"{_at(rows, first.get('off_drop_above_threshold'), tps)} | {_at(rows, s['formed_step'], tps)} | "
+              f"{m['prev0_max']:.3f} | {m['prev1_max']:.3f} | {m['prefix1_max']:.3f} | {m['induction1_max']:.3f} | "
+              f"{m['rep_drop']:.2f} | {off} | {s['min']['icl']:.2f} | {s['stop']} |")
 
 
 def main() -> None:
@@ -391,7 +443,12 @@ def main() -> None:
     r.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     r.add_argument("--model", default="tl", choices=["tl", "fast"], help="train the TransformerLens model or its twin")
     r.add_argument("--mix", type=float, default=0.0, help="RepeatMix fraction of contexts rewritten BOS + S + S")
-    r.add_argument("--mix-source", default="natural", choices=["natural", "random"])
+    r.add_argument("--mix-source", default="natural", choices=["natural", "random", "unigram"])
+    r.add_argument("--layout", default="halves", choices=["halves", "segments"])
+    r.add_argument("--segments", type=int, default=1)
+    r.add_argument("--seg-min", type=int, default=8)
+    r.add_argument("--seg-max", type=int, default=32)
+    r.add_argument("--background", default="natural", choices=["natural", "random"])
     r.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=True)
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--data-seed", type=int, default=1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from stagewise.cache import artifact_dir, atomic_save, load_artifact
+from stagewise.cache import HASH_OMIT_DEFAULT, artifact_dir, atomic_save, load_artifact
 from stagewise.data.corpus import SPLITS, CorpusConfig, check_corpus_source, check_train_tokens, load_corpus
 from stagewise.data.tokenizer import BOS_TOKEN, TOKENIZER_DIR, load_tokenizer
 
@@ -102,58 +102,131 @@ def load_contexts(config: CorpusConfig, split: str, n_ctx: int) -> Tensor:
 
 @dataclass(frozen=True)
 class RepeatMix:
-    """Repeated-text contexts mixed into the training stream (our addition; the paper trains on
+    """Repeated segments mixed into the training stream (our addition; the paper trains on
     unmodified text). ``fraction = 0`` (the default) changes nothing.
 
-    Each sample of each batch is, independently with probability ``fraction``, rewritten as
-    ``BOS + S + S`` with ``h = (n_ctx - 1) // 2`` tokens in ``S`` (an odd body leaves the context's
-    last token in place). ``source = "natural"``: ``S`` is the context's own first ``h`` tokens
-    after BOS, a natural-text segment; ``source = "random"``: ``S`` is ``h`` tokens uniform over
-    ``[0, vocab_size)`` minus the BOS id (Olsson et al.'s repeated random tokens, synthetic data).
-    Which samples are rewritten, and the random tokens, are a function of ``(seed, step)`` only, so
-    a resumed run sees the same batches. Every other context is unchanged.
+    Each sample of each batch is, independently with probability ``fraction``, rewritten.
+
+    ``layout = "halves"`` (the original analogue): the context becomes ``BOS + S + S`` with
+    ``h = (n_ctx - 1) // 2`` tokens in ``S`` (an odd body leaves the context's last token in place).
+    The repeat is always ``h`` positions back, so a layer-1 head can earn the induction score on
+    ``BOS + R + R`` by attending to a fixed relative position (a positional copy head) without any
+    content-based matching: README, *Induction-head pilots*, "the fixed-offset trap".
+
+    ``layout = "segments"``: the body is cut into ``segments`` equal chunks; in each chunk one
+    segment of length uniform in ``[min_length, max_length]`` is written at a random position and
+    written again at a random later position of the same chunk (never overlapping), so the distance
+    between the copies varies and only matching on content finds the earlier copy. Tokens outside
+    the segments are the context's own (``background = "natural"``) or fresh uniform tokens
+    (``background = "random"``, fully synthetic contexts).
+
+    ``source``: what ``S`` is made of. ``"natural"``: the context's own text at the first copy's
+    place; ``"random"``: uniform over ``[0, vocab_size)`` minus the BOS id (Olsson et al.'s
+    repeated random tokens); ``"unigram"``: tokens drawn at random positions of the batch's own
+    text (so ``S`` has the corpus's unigram statistics: repeats "look like text" token by token).
+    Which samples are rewritten, and every random choice, are a function of ``(seed, step)`` (and
+    the batch), so a resumed run sees the same batches. Every other context is unchanged.
 
     Meant to be a profile field ``field(default_factory=RepeatMix, metadata=HASH_OMIT_DEFAULT)``,
-    so caches keyed by profiles without mixing stay valid.
+    so caches keyed by profiles without mixing stay valid; the fields added after ``vocab_size``
+    are hashed only when they differ from their defaults, for the same reason.
     """
 
     fraction: float = 0.0
-    source: str = "natural"  # "natural" | "random"
+    source: str = "natural"  # "natural" | "random" | "unigram"
     seed: int = 0
-    vocab_size: int = 5000  # only for source="random"
+    vocab_size: int = 5000  # for source="random" and background="random"
+    layout: str = field(default="halves", metadata=HASH_OMIT_DEFAULT)  # "halves" | "segments"
+    segments: int = field(default=1, metadata=HASH_OMIT_DEFAULT)  # repeated segments per context
+    min_length: int = field(default=8, metadata=HASH_OMIT_DEFAULT)
+    max_length: int = field(default=32, metadata=HASH_OMIT_DEFAULT)
+    background: str = field(default="natural", metadata=HASH_OMIT_DEFAULT)  # "natural" | "random"
 
     def __post_init__(self):
         if not 0 <= self.fraction <= 1:
             raise ValueError(f"fraction must be in [0, 1], got {self.fraction!r}")
-        if self.source not in ("natural", "random"):
-            raise ValueError(f"source must be 'natural' or 'random', got {self.source!r}")
+        if self.source not in REPEAT_SOURCES:
+            raise ValueError(f"source must be one of {', '.join(map(repr, REPEAT_SOURCES))}, got {self.source!r}")
         if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
             raise ValueError(f"vocab_size must be an integer >= 2, got {self.vocab_size!r}")
+        if self.layout not in ("halves", "segments"):
+            raise ValueError(f"layout must be 'halves' or 'segments', got {self.layout!r}")
+        if self.background not in ("natural", "random"):
+            raise ValueError(f"background must be 'natural' or 'random', got {self.background!r}")
+        if not isinstance(self.segments, int) or self.segments < 1:
+            raise ValueError(f"segments must be an integer >= 1, got {self.segments!r}")
+        if not (isinstance(self.min_length, int) and isinstance(self.max_length, int)
+                and 2 <= self.min_length <= self.max_length):
+            raise ValueError(f"min_length and max_length must be integers with 2 <= min_length <= max_length, "
+                             f"got {self.min_length!r} and {self.max_length!r}")
+
+    def chunk_length(self, n_ctx: int) -> int:
+        """Body positions per segment chunk (layout "segments")."""
+        return (n_ctx - 1) // self.segments
+
+    def _check_shape(self, n_ctx: int) -> None:
+        if n_ctx < 3:
+            raise ValueError(f"repeated contexts need n_ctx >= 3, got {n_ctx}")
+        if self.layout == "segments" and self.chunk_length(n_ctx) < 2 * self.max_length:
+            raise ValueError(
+                f"segments={self.segments} chunks of {self.chunk_length(n_ctx)} positions cannot hold two copies of "
+                f"max_length={self.max_length} tokens at n_ctx={n_ctx}: need max_length <= "
+                f"{self.chunk_length(n_ctx) // 2}")
+
+    def _draw(self, g, tokens: Tensor, rows: Tensor, shape: tuple[int, ...], source: str) -> Tensor:
+        """Fresh tokens of ``shape`` for the rewritten ``rows``: uniform non-BOS ids, or ids taken at
+        random positions of the batch's (unmixed) text."""
+        if source == "unigram":
+            flat = tokens[:, 1:].reshape(-1)
+            return flat[torch.randint(0, flat.numel(), shape, generator=g)].to(tokens.dtype)
+        bos = tokens[rows, :1].long().view(-1, *([1] * (len(shape) - 1)))
+        if bos.max() >= self.vocab_size:
+            raise ValueError(f"BOS id {int(bos.max())} lies outside vocab_size={self.vocab_size}")
+        r = torch.randint(0, self.vocab_size - 1, shape, generator=g)
+        return (r + (r >= bos).long()).to(tokens.dtype)  # skip the BOS id
 
     def apply(self, tokens: Tensor, step: int) -> Tensor:
         """The batch ``tokens`` [B, n_ctx] (BOS-prefixed) of training step ``step``, mixed (a copy)."""
         if self.fraction == 0:
             return tokens
         n_ctx = tokens.shape[1]
-        if n_ctx < 3:
-            raise ValueError(f"repeated contexts need n_ctx >= 3, got {n_ctx}")
+        self._check_shape(n_ctx)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         rows = torch.nonzero(torch.rand(tokens.shape[0], generator=g) < self.fraction).flatten()
         out = tokens.clone()
         if len(rows) == 0:
             return out
-        h = (n_ctx - 1) // 2
-        if self.source == "natural":
-            seg = tokens[rows, 1:1 + h]
-        else:
-            bos = tokens[rows, :1].long()
-            if bos.max() >= self.vocab_size:
-                raise ValueError(f"BOS id {int(bos.max())} lies outside vocab_size={self.vocab_size}")
-            r = torch.randint(0, self.vocab_size - 1, (len(rows), h), generator=g)
-            seg = (r + (r >= bos).long()).to(tokens.dtype)  # skip the BOS id
-        out[rows, 1:1 + h] = seg
-        out[rows, 1 + h:1 + 2 * h] = seg
+        if self.background == "random":
+            out[rows, 1:] = self._draw(g, tokens, rows, (len(rows), n_ctx - 1), "random")
+        if self.layout == "halves":
+            h = (n_ctx - 1) // 2
+            seg = out[rows, 1:1 + h] if self.source == "natural" else self._draw(g, tokens, rows, (len(rows), h),
+                                                                                 self.source)
+            out[rows, 1:1 + h] = seg
+            out[rows, 1 + h:1 + 2 * h] = seg
+            return out
+        c, n = self.chunk_length(n_ctx), len(rows)
+        for k in range(self.segments):
+            length = torch.randint(self.min_length, self.max_length + 1, (n,), generator=g)
+            # first copy at a in [0, c - 2L], second at b in [a + L, c - L], both inside chunk k
+            a = (torch.rand(n, generator=g) * (c - 2 * length + 1)).long()
+            b = a + length + (torch.rand(n, generator=g) * (c - a - 2 * length + 1)).long()
+            offset = 1 + k * c
+            span = torch.arange(self.max_length)
+            valid = span[None, :] < length[:, None]  # [n, max_length]
+            first = (offset + a)[:, None] + span[None, :]
+            second = (offset + b)[:, None] + span[None, :]
+            row_idx = rows[:, None].expand_as(first)
+            if self.source == "natural":
+                seg = out[row_idx.clamp(max=n_ctx - 1), first.clamp(max=n_ctx - 1)]
+            else:
+                seg = self._draw(g, tokens, rows, (n, self.max_length), self.source)
+                out[row_idx[valid], first[valid]] = seg[valid]
+            out[row_idx[valid], second[valid]] = seg[valid]
         return out
+
+
+REPEAT_SOURCES = ("natural", "random", "unigram")
 
 
 class LMBatches:

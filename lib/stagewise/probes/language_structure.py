@@ -38,6 +38,8 @@ __all__ = [
     "previous_token_sequences",
     "prefix_matching_sequences",
     "repeated_sequences",
+    "offset_repeat_sequences",
+    "offset_repeat_losses",
     "previous_and_current_token_scores",
     "prefix_matching_scores",
     "induction_scores",
@@ -251,6 +253,52 @@ def repeated_sequences(num_sequences: int, d_vocab: int, bos_id: int, length: in
     g = torch.Generator().manual_seed(seed)
     body = _uniform_excluding(g, ((length - 1) // 2,), d_vocab, torch.full((num_sequences, 1), bos_id))
     return torch.cat([torch.full((num_sequences, 1), bos_id), body, body], dim=1)
+
+
+def offset_repeat_sequences(num_sequences: int, d_vocab: int, bos_id: int, length: int = 128, segment: int = 20,
+                            seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Uniform non-BOS tokens after BOS, with one segment of ``segment`` tokens written at a random
+    place ``a`` of the first half and again at a random place ``b`` of the second half: the
+    distance ``b - a`` varies from sequence to sequence, so a head that copies from a fixed
+    relative position (the ``BOS + R + R`` trap) gains nothing, and only content-based induction
+    predicts the second copy. Returns tokens [N, length], a, b."""
+    if not isinstance(num_sequences, int) or num_sequences < 1:
+        raise ValueError(f"num_sequences must be an integer >= 1, got {num_sequences!r}")
+    if not isinstance(segment, int) or segment < 2:
+        raise ValueError(f"segment must be an integer >= 2, got {segment!r}")
+    if not isinstance(length, int) or length < 2 * segment + 3:
+        raise ValueError(f"length must be an integer >= 2 * segment + 3 = {2 * segment + 3}, got {length!r}")
+    _check_vocab(d_vocab, bos_id, 2)
+    g = torch.Generator().manual_seed(seed)
+    half = length // 2
+    tokens = _uniform_excluding(g, (length,), d_vocab, torch.full((num_sequences, 1), bos_id))
+    tokens[:, 0] = bos_id
+    a = torch.randint(1, half - segment + 1, (num_sequences,), generator=g)
+    b = torch.randint(half, length - segment + 1, (num_sequences,), generator=g)
+    span = torch.arange(segment)
+    rows = torch.arange(num_sequences)[:, None]
+    tokens[rows, b[:, None] + span] = tokens[rows, a[:, None] + span]
+    return tokens, a, b
+
+
+@torch.no_grad()
+def offset_repeat_losses(model, num_sequences: int = 256, length: int = 128, segment: int = 20, seed: int = 0,
+                         bos_id: int | None = None, batch_size: int = 64) -> dict[str, float]:
+    """Mean next-token loss on the first and on the second copy of :func:`offset_repeat_sequences`'
+    segment (its tokens 2..``segment``: the first token of a copy is unpredictable) and ``drop`` =
+    first - second: ~0 without induction, several nats with a content-based induction head, and
+    negative for a head that copies from a fixed offset (it predicts the wrong token)."""
+    from stagewise.probes.language_behaviour import position_losses
+
+    bos = default_bos_id(model) if bos_id is None else bos_id
+    _check_model_positions(model, length, "length")
+    tokens, a, b = offset_repeat_sequences(num_sequences, model.cfg.d_vocab, bos, length, segment, seed)
+    losses = position_losses(model, tokens, batch_size=batch_size)  # column k - 1: loss at token k
+    rows = torch.arange(num_sequences)[:, None]
+    span = torch.arange(1, segment)  # tokens a+1 .. a+segment-1 are predicted at columns a .. a+segment-2
+    first = float(losses[rows, a[:, None] + span - 1].mean())
+    second = float(losses[rows, b[:, None] + span - 1].mean())
+    return {"first": first, "second": second, "drop": first - second}
 
 
 # ------------------------------------------------------------------------------------------------
