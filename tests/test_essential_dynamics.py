@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from stagewise.essential_dynamics import (
-    curvature, essential_dynamics, evolute_cusps, find_forms, fit_pca, osculating_circles, smooth_trajectory,
+    curvature, essential_dynamics, evolute_cusps, find_forms, fit_pca, forms_against_boundaries, osculating_circles,
+    smooth_in_log_step, smooth_trajectory,
 )
+from stagewise.train import checkpoint_schedule
 
 
 def circle(radius, n=200, arc=2.0, clockwise=False):
@@ -116,7 +118,7 @@ def test_essential_dynamics_end_to_end_from_outputs():
     rng = np.random.default_rng(2)
     outputs = turning_outputs(161, rng)
     steps = np.arange(161) * 100.0
-    ed = essential_dynamics(outputs, steps, n_components=3, sigma=2.0, window=6)
+    ed = essential_dynamics(outputs, steps, n_components=3, parametrisation="index", sigma=2.0, window=6)
     assert ed.pca.explained_variance_ratio.sum() > 0.999
     # PC mixing moves each projection's vertex a little; the form is where all of them agree
     at_turn = [f for f in ed.forms if abs(f.step - 8000) <= 300]
@@ -151,9 +153,106 @@ def test_plot_essential_dynamics():
     from stagewise.plotting import plot_essential_dynamics
 
     outputs = turning_outputs(161, np.random.default_rng(2))
-    ed = essential_dynamics(outputs, np.arange(161) * 100.0, sigma=2.0, window=6)
+    ed = essential_dynamics(outputs, np.arange(161) * 100.0, parametrisation="index", sigma=2.0, window=6)
     assert ed.forms
     fig = plot_essential_dynamics(ed, extra_points={"ideal": ed.pca.project(outputs[:1])})
     assert len(fig.axes) == 3
     assert any(line.get_marker() == "*" for line in fig.axes[0].lines)  # the form is marked
     plt.close(fig)
+
+
+# --- the notebooks' setting: log-step parametrisation, chord tests ------------------------------
+
+PAPER_STEPS = checkpoint_schedule(500_000).astype(float)  # 100 linear + 90 log-spaced (App. D.2.3)
+
+
+def _lift(latent, rng, noise, n_features=200):
+    """Outputs on ``n_features`` inputs: the latent trajectory through a random linear map, plus
+    independent noise of ``noise`` times the latent's extent at every checkpoint."""
+    basis = np.linalg.qr(rng.normal(size=(n_features, latent.shape[1])))[0].T
+    extent = np.ptp(latent, axis=0).max()
+    return 1.0 + latent @ basis + rng.normal(0, noise * extent, (len(latent), n_features))
+
+
+def _polyline(u, corners, directions, rounding=0.04):
+    """A path in R^3 moving at unit speed in u along ``directions`` (one per segment), turning at
+    the ``corners`` (in u); each turn rounded over ~``rounding`` decades (a smooth vertex)."""
+    directions = [np.asarray(d, float) / np.linalg.norm(d) for d in directions]
+    velocity = np.zeros((len(u), 3))
+    for k, d in enumerate(directions):
+        lo = -np.inf if k == 0 else corners[k - 1]
+        hi = np.inf if k == len(directions) - 1 else corners[k]
+        # a smooth step into and out of segment k
+        on = 1 / (1 + np.exp(-(u - lo) / rounding)) * 1 / (1 + np.exp((u - hi) / rounding))
+        velocity += on[:, None] * d
+    du = np.gradient(u)
+    return np.cumsum(velocity * du[:, None], axis=0)
+
+
+def test_log_step_ed_finds_the_planted_turns_and_nothing_else():
+    u = np.log10(PAPER_STEPS + 1)
+    corners = (3.0, 4.6)  # 1k and 40k steps
+    latent = _polyline(u, corners, [(1, 0, 0), (0.2, 1, 0.4), (-0.6, 0.3, 1)])
+    for seed in range(6):
+        ed = essential_dynamics(_lift(latent, np.random.default_rng(seed), noise=0.01), PAPER_STEPS)
+        found = sorted(f.step for f in ed.forms)
+        assert len(found) == 2, found
+        for f, corner in zip(found, corners):
+            assert abs(np.log10(f + 1) - corner) < 0.15  # within a factor 1.4
+        assert all(len(f.cusps) == 3 for f in ed.forms)
+        assert all(f.turn >= 30 and f.snr >= 5 for f in ed.forms)
+
+
+def test_log_step_ed_finds_no_form_on_a_smooth_trajectory_that_stalls_in_noise():
+    """A circular arc in the PC1-PC2 plane whose speed dies out (the outputs stand still at the
+    end, where the paper's linear checkpoints crowd), with PC3 nothing but noise: no vertex and
+    no sharp turn, so no form, although noise gives κ many local maxima."""
+    u = np.log10(PAPER_STEPS + 1)
+    theta = 1.4 * np.tanh(u / 3)  # 80 degrees of arc, at most 27 degrees per decade, stalling
+    latent = np.c_[np.cos(theta), np.sin(theta), np.zeros_like(u)]
+    for seed in range(6):
+        outputs = _lift(latent, np.random.default_rng(seed), noise=0.01)
+        ed = essential_dynamics(outputs, PAPER_STEPS)
+        assert ed.forms == ()
+        # the same data indexed by checkpoint and lightly smoothed: noise passes for turns
+        old = essential_dynamics(outputs, PAPER_STEPS, parametrisation="index", sigma=1.0)
+        assert len(old.forms) >= 1
+
+
+def test_smooth_in_log_step_recovers_a_curve_and_reports_its_standard_error():
+    u = np.log10(PAPER_STEPS + 1)
+    clean = np.c_[np.sin(u), u**2 / 10]
+    fits = []
+    for seed in range(200):
+        noisy = clean + np.random.default_rng(seed).normal(0, 0.05, clean.shape)
+        grid, fit, se = smooth_in_log_step(PAPER_STEPS, noisy)
+        fits.append(fit)
+    fits = np.array(fits)
+    g = np.log10(grid + 1)
+    truth = np.c_[np.sin(g), g**2 / 10]
+    assert grid[0] == 0 and grid[-1] == pytest.approx(500_000) and np.all(np.diff(g) > 0)
+    assert np.all((np.diff(g) <= 0.1 / 4 + 1e-12) & (np.diff(g) > 0.024))  # >= 4 samples per 0.1-decade bandwidth
+    assert np.abs(fits.mean(0) - truth).max() < 0.03  # small bias (curvature of the truth)
+    # the reported standard error is the spread of the fit across noise draws, dense or sparse
+    spread = fits.std(0)
+    ratio = se / spread
+    assert 0.8 < np.median(ratio) < 1.2 and 0.6 < ratio.min() and ratio.max() < 1.5
+    at = lambda decade: np.argmin(np.abs(g - decade))  # noqa: E731
+    assert se[at(5.4)].max() < 0.5 * se[at(2.4)].min()  # the crowded late checkpoints average out
+    with pytest.raises(ValueError, match="increasing"):
+        smooth_in_log_step(PAPER_STEPS[::-1], clean)
+    with pytest.raises(ValueError, match="bandwidth"):
+        smooth_in_log_step(PAPER_STEPS, clean, bandwidth=0.0)
+    with pytest.raises(ValueError, match="parametrisation"):
+        essential_dynamics(np.zeros((10, 4)) + np.arange(10)[:, None], np.arange(10.0), parametrisation="arc")
+
+
+def test_forms_against_boundaries_uses_a_factor_in_steps():
+    rows = forms_against_boundaries([1_100, 30_000, 200_000], [1_000, 40_000, 126_000, 320_000], factor=1.5)
+    assert [r["nearest_form"] for r in rows] == [1_100, 30_000, 200_000, 200_000]
+    assert [r["corroborated"] for r in rows] == [True, True, False, False]  # 200k/126k = 1.59 > 1.5
+    assert rows[1]["ratio"] == pytest.approx(0.75)
+    assert forms_against_boundaries([], [10.0]) == [{"boundary": 10.0, "nearest_form": None, "ratio": None,
+                                                      "corroborated": False}]
+    with pytest.raises(ValueError, match="factor"):
+        forms_against_boundaries([1.0], [1.0], factor=1.0)

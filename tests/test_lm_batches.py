@@ -179,3 +179,16 @@ def test_segments_that_do_not_fit_name_the_parameters():
 def test_new_fields_leave_old_cache_keys_alone():
     assert config_hash(RepeatMix(fraction=0.1)) == config_hash(RepeatMix(fraction=0.1, layout="halves", segments=1))
     assert config_hash(RepeatMix(fraction=0.1)) != config_hash(RepeatMix(fraction=0.1, layout="segments"))
+
+
+def test_token_pool_restricts_random_segments_to_the_lowest_ids():
+    tokens = _contexts(n_ctx=33, n=40)
+    mix = RepeatMix(fraction=1.0, source="random", vocab_size=100, layout="segments", segments=2, min_length=4,
+                    max_length=8, token_pool=10)
+    plain, batch = LMBatches(tokens, 8, seed=0)(1)[0], LMBatches(tokens, 8, seed=0, repeat_mix=mix)(1)[0]
+    written = batch[batch != plain]
+    assert len(written) > 0 and written.max() < 10
+    with pytest.raises(ValueError, match="token_pool"):
+        RepeatMix(token_pool=1)
+    with pytest.raises(ValueError, match="token_pool"):
+        RepeatMix(token_pool=6000)

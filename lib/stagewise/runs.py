@@ -18,6 +18,7 @@ from stagewise.data.regression import (RegressionBatches, RegressionTask, regres
                                        sgld_dataset)
 from stagewise.models.regression import RegressionTransformer, RegressionTransformerConfig
 from stagewise.profiles.regression import RegressionProfile
+from stagewise.shipped import run_identity
 from stagewise.train import TrainConfig, TrainedRun, train_cached
 
 __all__ = ["RegressionRunKey", "regression_run", "regression_llc", "regression_hessian", "LanguageRunKey",
@@ -50,12 +51,26 @@ def regression_run(profile: RegressionProfile, seed: int, progress: bool = True,
     ``device``: where to train (None: a GPU if one is visible, else the CPU). ``cuda_graph``: replay
     each step as a CUDA graph (:func:`stagewise.train.train`; None: on a GPU, where it trained the
     `long` profile's 500k steps at 1,492 steps/s on one H200), not part of the key.
+
+    A run trained here (in the cache) is always used. Otherwise, with ``profile.use_shipped_run``
+    (the default), a run shipped in ``data/runs/`` for this key (:mod:`stagewise.shipped`; the
+    `long` profile's 500k steps) is loaded into the cache instead of training, with a log line.
+    ``use_shipped_run=False`` trains, and then compares the result with the shipped run
+    (:func:`stagewise.shipped.check_against_manifest`: bit for bit on the same platform).
     """
+    from stagewise import shipped
+    from stagewise.cache import artifact_dir
+
     key = _regression_key(profile, seed)
-    return train_cached(
+    model_fn = partial(RegressionTransformer, profile.model)
+    if profile.use_shipped_run and not (artifact_dir("regression_runs", key) / "done.json").exists():
+        run = shipped.load_shipped("regression_runs", key, model_fn)
+        if run is not None:
+            return run
+    run = train_cached(
         "regression_runs",
         key,
-        model_fn=partial(RegressionTransformer, profile.model),
+        model_fn=model_fn,
         loss_fn=regression_loss,
         batch_fn=RegressionBatches(profile.task, profile.batch_size, seed),
         config=key.train,
@@ -64,6 +79,11 @@ def regression_run(profile: RegressionProfile, seed: int, progress: bool = True,
         device=device,
         cuda_graph=cuda_graph,
     )
+    if not profile.use_shipped_run:
+        from stagewise.hardware import resolve_device
+
+        shipped.check_against_manifest(run, "regression_runs", key, device=str(resolve_device(device)))
+    return run
 
 
 def regression_llc(profile: RegressionProfile, seed: int, executor="serial", progress: bool = True, device=None):
@@ -120,7 +140,7 @@ def regression_hessian(profile: RegressionProfile, hessian, seed: int, progress:
     steps = analysis_steps(run.checkpoint_steps, hessian.num_checkpoints)
     b = sample_batch(profile.task, hessian.hessian_batch, torch.Generator().manual_seed(2024))
     base = {"run": config_to_dict(_regression_key(profile, seed)), "num_probes": hessian.num_probes, "tol": hessian.lanczos_tol,
-            "batch": hessian.hessian_batch}
+            "batch": hessian.hessian_batch, **run_identity(run)}
     if profile.sgld_loss != "full":  # the full forward's entries keep their old keys
         base["loss"] = profile.sgld_loss
     loss = regression_sgld_loss(profile.sgld_loss)
@@ -230,7 +250,7 @@ def regression_probes(profile: RegressionProfile, seed: int, num_checkpoints: in
                                                                     regression_structure)).encode()).hexdigest()[:16]
     directory = artifact_dir("regression_probes", {"run": config_to_dict(_regression_key(profile, seed)),
                                                    "num_eval": profile.num_eval, "batch_seed": PROBE_BATCH_SEED,
-                                                   "probe_source": source})
+                                                   "probe_source": source, **run_identity(run)})
     rows = []
     for step in tqdm(steps, desc=f"probes seed {seed}", disable=not progress):
         path = directory / f"step_{int(step):08d}.pt"

@@ -141,6 +141,9 @@ class RepeatMix:
     min_length: int = field(default=8, metadata=HASH_OMIT_DEFAULT)
     max_length: int = field(default=32, metadata=HASH_OMIT_DEFAULT)
     background: str = field(default="natural", metadata=HASH_OMIT_DEFAULT)  # "natural" | "random"
+    # source="random" and background="random": draw from ids [0, token_pool) only (0: the whole
+    # vocabulary); GPT-2's lowest ids are its byte tokens and earliest merges, frequent pieces of text
+    token_pool: int = field(default=0, metadata=HASH_OMIT_DEFAULT)
 
     def __post_init__(self):
         if not 0 <= self.fraction <= 1:
@@ -155,6 +158,9 @@ class RepeatMix:
             raise ValueError(f"background must be 'natural' or 'random', got {self.background!r}")
         if not isinstance(self.segments, int) or self.segments < 1:
             raise ValueError(f"segments must be an integer >= 1, got {self.segments!r}")
+        if not isinstance(self.token_pool, int) or not (self.token_pool == 0 or 2 <= self.token_pool <= self.vocab_size):
+            raise ValueError(f"token_pool must be 0 (the whole vocabulary) or an integer in [2, vocab_size = "
+                             f"{self.vocab_size}], got {self.token_pool!r}")
         if not (isinstance(self.min_length, int) and isinstance(self.max_length, int)
                 and 2 <= self.min_length <= self.max_length):
             raise ValueError(f"min_length and max_length must be integers with 2 <= min_length <= max_length, "
@@ -173,15 +179,19 @@ class RepeatMix:
                 f"max_length={self.max_length} tokens at n_ctx={n_ctx}: need max_length <= "
                 f"{self.chunk_length(n_ctx) // 2}")
 
-    def _draw(self, g, tokens: Tensor, rows: Tensor, shape: tuple[int, ...], source: str) -> Tensor:
-        """Fresh tokens of ``shape`` for the rewritten ``rows``: uniform non-BOS ids, or ids taken at
-        random positions of the batch's (unmixed) text."""
+    def _draw(self, g, tokens: Tensor, rows: Tensor, shape: tuple[int, ...], source: str, pool: int = 0) -> Tensor:
+        """Fresh tokens of ``shape`` for the rewritten ``rows``: uniform non-BOS ids (of the first
+        ``pool`` ids when ``pool``), or ids taken at random positions of the batch's (unmixed) text."""
         if source == "unigram":
             flat = tokens[:, 1:].reshape(-1)
             return flat[torch.randint(0, flat.numel(), shape, generator=g)].to(tokens.dtype)
         bos = tokens[rows, :1].long().view(-1, *([1] * (len(shape) - 1)))
         if bos.max() >= self.vocab_size:
             raise ValueError(f"BOS id {int(bos.max())} lies outside vocab_size={self.vocab_size}")
+        if pool:
+            r = torch.randint(0, pool - 1, shape, generator=g)
+            r = r + (r >= bos).long() if bool((bos < pool).all()) else torch.randint(0, pool, shape, generator=g)
+            return r.to(tokens.dtype)
         r = torch.randint(0, self.vocab_size - 1, shape, generator=g)
         return (r + (r >= bos).long()).to(tokens.dtype)  # skip the BOS id
 
@@ -197,11 +207,11 @@ class RepeatMix:
         if len(rows) == 0:
             return out
         if self.background == "random":
-            out[rows, 1:] = self._draw(g, tokens, rows, (len(rows), n_ctx - 1), "random")
+            out[rows, 1:] = self._draw(g, tokens, rows, (len(rows), n_ctx - 1), "random", self.token_pool)
         if self.layout == "halves":
             h = (n_ctx - 1) // 2
             seg = out[rows, 1:1 + h] if self.source == "natural" else self._draw(g, tokens, rows, (len(rows), h),
-                                                                                 self.source)
+                                                                                 self.source, self.token_pool)
             out[rows, 1:1 + h] = seg
             out[rows, 1 + h:1 + 2 * h] = seg
             return out
@@ -220,7 +230,7 @@ class RepeatMix:
             if self.source == "natural":
                 seg = out[row_idx.clamp(max=n_ctx - 1), first.clamp(max=n_ctx - 1)]
             else:
-                seg = self._draw(g, tokens, rows, (n, self.max_length), self.source)
+                seg = self._draw(g, tokens, rows, (n, self.max_length), self.source, self.token_pool)
                 out[row_idx[valid], first[valid]] = seg[valid]
             out[row_idx[valid], second[valid]] = seg[valid]
         return out

@@ -43,6 +43,10 @@ class RegressionProfile:
     # machine runs bf16 faster (stagewise.llc.fast_bf16_support), else fp32 (resolve_compute_dtype)
     sgld_loss: str = "predictions_only"
     sgld_dtype: str = "auto"
+    # a run shipped in data/runs/ for this profile's key (the `long` 500k steps) is loaded instead of
+    # trained when the cache has none; False retrains and checks the result against the shipped one
+    # (stagewise.runs.regression_run). Not part of any cache key.
+    use_shipped_run: bool = True
 
     def __post_init__(self):
         if self.batch_size < 1:
