@@ -228,6 +228,119 @@ else:
 boundaries_vs_paper
 
 # %% [markdown]
+# ### Fewer LLC checkpoints: what the detector resolves at 60 instead of 190
+# With more than 60 LLC checkpoints (`long`: the paper's 190), the same estimates at the 60
+# checkpoints an earlier `long` profile used (a subset: each estimate is cached per checkpoint)
+# give the boundaries below: how much the count of checkpoints matters to the detector
+# (`benchmarks/stage_detection_accuracy.py` measures it on synthetic curves).
+
+# %%
+from stagewise.train import analysis_steps
+
+boundaries_60 = None
+if len(sweeps[seed0].steps) > 60:
+    sub = np.isin(sweep.steps, analysis_steps(runs[seed0].checkpoint_steps, 60)) & keep
+    res60 = detect_stages(sweep.steps[sub], sweep.llc_mean[sub], stds=sweep.llc_sem[sub], edge_plateaus=True)
+    boundaries_60 = res60.boundaries
+    print(f"seed {seed0}: boundaries at {len(steps_llc)} checkpoints {np.round(result.boundaries).astype(int).tolist()} "
+          f"({[st.direction[:3] for st in result.stages]}); at 60 of them "
+          f"{np.round(res60.boundaries).astype(int).tolist()} ({[st.direction[:3] for st in res60.stages]})")
+else:
+    print(f"{len(sweeps[seed0].steps)} LLC checkpoints: no subset to compare")
+
+# %% [markdown]
+# ## Essential dynamics: forms against the LLC's boundaries ([T] §3.2, Fig. 2)
+# The papers' second witness of stages. *Behavioural ED*: the predictions ŷ_k of every
+# checkpoint on 256 fixed sequences (2,048 numbers; eq. 7 of [T]), PCA over the checkpoints of one
+# seed, the top 3 PCs smoothed along training, and the trajectory's geometry in each PC plane:
+# osculating circles (grey), their centres (the evolute, black), vertices. A *form* is a turning
+# point of the trajectory at which every PC plane has a vertex (cusp of the evolute).
+#
+# *Our choices* (the papers' App. B.8 is not in our sources; `stagewise.essential_dynamics`'
+# docstring gives the reasons): the trajectory is parametrised by log(step + 1), the axis of the
+# LLC's stages, and smoothed by a local-linear Gaussian kernel of 0.1 decade (which averages the
+# crowded late checkpoints instead of reading their noise as turns); a turning point counts when
+# the chords 0.3 decade (a factor 2 in steps) into and out of it make ≥ 30° and are each ≥ 10
+# standard errors of the smoothed curve long. These settings were fixed on synthetic trajectories
+# before any run's forms were looked at and are the same for every seed and profile. A form
+# *corroborates* an LLC boundary when it lies within a factor 1.5 of it in steps (notebook 05's
+# rule for curvature boundaries).
+
+# %%
+from stagewise.essential_dynamics import essential_dynamics, forms_against_boundaries
+from stagewise.plotting import plot_ed_over_training, plot_essential_dynamics
+from stagewise.runs import regression_outputs
+
+t0 = time.perf_counter()
+eds = {}
+for seed in cfg.seeds:
+    ed_steps, ed_outputs = regression_outputs(cfg, seed)
+    eds[seed] = essential_dynamics(ed_outputs, ed_steps)
+timings["essential dynamics"] = time.perf_counter() - t0
+ed_rows = []
+for seed, ed in eds.items():
+    bounds = stage_results[seed].boundaries if seed in stage_results else []
+    matches = forms_against_boundaries([f.step for f in ed.forms], bounds) if len(bounds) else []
+    ed_rows.append({"seed": seed, "explained variance (PC1-3)": np.round(ed.pca.explained_variance_ratio, 3).tolist(),
+                    "forms (step, turn)": [(round(f.step), round(f.turn)) for f in ed.forms],
+                    "LLC boundaries": np.round(bounds).astype(int).tolist(),
+                    "corroborated": [round(m["boundary"]) for m in matches if m["corroborated"]],
+                    "not corroborated": [round(m["boundary"]) for m in matches if not m["corroborated"]]})
+ed_table = pd.DataFrame(ed_rows).set_index("seed")
+ed_table
+
+# %%
+ed0 = eds[seed0]
+fig = plot_essential_dynamics(ed0, stages=result,
+                              title=f"Essential dynamics of seed {seed0} ({cfg.name} profile): the trajectory in "
+                                    f"its top 3 PCs, coloured by the LLC's stages; stars: forms")
+save_figure(fig, "fig2b_regression_essential_dynamics", profile=cfg.name, directory=figure_dir)
+plt.show()
+fig = plot_ed_over_training(ed0, stages=result, label=f"seed {seed0}: ",
+                            title=f"Essential dynamics over training against the LLC's stages ({cfg.name} profile)")
+save_figure(fig, "fig2b_regression_ed_over_training", profile=cfg.name, directory=figure_dir)
+plt.show()
+
+# %% [markdown]
+# Every seed's turn profile, shaded by its own LLC stages (seeds after the first have their LLC at
+# fewer checkpoints: `other_seeds_*` in the profile).
+
+# %%
+if len(eds) > 1:
+    fig, axes = plt.subplots(2, len(eds), figsize=(3.0 * len(eds) + 0.6, 4.6), squeeze=False, sharex=True)
+    for col, (seed, ed) in enumerate(eds.items()):
+        plot_ed_over_training(ed, stages=stage_results.get(seed), axes=axes[:, col], label=f"seed {seed}: ")
+        for ax in axes[:, col]:
+            ax.title.set_fontsize(7)
+    fig.suptitle(f"Essential dynamics of every seed ({cfg.name} profile): PC scores (top), turns and forms (bottom)")
+    fig.tight_layout()
+    save_figure(fig, "figB1b_regression_ed_over_training", profile=cfg.name, directory=figure_dir)
+    plt.show()
+
+# %% [markdown]
+# In plain words, for the first seed: which LLC boundary a form corroborates, which it does not,
+# and whether a form lies at or near the paper's LR3|LR4 boundary (126k of 500k steps; only a run
+# of the paper's length can say).
+
+# %%
+def ed_verdict(ed, res, num_steps):
+    matches = forms_against_boundaries([f.step for f in ed.forms], res.boundaries) if len(res.boundaries) else []
+    lines = [f"{len(ed.forms)} form(s) at steps {[round(f.step) for f in ed.forms]}; "
+             f"PCA explains {ed.pca.explained_variance_ratio.sum():.0%} "
+             f"({', '.join(f'{v:.0%}' for v in ed.pca.explained_variance_ratio)})"]
+    for m in matches:
+        near = "no form" if m["nearest_form"] is None else f"nearest form {m['nearest_form']:,.0f} (x{m['ratio']:.2f})"
+        lines.append(f"LLC boundary {m['boundary']:,.0f}: {near} -> {'corroborated' if m['corroborated'] else 'not corroborated'}")
+    if num_steps == 500_000:
+        near = [f for f in ed.forms if abs(np.log(f.step / 126_000)) <= np.log(1.5)]
+        lines.append("paper's LR3|LR4 (126k): " + (f"form(s) at {[round(f.step) for f in near]}" if near
+                                                      else "no form within a factor 1.5"))
+    return lines
+
+
+print("\n".join(ed_verdict(ed0, result, cfg.train.num_steps)))
+
+# %% [markdown]
 # ## Probes over training (App. C.3–C.4)
 # Every probe runs on one fixed evaluation batch at the first LLC seed's checkpoints (the same for
 # every seed: the checkpoint schedule depends only on the number of steps), cached per checkpoint.
@@ -613,7 +726,17 @@ for seed, res in stage_results.items():
          "step": float(row["step"]) if row["appears"] else None,
          "in_paper_stage": bool(row.get("in_paper_stage", False)), "our_stage": row.get("our stage name")}
         for _, row in sig_tables[seed].iterrows()]
+    ed = eds[seed]
+    record["essential_dynamics"] = {
+        "explained_variance": [float(v) for v in ed.pca.explained_variance_ratio],
+        "forms": [{"step": f.step, "turn_degrees": f.turn, "snr": f.snr,
+                   "plane_vertices": {f"pc{c.pair[0] + 1}_pc{c.pair[1] + 1}": c.step for c in f.cusps}}
+                  for f in ed.forms],
+        "boundary_matches": forms_against_boundaries([f.step for f in ed.forms], res.boundaries)
+        if len(res.boundaries) else [],
+        "settings": ed.settings}
     headline["seeds"][f"seed_{seed}"] = record
+headline["llc_boundaries_at_60_checkpoints"] = None if boundaries_60 is None else [float(b) for b in boundaries_60]
 path = write_headline("02_regression_stages", cfg.name, headline, wall_time_s=timings["total"],
                       directory=figure_dir)
 print(f"headline numbers: {path}")

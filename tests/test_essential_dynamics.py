@@ -256,3 +256,29 @@ def test_forms_against_boundaries_uses_a_factor_in_steps():
                                                       "corroborated": False}]
     with pytest.raises(ValueError, match="factor"):
         forms_against_boundaries([1.0], [1.0], factor=1.0)
+
+
+def test_plot_ed_over_training_marks_the_forms():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stagewise.essential_dynamics import turning_profile
+    from stagewise.plotting import plot_ed_over_training
+
+    u = np.log10(PAPER_STEPS + 1)
+    latent = _polyline(u, (3.0, 4.6), [(1, 0, 0), (0.2, 1, 0.4), (-0.6, 0.3, 1)])
+    ed = essential_dynamics(_lift(latent, np.random.default_rng(0), noise=0.01), PAPER_STEPS)
+    steps, turn, snr = turning_profile(ed)
+    assert len(steps) == len(ed.smoothed) - 2 * ed.settings["arm"]
+    for f in ed.forms:  # each form is a local maximum of the profile, above the threshold
+        i = int(np.argmin(np.abs(steps - f.step)))
+        assert turn[i] == pytest.approx(f.turn) and turn[i] >= 30 and turn[i] == turn[max(0, i - 3):i + 4].max()
+    fig = plot_ed_over_training(ed)
+    stars = [ln for ln in fig.axes[1].lines if ln.get_marker() == "*"]
+    assert len(stars) == len(ed.forms) == 2
+    plt.close(fig)
+    with pytest.raises(ValueError, match="chord tests"):
+        turning_profile(essential_dynamics(_lift(latent, np.random.default_rng(0), 0.01), PAPER_STEPS,
+                                           parametrisation="index"))

@@ -53,7 +53,7 @@ from scipy.signal import find_peaks, savgol_filter
 __all__ = [
     "TrajectoryPCA", "Cusp", "Form", "EssentialDynamics", "fit_pca", "smooth_trajectory", "smooth_in_log_step",
     "curvature", "osculating_circles", "evolute_cusps", "find_forms", "essential_dynamics",
-    "forms_against_boundaries", "BANDWIDTH_DECADES", "GRID_PER_BANDWIDTH", "ARM_DECADES", "MIN_TURN_DEGREES",
+    "forms_against_boundaries", "turning_profile", "BANDWIDTH_DECADES", "GRID_PER_BANDWIDTH", "ARM_DECADES", "MIN_TURN_DEGREES",
     "MIN_SNR", "CUSP_PROMINENCE",
 ]
 
@@ -426,6 +426,18 @@ def essential_dynamics(outputs, steps, *, n_components: int = 3, pca: Trajectory
     log.info("essential dynamics: %d forms at steps %s", len(forms), [round(f.step) for f in forms])
     return EssentialDynamics(steps=steps, pca=pca, scores=scores, smoothed=smoothed, cusps=cusps, forms=forms,
                              grid_steps=grid_steps, noise=noise, settings=settings)
+
+
+def turning_profile(ed: EssentialDynamics) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, turn in degrees, snr) of the chord test along the whole trajectory of a log-step
+    :class:`EssentialDynamics` (samples with full chords only): what its forms are the passing
+    local maxima of."""
+    arm = (ed.settings or {}).get("arm")
+    if not arm:
+        raise ValueError("turning_profile needs an EssentialDynamics with chord tests (parametrisation='log_step')")
+    inner = np.arange(arm, len(ed.smoothed) - arm)
+    tested = [_chord_test(ed.smoothed, i, arm, ed.noise, 0.0, 0.0) for i in inner]
+    return ed.trajectory_steps[inner], np.array([t for _, t, _ in tested]), np.array([r for _, _, r in tested])
 
 
 def forms_against_boundaries(form_steps, boundaries, factor: float = 1.5) -> list[dict]:

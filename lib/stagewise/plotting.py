@@ -21,6 +21,7 @@ __all__ = [
     "figures_dir",
     "pilot_dir",
     "plot_essential_dynamics",
+    "plot_ed_over_training",
     "plot_over_training",
     "plot_stages",
     "save_figure",
@@ -273,7 +274,8 @@ def plot_essential_dynamics(ed, stages=None, pairs=None, extra_points=None, circ
 
     Raw PC scores (faint dots), the smoothed trajectory coloured by stage (``stages``: a StageResult,
     Fig. 1 colours) or by log-step, osculating circles (grey; radius clipped at ``max_radius``,
-    default the trajectory's extent), the evolute (black dots), cusps (red ×) and forms (stars).
+    default the trajectory's extent), the evolute (black dots), each plane's own turning vertices
+    (red × at their centres of curvature) and the forms (stars on the trajectory, labelled by step).
     ``extra_points``: {label: PC scores [n, k]} (e.g. ideal predictors via ``pca.project``).
     """
     from matplotlib.collections import LineCollection
@@ -287,11 +289,12 @@ def plot_essential_dynamics(ed, stages=None, pairs=None, extra_points=None, circ
         fig, axes = plt.subplots(1, len(pairs), figsize=(3.3 * len(pairs), 3.3), squeeze=False)
         axes = axes[0]
     fig = axes[0].figure
+    steps = ed.trajectory_steps
     if stages is not None:
-        stage_index = np.searchsorted(stages.boundaries, ed.steps, side="right")
+        stage_index = np.searchsorted(stages.boundaries, steps, side="right")
         seg_colors = [_stage_colors(stages.stages)[i] for i in stage_index[:-1]]
     else:
-        t = np.log1p(ed.steps)
+        t = np.log1p(steps)
         seg_colors = plt.get_cmap("viridis")((t[:-1] - t.min()) / max(np.ptp(t), 1e-12))
     for ax, (i, j) in zip(axes, pairs):
         curve = ed.smoothed[:, [i, j]]
@@ -310,9 +313,9 @@ def plot_essential_dynamics(ed, stages=None, pairs=None, extra_points=None, circ
         for c in ed.cusps.get((i, j), ()):
             ax.plot(*c.centre, "x", color="tab:red", ms=6, mew=1.5, zorder=4)
         for f in ed.forms:
-            ax.plot(f.point[i], f.point[j], "*", color="gold", mec="k", ms=12, zorder=5)
-            ax.annotate(f"{f.step:.0f}", (f.point[i], f.point[j]), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")
+            at = ed.smoothed[f.index, [i, j]]  # the form's point on the trajectory
+            ax.plot(*at, "*", color="gold", mec="k", ms=12, zorder=5)
+            ax.annotate(f"{f.step:,.0f}", at, fontsize=7, xytext=(4, 4), textcoords="offset points")
         for label, pts in (extra_points or {}).items():
             pts = np.atleast_2d(pts)
             ax.plot(pts[:, i], pts[:, j], "D", ms=5, label=label, zorder=5)
@@ -325,6 +328,49 @@ def plot_essential_dynamics(ed, stages=None, pairs=None, extra_points=None, circ
         ax.set_ylabel(f"PC{j + 1} ({evr[j]:.0%})")
         if extra_points:
             ax.legend(loc="best")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_ed_over_training(ed, stages=None, axes=None, title=None, label: str = ""):
+    """Essential dynamics against training step: the top PCs' raw scores (dots) and smoothed
+    trajectory (lines), then the trajectory's turn (the angle between its chords into and out of
+    each point, :func:`stagewise.essential_dynamics.turning_profile`) with the threshold, the forms
+    (stars) and, shaded, the LLC's stages (``stages``: a StageResult) with their boundaries dashed.
+    ``label`` prefixes the panel titles (e.g. a seed)."""
+    from stagewise.essential_dynamics import turning_profile
+
+    apply_style()
+    if axes is None:
+        fig, axes = plt.subplots(2, 1, figsize=(6.4, 4.6), sharex=True)
+    fig = axes[0].figure
+    t = ed.trajectory_steps
+    k = ed.scores.shape[1]
+    evr = ed.pca.explained_variance_ratio
+    for c in range(k):
+        color = f"C{c}"
+        axes[0].plot(np.maximum(ed.steps, 1), ed.scores[:, c], ".", ms=2, color=color, alpha=0.5)
+        axes[0].plot(np.maximum(t, 1), ed.smoothed[:, c], color=color, lw=1.4, label=f"PC{c + 1} ({evr[c]:.0%})")
+    axes[0].set_ylabel("PC score")
+    axes[0].legend(ncol=k, loc="best")
+    axes[0].set_title(f"{label}top {k} PCs of the outputs ({evr.sum():.0%} of the variance): raw and smoothed")
+    steps, turn, snr = turning_profile(ed)
+    axes[1].plot(steps, turn, color="k", lw=1.2, label="turn over ±0.3 decade")
+    weak = snr < ed.settings["min_snr"]
+    axes[1].plot(steps[weak], turn[weak], ".", color="0.6", ms=3, label=f"chords < {ed.settings['min_snr']:g} s.e.")
+    axes[1].axhline(ed.settings["min_turn"], color="tab:red", ls=":", lw=1, label="threshold")
+    for f in ed.forms:
+        axes[1].plot(f.step, f.turn, "*", color="gold", mec="k", ms=12, zorder=5)
+        axes[1].annotate(f"{f.step:,.0f}", (f.step, f.turn), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    axes[1].set_ylabel("turn (degrees)")
+    axes[1].set_xlabel("training step $t$")
+    axes[1].set_title(f"{label}turning points: forms (stars) where every PC plane also has a vertex")
+    axes[1].legend(loc="upper right")
+    for ax in axes:
+        ax.set_xscale("log")
+        if stages is not None:
+            _shade_stages(ax, stages, _stage_colors(stages.stages))
     if title:
         fig.suptitle(title)
     return fig

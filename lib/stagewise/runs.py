@@ -23,7 +23,15 @@ from stagewise.train import TrainConfig, TrainedRun, train_cached
 
 __all__ = ["RegressionRunKey", "regression_run", "regression_llc", "regression_hessian", "LanguageRunKey",
            "language_run", "regression_probe_batch", "regression_probes", "language_analysis_steps", "language_llc",
-           "language_sgld_model"]
+           "language_sgld_model", "regression_outputs", "language_outputs", "ED_NUM_SEQUENCES", "ED_NUM_CONTEXTS",
+           "ED_POSITION_STRIDE"]
+
+# Behavioural essential dynamics (stagewise.essential_dynamics; [T] §3.2 eq. 7): the outputs of
+# every checkpoint on one fixed input set, a few thousand numbers per checkpoint
+ED_NUM_SEQUENCES = 256  # regression: ŷ_k of 256 fixed sequences, K = 8 each (2,048 numbers)
+ED_NUM_CONTEXTS = 32  # LM: log p(next token) in 32 fixed validation contexts...
+ED_POSITION_STRIDE = 4  # ...at every 4th position (64 per context at n_ctx 256: 2,048 numbers)
+ED_INPUT_SEED = 7
 
 
 @dataclass(frozen=True)
@@ -176,15 +184,21 @@ class LanguageRunKey:
     train_model: str = field(default="transformer_lens", metadata=HASH_OMIT_DEFAULT)
 
 
+def _language_key(profile) -> LanguageRunKey:
+    from stagewise.data.language import _tokenizer_hash
+
+    return LanguageRunKey(profile.model, profile.train, profile.batch_size, profile.data_seed, profile.corpus,
+                          _tokenizer_hash(), profile.train_model)
+
+
 def language_run(profile, progress: bool = True, device=None) -> TrainedRun:
     """Train (or load) the ``profile``'s attention-only language model (main paper §5, App. D.1).
     ``device``: where to train (None: a GPU if one is visible, else the CPU)."""
-    from stagewise.data.language import LMBatches, _tokenizer_hash, load_contexts
+    from stagewise.data.language import LMBatches, load_contexts
     from stagewise.models.language import lm_loss, make_language_model
 
     contexts = load_contexts(profile.corpus, "train", profile.model.n_ctx)  # int32; LMBatches widens each batch
-    key = LanguageRunKey(profile.model, profile.train, profile.batch_size, profile.data_seed, profile.corpus,
-                         _tokenizer_hash(), profile.train_model)
+    key = _language_key(profile)
     if profile.train_model == "fast":
         from stagewise.models.language_fast import lm_fast_train_loss, make_trainable_fast_language_model
 
@@ -315,3 +329,71 @@ def language_sgld_model(profile):
         return partial(make_fast_language_model, profile.model), loss
     loss = lm_forward_loss if profile.sgld_stride == 1 else partial(lm_forward_loss_subsampled, stride=profile.sgld_stride)
     return partial(make_language_model, profile.model), loss
+
+
+def _checkpoint_outputs(run: TrainedRun, kind: str, key: dict, fn, progress: bool, desc: str):
+    """``fn(model)`` -> a numpy array at every checkpoint of ``run``, stacked [T, ...]; cached per run."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from stagewise.cache import cached_value
+
+    def compute():
+        import torch
+
+        with torch.no_grad():
+            out = [fn(run.load_model(int(s))) for s in tqdm(run.checkpoint_steps, desc=desc, disable=not progress)]
+        return {"steps": np.asarray(run.checkpoint_steps), "outputs": np.stack(out)}
+
+    got = cached_value(kind, {**key, **run_identity(run), "version": 1}, compute)
+    return got["steps"], got["outputs"]
+
+
+def regression_outputs(profile: RegressionProfile, seed: int, num_sequences: int = ED_NUM_SEQUENCES,
+                       progress: bool = True):
+    """Behavioural ED's a_t of the regression run (``[T]`` eq. 7): the predictions ŷ_k of every
+    checkpoint on ``num_sequences`` fixed sequences (seed :data:`ED_INPUT_SEED`). Returns ``(steps
+    [T], outputs [T, num_sequences, K])``, cached per run."""
+    import torch
+
+    from stagewise.cache import config_to_dict
+    from stagewise.data.regression import sample_batch
+
+    if not isinstance(num_sequences, int) or num_sequences < 1:
+        raise ValueError(f"num_sequences must be an integer >= 1, got {num_sequences!r}")
+    run = regression_run(profile, seed, progress=progress)
+    batch = sample_batch(profile.task, num_sequences, torch.Generator().manual_seed(ED_INPUT_SEED))
+    key = {"run": config_to_dict(_regression_key(profile, seed)), "num_sequences": num_sequences,
+           "input_seed": ED_INPUT_SEED}
+    return _checkpoint_outputs(run, "regression_outputs", key, lambda m: m.predict(batch.tokens).numpy(), progress,
+                               f"outputs seed {seed}")
+
+
+def language_outputs(profile, num_contexts: int = ED_NUM_CONTEXTS, stride: int = ED_POSITION_STRIDE,
+                     progress: bool = True):
+    """Behavioural ED's a_t of the language run: log p(true next token) of every checkpoint in
+    ``num_contexts`` fixed validation contexts (seed :data:`ED_INPUT_SEED`) at every ``stride``-th
+    position (positions stride, 2 stride, ...). Returns ``(steps [T], outputs [T, num_contexts,
+    positions])``, cached per run."""
+    import torch
+
+    from stagewise.cache import config_to_dict
+    from stagewise.data.language import load_contexts
+    from stagewise.probes.language_behaviour import position_losses
+
+    n_ctx = profile.model.n_ctx
+    if not isinstance(num_contexts, int) or num_contexts < 1:
+        raise ValueError(f"num_contexts must be an integer >= 1, got {num_contexts!r}")
+    if not isinstance(stride, int) or not 1 <= stride < n_ctx:
+        raise ValueError(f"stride must be an integer in [1, n_ctx - 1 = {n_ctx - 1}], got {stride!r}")
+    run = language_run(profile, progress=progress)
+    val = load_contexts(profile.corpus, "validation", n_ctx)
+    if num_contexts > len(val):
+        raise ValueError(f"num_contexts={num_contexts} exceeds the {len(val)} validation contexts")
+    pick = torch.randperm(len(val), generator=torch.Generator().manual_seed(ED_INPUT_SEED))[:num_contexts]
+    contexts = val[pick].long()
+    columns = torch.arange(stride, n_ctx, stride) - 1  # loss at token k is column k - 1
+    key = {"run": config_to_dict(_language_key(profile)), "num_contexts": num_contexts, "stride": stride,
+           "input_seed": ED_INPUT_SEED}
+    return _checkpoint_outputs(run, "language_outputs", key,
+                               lambda m: -position_losses(m, contexts)[:, columns].numpy(), progress, "LM outputs")
