@@ -36,6 +36,7 @@ profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else 
 seeds = None  # list of training seeds; None keeps the profile's
 num_steps = None  # training steps (a schedule pilot); None keeps the profile's. Another value writes to benchmarks/results/pilots/<profile>-<steps>/
 dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
+retrain = False  # True: train even where a run is shipped in data/runs/ (`long`: ~4 h on a CPU core), and check it against the shipped one
 
 # %%
 import dataclasses
@@ -64,7 +65,7 @@ if num_steps is not None and num_steps != base.train.num_steps:
     # same one-cycle schedule, stretched; the run is cached by its training config, so a pilot of
     # benchmarks/pilots/regression_schedule.py at these steps is reused
     overrides["train"] = dataclasses.replace(base.train, num_steps=int(num_steps))
-cfg = get_profile("regression", profile, **overrides)
+cfg = get_profile("regression", profile, **overrides, use_shipped_run=not retrain)
 figure_dir = None  # the profile's figures folder
 if cfg.train.num_steps != base.train.num_steps:  # a pilot: its own folder under benchmarks/results/pilots
     cfg = dataclasses.replace(cfg, name=f"{profile}-{cfg.train.num_steps}")
@@ -87,6 +88,12 @@ for seed in cfg.seeds:
     runs[seed] = regression_run(cfg, seed)
     print(f"seed {seed}: {len(runs[seed].checkpoint_steps)} checkpoints, "
           f"final loss {runs[seed].smoothed_loss()[-1]:.4f} ({time.perf_counter() - t1:.0f} s, cached runs load instantly)")
+    shipped_from = getattr(runs[seed], "shipped_manifest", None)
+    if shipped_from is not None:
+        on = shipped_from["trained_on"]
+        print(f"  loaded from the shipped run data/runs/{shipped_from['file']} (SHA-256 {shipped_from['sha256'][:12]}..., "
+              f"trained on {on['device']} / {on['cpu']}, torch {on['torch']}, {on['threads']} thread(s), "
+              f"{on['seconds'] / 3600:.1f} h); retrain=True trains it here instead")
 timings["training"] = time.perf_counter() - t0
 
 # %% [markdown]

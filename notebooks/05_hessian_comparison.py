@@ -28,6 +28,7 @@
 profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 seed = None  # regression training seed to analyse; None takes the first seed of the profile
 dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
+retrain = False  # True: train even where a run is shipped in data/runs/ (`long`), as notebook 02's parameter
 
 # %%
 import time
@@ -90,7 +91,7 @@ plt.show()
 # %% [markdown]
 # ## Curvature over training of the regression transformer (Fig. 6b, App. C.2.2)
 # The checkpoints come from notebook 02's cache (the same profile trains the same run; if notebook 02
-# has not run yet, this trains it). Hutchinson trace (Rademacher probes, ± standard error) and the
+# has not run yet, this trains it, or at `long` loads the run shipped in `data/runs/`). Hutchinson trace (Rademacher probes, ± standard error) and the
 # top eigenvalue (Lanczos, residual tolerance `lanczos_tol`) on one fixed batch of `hessian_batch`
 # sequences, then the same stage detector as for the LLC.
 
@@ -98,7 +99,7 @@ plt.show()
 from stagewise.runs import regression_hessian
 from stagewise.stages import detect_stages
 
-reg = get_profile("regression", profile)
+reg = get_profile("regression", profile, use_shipped_run=not retrain)
 seed = reg.seeds[0] if seed is None else seed
 t0 = time.perf_counter()
 curv = regression_hessian(reg, cfg, seed)

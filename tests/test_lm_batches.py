@@ -192,3 +192,42 @@ def test_token_pool_restricts_random_segments_to_the_lowest_ids():
         RepeatMix(token_pool=1)
     with pytest.raises(ValueError, match="token_pool"):
         RepeatMix(token_pool=6000)
+
+
+def test_scatter_layout_places_non_overlapping_pairs_at_spread_distances():
+    n_ctx = 97
+    tokens = _contexts(n_ctx=n_ctx, n=40)
+    mix = RepeatMix(fraction=1.0, source="random", seed=4, vocab_size=5000, layout="scatter", segments=3,
+                    min_length=5, max_length=8, background="random")
+    distances = []
+    for step in range(4):
+        for row in LMBatches(tokens, 8, seed=0, repeat_mix=mix)(step)[0]:
+            r = row.tolist()
+            # every 5-gram that occurs twice is part of a written pair (chance repeats: ~0 at 5k ids)
+            seen = {}
+            for i in range(1, n_ctx - 4):
+                key = tuple(r[i:i + 5])
+                if key in seen and i - seen[key] >= 5:
+                    distances.append(i - seen[key])
+                seen.setdefault(key, i)
+    assert len(distances) > 0
+    assert max(distances) > 40 and min(distances) < 20  # spread over the context, not one offset
+    with pytest.raises(ValueError, match="copies \\* segments \\* max_length"):
+        RepeatMix(fraction=1.0, layout="scatter", segments=4, max_length=16).apply(_contexts(n_ctx=128), 0)
+
+
+def test_scatter_writes_each_segment_the_requested_number_of_times():
+    n_ctx = 129
+    tokens = _contexts(n_ctx=n_ctx, n=40)
+    mix = RepeatMix(fraction=1.0, source="random", seed=2, vocab_size=5000, layout="scatter", segments=2, copies=4,
+                    min_length=6, max_length=6, background="random")
+    counts = []
+    for row in LMBatches(tokens, 8, seed=0, repeat_mix=mix)(0)[0]:
+        r = row.tolist()
+        grams = {}
+        for i in range(1, n_ctx - 5):
+            grams[tuple(r[i:i + 6])] = grams.get(tuple(r[i:i + 6]), 0) + 1
+        counts.append(sorted(c for c in grams.values() if c > 1))
+    assert all(c == [4, 4] for c in counts)  # two segments, four copies each, in every context
+    with pytest.raises(ValueError, match="copies"):
+        RepeatMix(copies=1)

@@ -72,7 +72,7 @@ OPTIONAL = ("off_loss1", "off_loss2", "off_drop")
 def mix_of(args) -> RepeatMix:
     return RepeatMix(fraction=args.mix, source=args.mix_source, seed=args.data_seed, layout=args.layout,
                      segments=args.segments, min_length=args.seg_min, max_length=args.seg_max,
-                     background=args.background, token_pool=args.token_pool)
+                     background=args.background, token_pool=args.token_pool, copies=args.copies)
 
 
 def describe_mix(s: dict) -> str:
@@ -83,10 +83,12 @@ def describe_mix(s: dict) -> str:
     if s.get("mix_layout", "halves") in (None, "halves"):
         return f"{text}{s['mix']:.0%} BOS+S+S fixed offset, {s['mix_source']} S"
     lo, hi = s["mix_lengths"]
-    bg = "random tokens" if s["mix_background"] == "random" else "text"
     pool = f" (ids < {s['mix_token_pool']})" if s.get("mix_token_pool") else ""
-    return (f"{text}{s['mix']:.0%} {s['mix_segments']} x {s['mix_source']}{pool} segment(s) of {lo}-{hi} at random "
-            f"offsets in {bg}")
+    bg = f"random tokens{pool}" if s["mix_background"] == "random" else "text"
+    copies = s.get("mix_copies", 2)
+    where = "anywhere" if s["mix_layout"] == "scatter" else f"within {s['mix_segments']} chunks"
+    return (f"{text}{s['mix']:.0%}: {s['mix_segments']} {s['mix_source']}{pool} segment(s) of {lo}-{hi} tokens x "
+            f"{copies} copies {where} at random offsets, in {bg}")
 
 
 def model_config(ctx: int) -> LanguageModelConfig:
@@ -211,7 +213,7 @@ def run(args) -> None:
             "model": args.model, "fused_adamw": args.fused_adamw, "seed": args.seed, "data_seed": args.data_seed, "mix": args.mix,
             "mix_source": args.mix_source if args.mix else None, "mix_layout": args.layout if args.mix else None,
             "mix_segments": args.segments, "mix_lengths": [args.seg_min, args.seg_max],
-            "mix_background": args.background, "mix_token_pool": args.token_pool,
+            "mix_background": args.background, "mix_token_pool": args.token_pool, "mix_copies": args.copies,
             "tokens_per_step": args.batch * args.ctx,
             "corpus_train_tokens": corpus_tokens, "probe_seqs": args.probe_seqs, "val_contexts": args.val_contexts,
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
@@ -446,12 +448,13 @@ def main() -> None:
     r.add_argument("--model", default="tl", choices=["tl", "fast"], help="train the TransformerLens model or its twin")
     r.add_argument("--mix", type=float, default=0.0, help="RepeatMix fraction of contexts rewritten BOS + S + S")
     r.add_argument("--mix-source", default="natural", choices=["natural", "random", "unigram"])
-    r.add_argument("--layout", default="halves", choices=["halves", "segments"])
+    r.add_argument("--layout", default="halves", choices=["halves", "segments", "scatter"])
     r.add_argument("--segments", type=int, default=1)
     r.add_argument("--seg-min", type=int, default=8)
     r.add_argument("--seg-max", type=int, default=32)
     r.add_argument("--background", default="natural", choices=["natural", "random"])
     r.add_argument("--token-pool", type=int, default=0, help="random segments from ids [0, N) only (0: all)")
+    r.add_argument("--copies", type=int, default=2, help="layout scatter: copies of each segment")
     r.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=True)
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--data-seed", type=int, default=1)

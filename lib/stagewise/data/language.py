@@ -116,7 +116,10 @@ class RepeatMix:
     ``layout = "segments"``: the body is cut into ``segments`` equal chunks; in each chunk one
     segment of length uniform in ``[min_length, max_length]`` is written at a random position and
     written again at a random later position of the same chunk (never overlapping), so the distance
-    between the copies varies and only matching on content finds the earlier copy. Tokens outside
+    between the copies varies and only matching on content finds the earlier copy.
+    ``layout = "scatter"``: ``segments`` segments, each written ``copies`` times anywhere in the
+    body (uniform places, no two copies overlapping), so the distances spread over the whole
+    context rather than within a chunk, and ``copies`` > 2 makes the repeats bursty. Tokens outside
     the segments are the context's own (``background = "natural"``) or fresh uniform tokens
     (``background = "random"``, fully synthetic contexts).
 
@@ -136,7 +139,7 @@ class RepeatMix:
     source: str = "natural"  # "natural" | "random" | "unigram"
     seed: int = 0
     vocab_size: int = 5000  # for source="random" and background="random"
-    layout: str = field(default="halves", metadata=HASH_OMIT_DEFAULT)  # "halves" | "segments"
+    layout: str = field(default="halves", metadata=HASH_OMIT_DEFAULT)  # "halves" | "segments" | "scatter"
     segments: int = field(default=1, metadata=HASH_OMIT_DEFAULT)  # repeated segments per context
     min_length: int = field(default=8, metadata=HASH_OMIT_DEFAULT)
     max_length: int = field(default=32, metadata=HASH_OMIT_DEFAULT)
@@ -144,6 +147,7 @@ class RepeatMix:
     # source="random" and background="random": draw from ids [0, token_pool) only (0: the whole
     # vocabulary); GPT-2's lowest ids are its byte tokens and earliest merges, frequent pieces of text
     token_pool: int = field(default=0, metadata=HASH_OMIT_DEFAULT)
+    copies: int = field(default=2, metadata=HASH_OMIT_DEFAULT)  # layout "scatter": copies of each segment
 
     def __post_init__(self):
         if not 0 <= self.fraction <= 1:
@@ -152,10 +156,12 @@ class RepeatMix:
             raise ValueError(f"source must be one of {', '.join(map(repr, REPEAT_SOURCES))}, got {self.source!r}")
         if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
             raise ValueError(f"vocab_size must be an integer >= 2, got {self.vocab_size!r}")
-        if self.layout not in ("halves", "segments"):
-            raise ValueError(f"layout must be 'halves' or 'segments', got {self.layout!r}")
+        if self.layout not in REPEAT_LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(map(repr, REPEAT_LAYOUTS))}, got {self.layout!r}")
         if self.background not in ("natural", "random"):
             raise ValueError(f"background must be 'natural' or 'random', got {self.background!r}")
+        if not isinstance(self.copies, int) or self.copies < 2:
+            raise ValueError(f"copies must be an integer >= 2, got {self.copies!r}")
         if not isinstance(self.segments, int) or self.segments < 1:
             raise ValueError(f"segments must be an integer >= 1, got {self.segments!r}")
         if not isinstance(self.token_pool, int) or not (self.token_pool == 0 or 2 <= self.token_pool <= self.vocab_size):
@@ -173,6 +179,10 @@ class RepeatMix:
     def _check_shape(self, n_ctx: int) -> None:
         if n_ctx < 3:
             raise ValueError(f"repeated contexts need n_ctx >= 3, got {n_ctx}")
+        if self.layout == "scatter" and self.copies * self.segments * self.max_length > n_ctx - 1:
+            raise ValueError(f"segments={self.segments} x copies={self.copies} copies of up to max_length="
+                             f"{self.max_length} tokens cannot fit in the {n_ctx - 1} positions of n_ctx={n_ctx}: "
+                             f"need copies * segments * max_length <= n_ctx - 1")
         if self.layout == "segments" and self.chunk_length(n_ctx) < 2 * self.max_length:
             raise ValueError(
                 f"segments={self.segments} chunks of {self.chunk_length(n_ctx)} positions cannot hold two copies of "
@@ -215,6 +225,8 @@ class RepeatMix:
             out[rows, 1:1 + h] = seg
             out[rows, 1 + h:1 + 2 * h] = seg
             return out
+        if self.layout == "scatter":
+            return self._scatter(out, tokens, rows, g)
         c, n = self.chunk_length(n_ctx), len(rows)
         for k in range(self.segments):
             length = torch.randint(self.min_length, self.max_length + 1, (n,), generator=g)
@@ -235,8 +247,38 @@ class RepeatMix:
             out[row_idx[valid], second[valid]] = seg[valid]
         return out
 
+    def _scatter(self, out: Tensor, tokens: Tensor, rows: Tensor, g) -> Tensor:
+        """Layout "scatter": per rewritten row, ``segments`` segments, each written ``copies`` times
+        anywhere in the body at uniform places that overlap no other copy; the first copy in
+        reading order is the original (a natural segment: the text already there). A segment whose
+        copies find no room in 100 draws is left out."""
+        n_ctx = out.shape[1]
+        body = n_ctx - 1
+        for r in rows.tolist():
+            free = torch.ones(body, dtype=torch.bool)
+            for _ in range(self.segments):
+                for _attempt in range(100):
+                    length = int(torch.randint(self.min_length, self.max_length + 1, (1,), generator=g))
+                    starts = sorted(int(x) for x in torch.randint(0, body - length + 1, (self.copies,), generator=g))
+                    apart = all(b - a >= length for a, b in zip(starts, starts[1:]))
+                    if apart and all(free[a:a + length].all() for a in starts):
+                        break
+                else:
+                    continue
+                for a in starts:
+                    free[a:a + length] = False
+                first = starts[0]
+                if self.source == "natural":
+                    seg = out[r, 1 + first:1 + first + length].clone()
+                else:
+                    seg = self._draw(g, tokens, rows[:1] * 0 + r, (1, length), self.source, self.token_pool)[0]
+                for a in starts:
+                    out[r, 1 + a:1 + a + length] = seg
+        return out
+
 
 REPEAT_SOURCES = ("natural", "random", "unigram")
+REPEAT_LAYOUTS = ("halves", "segments", "scatter")
 
 
 class LMBatches:
