@@ -64,9 +64,10 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "lm_induction_pilots
 REP_DROP_THRESHOLD = 1.0  # nats
 COLUMNS = ["step", "tokens", "epochs", "wall_s", "train_s", "cpu_s", "train_loss", "val_loss", "icl", "prev0_max", "prev0_head",
            "prev1_max", "prefix1_max", "prefix1_head", "prefix0_max", "induction1_max", "induction1_head",
-           "rep_loss1", "rep_loss2", "rep_drop", "off_loss1", "off_loss2", "off_drop", "probe_s"]
+           "rep_loss1", "rep_loss2", "rep_drop", "off_loss1", "off_loss2", "off_drop", "prefix1_short_max",
+           "off_drop_short", "probe_s"]
 # pilots logged before the random-offset probe existed have no off_* columns
-OPTIONAL = ("off_loss1", "off_loss2", "off_drop")
+OPTIONAL = ("off_loss1", "off_loss2", "off_drop", "prefix1_short_max", "off_drop_short")
 
 
 def mix_of(args) -> RepeatMix:
@@ -87,7 +88,11 @@ def describe_mix(s: dict) -> str:
     bg = f"random tokens{pool}" if s["mix_background"] == "random" else "text"
     copies = s.get("mix_copies", 2)
     where = "anywhere" if s["mix_layout"] == "scatter" else f"within {s['mix_segments']} chunks"
-    return (f"{text}{s['mix']:.0%}: {s['mix_segments']} {s['mix_source']}{pool} segment(s) of {lo}-{hi} tokens x "
+    warm = s.get("warm")
+    first = (f"first {warm['steps']:,} steps at context {warm['ctx']} ({warm.get('mix', s['mix']):.0%}: "
+             f"{warm['segments']} segment x {warm['copies']} copies of {warm['lengths'][0]}-{warm['lengths'][1]}), then "
+             if warm else "")
+    return (f"{first}{text}{s['mix']:.0%}: {s['mix_segments']} {s['mix_source']}{pool} segment(s) of {lo}-{hi} tokens x "
             f"{copies} copies {where} at random offsets, in {bg}")
 
 
@@ -137,9 +142,14 @@ def fast_loss(model, batch):
 
 
 @torch.no_grad()
-def probe(model, val: torch.Tensor, probe_seqs: int, seed: int = 0) -> dict:
+def probe(model, val: torch.Tensor, probe_seqs: int, seed: int = 0, short: int = 0) -> dict:
     ctx = model.cfg.n_ctx
     model.eval()
+    extra = {}
+    if short:  # prefix matching and the offset-repeat drop at the curriculum's short length too
+        extra["prefix1_short_max"] = float(prefix_matching_scores(model, probe_seqs, length=short, seed=seed + 1)[0][1].max())
+        extra["off_drop_short"] = offset_repeat_losses(model, max(8, probe_seqs // 8), length=short,
+                                                       segment=min(8, (short - 3) // 2), seed=seed + 3)["drop"]
     prev, _, chance_prev = previous_and_current_token_scores(model, probe_seqs, lengths=(16, min(64, ctx)), seed=seed)
     length = min(128, ctx)
     prefix, _, chance_prefix = prefix_matching_scores(model, probe_seqs, length=length, seed=seed + 1)
@@ -159,7 +169,7 @@ def probe(model, val: torch.Tensor, probe_seqs: int, seed: int = 0) -> dict:
         "prefix1_max": float(prefix[1].max()), "prefix1_head": int(prefix[1].argmax()),
         "prefix0_max": float(prefix[0].max()), "induction1_max": float(ind[1].max()),
         "induction1_head": int(ind[1].argmax()), "rep_loss1": rep1, "rep_loss2": rep2, "rep_drop": rep1 - rep2,
-        "off_loss1": off["first"], "off_loss2": off["second"], "off_drop": off["drop"],
+        "off_loss1": off["first"], "off_loss2": off["second"], "off_drop": off["drop"], **extra,
     }
     chance = {"previous_token": chance_prev, "prefix_matching": chance_prefix, "induction": chance_ind,
               "icl_tokens": [k1, k2]}
@@ -182,6 +192,16 @@ def run(args) -> None:
     corpus_tokens = contexts.shape[0] * (args.ctx - 1)
     mix = mix_of(args)
     batches = LMBatches(contexts, args.batch, args.data_seed, repeat_mix=mix)
+    if args.warm_steps:
+        # context-length curriculum: the first --warm-steps steps on --warm-ctx-token contexts (as many
+        # tokens per step), with their own scatter mix, then the main data
+        warm_mix = RepeatMix(fraction=args.mix if args.warm_mix is None else args.warm_mix, source=args.mix_source, seed=args.data_seed, layout="scatter",
+                             segments=args.warm_segments, copies=args.warm_copies, min_length=args.warm_seg_min,
+                             max_length=args.warm_seg_max, background=args.background, token_pool=args.token_pool)
+        warm = LMBatches(load_contexts(corpus, "train", args.warm_ctx), args.batch * args.ctx // args.warm_ctx,
+                         args.data_seed, repeat_mix=warm_mix)
+        main_batches = batches
+        batches = lambda step: warm(step) if step < args.warm_steps else main_batches(step)  # noqa: E731
     val_all = load_contexts(corpus, "validation", args.ctx)
     pick = torch.randperm(len(val_all), generator=torch.Generator().manual_seed(0))[:args.val_contexts]
     val = val_all[pick].long()
@@ -214,6 +234,10 @@ def run(args) -> None:
             "mix_source": args.mix_source if args.mix else None, "mix_layout": args.layout if args.mix else None,
             "mix_segments": args.segments, "mix_lengths": [args.seg_min, args.seg_max],
             "mix_background": args.background, "mix_token_pool": args.token_pool, "mix_copies": args.copies,
+            "warm": {"steps": args.warm_steps, "ctx": args.warm_ctx, "segments": args.warm_segments,
+                     "mix": args.mix if args.warm_mix is None else args.warm_mix,
+                     "copies": args.warm_copies, "lengths": [args.warm_seg_min, args.warm_seg_max]}
+            if args.warm_steps else None,
             "tokens_per_step": args.batch * args.ctx,
             "corpus_train_tokens": corpus_tokens, "probe_seqs": args.probe_seqs, "val_contexts": args.val_contexts,
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
@@ -228,7 +252,7 @@ def run(args) -> None:
         if args.model != "tl":
             tl.load_state_dict(model.state_dict())
         t = time.perf_counter()
-        scores, chance = probe(tl, val, args.probe_seqs)
+        scores, chance = probe(tl, val, args.probe_seqs, short=args.warm_ctx if args.warm_steps else 0)
         model.train()
         row = {"step": step, "tokens": step * args.batch * args.ctx,
                "epochs": round(step * args.batch * args.ctx / corpus_tokens, 3),
@@ -239,7 +263,7 @@ def run(args) -> None:
         writer.writerow({k: (f"{v:.5g}" if isinstance(v, float) else v) for k, v in row.items()})
         fh.flush()
         os.fsync(fh.fileno())
-        print(" ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in COLUMNS),
+        print(" ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in COLUMNS if k in row),
               flush=True)
         return row
 
@@ -328,7 +352,8 @@ def write_summary(json_path: Path, csv_path: Path, meta: dict, chance: dict | No
         "tokens_per_cpu_s": last["tokens"] / last["cpu_s"] if last["cpu_s"] else None,
         "chance": chance,
         "max": {c: max(r[c] for r in rows) for c in ("prev0_max", "prev1_max", "prefix1_max", "prefix0_max",
-                                                    "induction1_max", "rep_drop", "off_drop")
+                                                    "induction1_max", "rep_drop", "off_drop", "prefix1_short_max",
+                                                    "off_drop_short")
                 if all(r.get(c) is not None for r in rows)},
         "min": {c: min(r[c] for r in trained) if trained else None for c in ("val_loss", "icl")},
         "first_step": {
@@ -455,6 +480,13 @@ def main() -> None:
     r.add_argument("--background", default="natural", choices=["natural", "random"])
     r.add_argument("--token-pool", type=int, default=0, help="random segments from ids [0, N) only (0: all)")
     r.add_argument("--copies", type=int, default=2, help="layout scatter: copies of each segment")
+    r.add_argument("--warm-steps", type=int, default=0, help="context curriculum: steps on short contexts first")
+    r.add_argument("--warm-ctx", type=int, default=32)
+    r.add_argument("--warm-mix", type=float, default=None, help="fraction rewritten in the warm phase (default --mix)")
+    r.add_argument("--warm-segments", type=int, default=1)
+    r.add_argument("--warm-copies", type=int, default=3)
+    r.add_argument("--warm-seg-min", type=int, default=4)
+    r.add_argument("--warm-seg-max", type=int, default=8)
     r.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=True)
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--data-seed", type=int, default=1)
