@@ -31,6 +31,14 @@
 # and LM2, not for the induction circuit (the README records what we measured). Everything the
 # paper computes is computed here at every profile; the stage-signature table at the end says which
 # signatures appear.
+#
+# **`long`: an analogue of the paper's data, named in every title.** On plain text no pilot formed an
+# induction head on a CPU (44M tokens). `long` trains the same model at context 128 on the same text,
+# half of whose contexts repeat two passages of their own text four times each at random places,
+# after a first 3,000 steps on 32-token contexts (a context-length curriculum): the recipe the
+# README's induction-head pilots found, which forms a layer-0 previous-token head and a layer-1
+# induction head at ~7M tokens. The probes and the ICL score read the plain validation text only;
+# the LLC's SGLD data carry the same repeats as training (the distribution the model is trained on).
 
 # %% tags=["parameters"]
 profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
@@ -66,11 +74,14 @@ notebook_start = time.perf_counter()
 profile = profile or default_profile()
 llc_executor = sweep_executor(dask_scheduler)  # 'serial', or a Client of that scheduler
 cfg = get_profile("language", profile, **({"seeds": tuple(seeds)} if seeds is not None else {}))
+# every title names the profile and, where the data are an analogue of the paper's (SPEC.md §0), that
+setting = f"{cfg.name} profile" + (f"\n{cfg.analogue}" if cfg.analogue else "")
 apply_style()
 n_params = sum(p.numel() for p in make_language_model(cfg.model).parameters())
 print(f"profile {cfg.name}: {cfg.model.n_layers}-layer model, {n_params:,} parameters, context {cfg.model.n_ctx}, "
       f"batch {cfg.batch_size}, {cfg.train.num_steps:,} steps ({cfg.train.num_steps * cfg.tokens_per_step / 1e6:.1f}M tokens)")
 print(f"LLC: {cfg.sgld}, loss at every {cfg.sgld_stride} position(s)")
+print(cfg.analogue or "data: the corpus's plain text (the paper's kind of data)")
 
 # %% [markdown]
 # ## Corpus
@@ -136,7 +147,7 @@ norms = np.array([torch.cat([p.detach().flatten() for p in run.load_model(s).par
 val_loss = table.set_index("step").loc[t_llc, "loss"].to_numpy()
 fig = plot_stages(stages, t_llc, llc, stds=sweep.llc_std[keep] if cfg.sgld.num_chains > 1 else None, loss=val_loss,
                   extra={"weight norm $\\|w_t\\|$ (L2)": norms}, loss_label="validation loss\n(nats/token)",
-                  title=f"Two-layer attention-only LM, {cfg.name} profile")
+                  title=f"Two-layer attention-only LM, {setting}")
 save_figure(fig, "fig1a_lm_llc", profile=cfg.name)
 plt.show()
 stages.summary()
@@ -154,7 +165,7 @@ plot_over_training(ax, table.step, {"validation loss": table["loss"], "bigram sc
                    result=stages, legend=False, marker="o", ms=2.5)
 ax.axhline(H.unigram, ls="--", color="grey", lw=0.8, label="unigram entropy")
 ax.axhline(H.bigram, ls=":", color="k", lw=0.8, label="bigram entropy")
-ax.set(ylabel="loss (nats/token)", title=f"Two-layer LM loss, {cfg.name} profile")
+ax.set(ylabel="loss (nats/token)", title=f"Two-layer LM loss, {setting}")
 ax.legend(fontsize=7)
 save_figure(fig, "figB2_lm_loss", profile=cfg.name)
 plt.show()
@@ -187,7 +198,7 @@ plot_over_training(axes[1, 1], table.step, {f"ICL score ($\\ell_{{{k2}}} - \\ell
 axes[1, 1].fill_between(table.step, table["icl_score"] - 2 * table["icl_score.sem"],
                         table["icl_score"] + 2 * table["icl_score.sem"], alpha=0.25, lw=0, label="± 2 s.e.")
 axes[1, 1].legend(fontsize=7)
-fig.suptitle(f"Behavioural probes, {cfg.name} profile")
+fig.suptitle(f"Behavioural probes, {setting}")
 fig.tight_layout()
 save_figure(fig, "figB3_lm_behaviour", profile=cfg.name)
 plt.show()
@@ -217,7 +228,7 @@ if L >= 2:
     plot_over_training(axes[1, 1], table.step, {c.split(".", 1)[1]: table[c] for c in top}, result=stages,
                        ylabel="K-composition score", title="K-composition of layer-0 into layer-1 heads")
     axes[1, 1].legend(fontsize=6, title="top 6 at the end", title_fontsize=6)
-fig.suptitle(f"Structural probes, {cfg.name} profile")
+fig.suptitle(f"Structural probes, {setting}")
 fig.tight_layout()
 save_figure(fig, "fig4b_lm_structure", profile=cfg.name)
 plt.show()
@@ -244,6 +255,7 @@ axes[0].scatter(pca.scores[:, 0], pca.scores[:, 1], c=np.arange(len(pca.scores))
 axes[0].set(xlabel=f"PC1 ({100 * pca.explained_variance_ratio[0]:.1f}%)",
             ylabel=f"PC2 ({100 * pca.explained_variance_ratio[1]:.1f}%)",
             title="positional embedding, PCA (colour: position, dark = first)")
+fig.suptitle(setting, y=1.02, fontsize=8)
 axes[1].plot(pca.norms, lw=1)
 axes[1].set(xlabel="position (token index)", ylabel="L2 norm", title="positional embedding norm per position")
 save_figure(fig, "figB4_lm_positional_embedding", profile=cfg.name)
@@ -314,12 +326,12 @@ pd.DataFrame([{"LLC boundary": round(m["boundary"]), "between": boundary_names.g
 
 # %%
 fig = plot_essential_dynamics(ed, stages=stages,
-                              title=f"Essential dynamics of the two-layer LM ({cfg.name} profile): the trajectory "
+                              title=f"Essential dynamics of the two-layer LM ({setting}): the trajectory "
                                     f"in its top 3 PCs, coloured by the LLC's stages; stars: forms")
 save_figure(fig, "fig2a_lm_essential_dynamics", profile=cfg.name)
 plt.show()
 fig = plot_ed_over_training(ed, stages=stages,
-                            title=f"Essential dynamics of the two-layer LM over training ({cfg.name} profile)")
+                            title=f"Essential dynamics of the two-layer LM over training ({setting})")
 save_figure(fig, "fig2a_lm_ed_over_training", profile=cfg.name)
 plt.show()
 
@@ -336,7 +348,7 @@ for st, name in named or [(stages.stages[-1], "last stage")]:
     t_before, t_after = (int(steps[np.argmin(np.abs(steps - t))]) for t in (st.start, st.end))
     change = per_token_loss_change(run.load_model(t_before), run.load_model(t_after), text)
     fig = plot_token_loss_change(change.token.tolist(), change.change.to_numpy(), width=90,
-                                 title=f"{name}: loss change from step {t_before:,} to {t_after:,}")
+                                 title=f"{name}: loss change from step {t_before:,} to {t_after:,} ({setting})")
     save_figure(fig, f"fig5_lm_loss_change_{name.replace('+', '_').replace(' ', '_')}", profile=cfg.name)
     plt.show()
 
@@ -362,6 +374,7 @@ if len(cfg.seeds) > 1:
     axes[0].set(xscale="log", ylabel="training loss (nats/token)", title="training loss of every seed (smoothed)")
     axes[1].set(xscale="log", xlabel="training step $t$", ylabel="LLC $\\hat\\lambda(w_t)$", title="LLC of every seed")
     axes[0].legend(fontsize=7)
+    fig.suptitle(setting, fontsize=8)
     save_figure(fig, "figB1a_lm_seeds", profile=cfg.name)
     plt.show()
 
@@ -383,7 +396,7 @@ if one_layer:
     fig = plot_stages(stages1, sweep1.steps[k1], sweep1.llc_mean[k1],
                       loss=table1.set_index("step").loc[sweep1.steps[k1], "loss"].to_numpy(),
                       extra={"bigram score − optimum\n(nats/token)": table1.set_index("step").loc[sweep1.steps[k1], "bigram.excess"].to_numpy()},
-                      loss_label="validation loss\n(nats/token)", title=f"One-layer attention-only LM, {cfg.name} profile")
+                      loss_label="validation loss\n(nats/token)", title=f"One-layer attention-only LM, {setting}")
     save_figure(fig, "figB6_lm1_llc", profile=cfg.name)
     plt.show()
     print("one-layer boundaries:", np.round(stages1.boundaries).astype(int).tolist(),
@@ -402,6 +415,8 @@ if one_layer:
 # one-layer model's boundaries.
 
 # %%
+import dataclasses
+
 from stagewise.headline import stage_headline, write_headline
 from stagewise.probes.language_structure import INDUCTION_THRESHOLD, PREVIOUS_TOKEN_THRESHOLD
 
@@ -414,6 +429,10 @@ def _first_step_above(prefix: str, layer: int, threshold: float):
 
 final_row = table[table.step == table.step.max()].iloc[0]
 headline = {
+    "data": cfg.analogue or "plain text (the paper's kind of data)",
+    "recipe": None if not cfg.analogue else {
+        "repeat_mix": dataclasses.asdict(cfg.repeat_mix),
+        "curriculum": None if cfg.curriculum is None else dataclasses.asdict(cfg.curriculum)},
     "steps": cfg.train.num_steps, "batch_size": cfg.batch_size, "context": cfg.model.n_ctx,
     "tokens_seen": cfg.train.num_steps * cfg.tokens_per_step, "training_s": run.seconds,
     "stages": stage_headline(stages, t_llc, llc, ["+".join(lab) for lab in labels]),

@@ -57,7 +57,7 @@ from stagewise.probes.language import (bigram_distribution, classify_heads, comp
                                        icl_tokens, lm_probe_checkpoints, lm_probe_config)
 from stagewise.profiles import default_profile, get_profile
 from stagewise.refined import data_llc_sweep, head_labels, head_llc_sweep
-from stagewise.runs import language_analysis_steps, language_run, language_sgld_model
+from stagewise.runs import language_analysis_steps, language_run, language_sgld_contexts, language_sgld_model
 from stagewise.train import analysis_steps
 
 notebook_start = time.perf_counter()
@@ -67,6 +67,16 @@ cfg = get_profile("rllc", profile)
 lm = get_profile("language", cfg.language)
 apply_style()
 print(cfg)
+print(lm.analogue or "the language profile's data: plain text (the paper's kind)")
+# every figure names the profile and, where the language model's data are an analogue of the paper's
+# (SPEC.md §0), that analogue
+setting = f"{cfg.name} profile" + (f"; {lm.analogue}" if lm.analogue else "")
+
+
+def stamp(fig):
+    """Add the setting under the figure's title (or as its title)."""
+    old = fig.get_suptitle()
+    fig.suptitle(f"{old}\n{setting}" if old else setting, fontsize=8)
 
 # %% [markdown]
 # ## The trained model, checkpoints and data sets
@@ -79,7 +89,7 @@ run = language_run(lm)
 steps = analysis_steps(language_analysis_steps(lm, run)[1:], cfg.num_checkpoints)
 checkpoints = [(int(s), run.checkpoint_path(s)) for s in steps]
 n_ctx = lm.model.n_ctx
-data = {"train": (load_contexts(lm.corpus, "sgld", n_ctx).long(),)}
+data = {"train": (language_sgld_contexts(lm),)}  # the training distribution's held-out lines (with an analogue's repeats)
 for name, domain in zip(cfg.domain_names, cfg.domains):
     data[name] = (load_domain_contexts(domain, n_ctx).long(),)
 model_fn, loss = language_sgld_model(lm)  # the LM profile's LLC fast path (plain-torch twin, strided loss)
@@ -136,8 +146,9 @@ for ax, layer in zip(axes[0], range(lm.model.n_layers)):
     ax.set(xscale="log", xlabel="training step $t$", title=f"layer {layer}: wrLLC of each head over training")
     ax.legend(fontsize=6, ncol=2)
 axes[0, 0].set_ylabel("wrLLC $\\hat\\lambda(w_t; V_h)$")
-fig.suptitle(f"Weight-refined LLC per head, coloured by class at step {final:,} ({cfg.name} profile)")
+fig.suptitle(f"Weight-refined LLC per head, coloured by class at step {final:,}")
 fig.tight_layout()
+stamp(fig)
 save_figure(fig, "fig2_rllc_per_head", profile=cfg.name)
 plt.show()
 
@@ -176,6 +187,7 @@ axes[1].axhline(1, color="k", lw=0.6, ls=":")
 axes[1].set(xscale="log", xlabel="training step $t$", ylabel="code / train (ratio)",
             title="per head over training: wdrLLC(code) / wrLLC(train) (dotted: 1)")
 fig.tight_layout()
+stamp(fig)
 save_figure(fig, "fig3_drllc_code_vs_train", profile=cfg.name)
 plt.show()
 ratio = (end["code"] / end["train"]).rename("code/train")
@@ -193,7 +205,8 @@ print(f"whole-model (dr)LLCs in {time.perf_counter() - t0:.0f} s")
 fig, ax = plt.subplots(figsize=(6, 3.2))
 plot_over_training(ax, steps, {name: g.set_index("step").loc[steps, "llc_mean"] for name, g in whole.groupby("data")},
                    ylabel="whole-model (dr)LLC $\\hat\\lambda$", marker="o", ms=2.5)
-ax.set_title(f"Whole-model drLLC per data set ({cfg.name} profile)")
+ax.set_title("Whole-model drLLC per data set")
+stamp(fig)
 save_figure(fig, "fig12_drllc_whole_model", profile=cfg.name)
 plt.show()
 
@@ -219,6 +232,7 @@ fig, ax = plt.subplots(figsize=(6, 3.2))
 plot_over_training(ax, icl_frame.index, {f"{c} alone (others ablated)" if ":" in c else c: icl_frame[c] for c in icl_frame},
                    ylabel=f"ICL score (loss at {k2} − at {k1}, nats)", marker="o", ms=2.5)
 ax.set_title(f"Per-head ICL score of {' and '.join(pair)}")
+stamp(fig)
 save_figure(fig, "fig10_per_head_icl_score", profile=cfg.name)
 plt.show()
 icl_frame.round(3)
@@ -272,6 +286,7 @@ for ax, layer in zip(axes[0], range(lm.model.n_layers)):
            title=f"layer {layer}: heads clustered by wrLLC curve shape, c = {min(counts)}")
     ax.legend(fontsize=6, ncol=2)
 fig.tight_layout()
+stamp(fig)
 save_figure(fig, "fig18_head_clusters", profile=cfg.name)
 plt.show()
 clusters = pd.concat(cluster_rows, ignore_index=True) if cluster_rows else pd.DataFrame()
@@ -300,6 +315,7 @@ if lm.model.n_layers > 1:
                 xlabel="layer-1 head (reader)", ylabel="layer-0 head (writer)", title=f"K-composition at step {final:,}")
     fig.colorbar(im, ax=axes[1], label="K-composition score")
     fig.tight_layout()
+    stamp(fig)
     save_figure(fig, "fig7_k_composition", profile=cfg.name)
     plt.show()
 
@@ -361,7 +377,8 @@ for layer in range(lm.model.n_layers):
                                          "induction_heads_in_own_cluster": own if induction else None}
 final_llc = heads_frame[heads_frame.step == final].pivot_table(index="head", columns="data", values="llc_mean")
 headline = {
-    "language_profile": lm.name, "checkpoints": [int(s) for s in steps], "final_step": final,
+    "language_profile": lm.name, "data": lm.analogue or "plain text (the paper's kind of data)",
+    "checkpoints": [int(s) for s in steps], "final_step": final,
     "heads": {f"head_{h.replace(':', '_')}": {"class": str(classes[h]),
                                               "previous_token": float(scores.loc[h, "previous_token"]),
                                               "prefix_matching": float(scores.loc[h, "prefix_matching"]),

@@ -231,3 +231,53 @@ def test_scatter_writes_each_segment_the_requested_number_of_times():
     assert all(c == [4, 4] for c in counts)  # two segments, four copies each, in every context
     with pytest.raises(ValueError, match="copies"):
         RepeatMix(copies=1)
+
+
+def test_curriculum_batches_switch_from_short_to_long_contexts_with_as_many_tokens():
+    from stagewise.data.language import ContextCurriculum, CurriculumBatches
+
+    short, long_ = _contexts(n_ctx=9, n=80), _contexts(n_ctx=33, n=40)
+    warm = LMBatches(short, 16, seed=1, repeat_mix=RepeatMix(fraction=1.0, source="natural", layout="scatter",
+                                                               segments=1, copies=2, min_length=2, max_length=3))
+    main = LMBatches(long_, 4, seed=1)
+    batches = CurriculumBatches(warm, main, steps=5)
+    assert batches(4)[0].shape == (16, 9) and batches(5)[0].shape == (4, 33)
+    assert torch.equal(batches(4)[0], warm(4)[0]) and torch.equal(batches(7)[0], main(7)[0])
+    with pytest.raises(ValueError, match="steps"):
+        CurriculumBatches(warm, main, steps=0)
+    with pytest.raises(ValueError, match="n_ctx"):
+        ContextCurriculum(steps=10, n_ctx=2)
+
+
+def test_long_language_profile_names_its_analogue_data_and_keeps_the_cpu_key():
+    import dataclasses
+
+    from stagewise.cache import config_hash
+    from stagewise.data.language import ContextCurriculum
+    from stagewise.profiles import get_profile
+    from stagewise.runs import _language_key
+
+    cpu, long_ = get_profile("language", "cpu"), get_profile("language", "long")
+    assert cpu.analogue == "" and "analogue data" in long_.analogue and "random offsets" in long_.analogue
+    assert "context 32" in long_.analogue
+    # the analogue fields enter the run's key only when used: the cpu run's key is the one it had
+    # before they existed (the same dataclass without them)
+    from stagewise.runs import LanguageRunKey as Now
+
+    @dataclass(frozen=True)
+    class LanguageRunKey:  # noqa: F811 (the old definition, by name: the name is part of the hash)
+        model: object
+        train: object
+        batch_size: int
+        data_seed: int
+        corpus: object
+        tokenizer: str
+        train_model: str = field(default="transformer_lens", metadata=HASH_OMIT_DEFAULT)
+
+    key = _language_key(cpu)
+    old = LanguageRunKey(*(getattr(key, f.name) for f in dataclasses.fields(LanguageRunKey)))
+    assert isinstance(key, Now) and config_hash(key) == config_hash(old)
+    assert config_hash(_language_key(long_)) != config_hash(
+        _language_key(dataclasses.replace(long_, repeat_mix=RepeatMix())))
+    with pytest.raises(ValueError, match="curriculum"):
+        dataclasses.replace(long_, curriculum=ContextCurriculum(steps=100, n_ctx=128))

@@ -59,3 +59,38 @@ def test_regression_probes_match_direct_probes_and_are_cached_per_checkpoint(tmp
     pd.testing.assert_frame_equal(regression_probes(reg, 0, num_checkpoints=3, progress=False), table)
     with pytest.raises(AssertionError, match="recomputed"):  # a checkpoint not probed yet
         regression_probes(reg, 0, num_checkpoints=4, progress=False)
+
+
+def test_language_run_with_analogue_data_trains_the_curriculum_then_the_mix(tmp_cache, monkeypatch):
+    """An analogue profile (repeats + a context-length curriculum) trains on short contexts first and
+    on the mixed long ones after, is cached apart from the plain run, and its LLC data carry the mix."""
+    import dataclasses
+
+    import torch
+
+    import stagewise.train
+    from stagewise.data.language import ContextCurriculum, RepeatMix, load_contexts
+    from stagewise.runs import language_run, language_sgld_contexts
+
+    plain = get_profile("language", "smoke")
+    mix = RepeatMix(fraction=1.0, source="natural", seed=1, layout="scatter", segments=1, copies=2, min_length=3,
+                    max_length=6)
+    warm = RepeatMix(fraction=1.0, source="natural", seed=1, layout="scatter", segments=1, copies=2, min_length=2,
+                     max_length=3)
+    analogue = dataclasses.replace(plain, repeat_mix=mix, curriculum=ContextCurriculum(steps=6, n_ctx=8, repeat_mix=warm))
+    shapes = {}
+    original = stagewise.train.train
+
+    def spy(model_fn, loss_fn, batch_fn, config, run_dir, **kwargs):
+        shapes.update({step: tuple(batch_fn(step)[0].shape) for step in (0, 5, 6, config.num_steps - 1)})
+        return original(model_fn, loss_fn, batch_fn, config, run_dir, **kwargs)
+
+    monkeypatch.setattr(stagewise.train, "train", spy)
+    run = language_run(analogue, progress=False)
+    n, b = plain.model.n_ctx, plain.batch_size
+    assert shapes[0] == shapes[5] == (b * n // 8, 8) and shapes[6] == shapes[plain.train.num_steps - 1] == (b, n)
+    assert run.directory != language_run(plain, progress=False).directory
+    sgld_plain = load_contexts(plain.corpus, "sgld", n).long()
+    sgld_mixed = language_sgld_contexts(analogue)
+    assert torch.equal(language_sgld_contexts(plain), sgld_plain)
+    assert torch.equal(sgld_mixed, mix.apply(sgld_plain, 0)) and not torch.equal(sgld_mixed, sgld_plain)

@@ -182,19 +182,23 @@ class LanguageRunKey:
     # the trained module (profile.train_model); left out of the hash at its default, so the keys of
     # runs trained before the option existed stay valid
     train_model: str = field(default="transformer_lens", metadata=HASH_OMIT_DEFAULT)
+    # analogue data (profile.repeat_mix, profile.curriculum): hashed only when used
+    repeat_mix: object = field(default=None, metadata=HASH_OMIT_DEFAULT)
+    curriculum: object = field(default=None, metadata=HASH_OMIT_DEFAULT)
 
 
 def _language_key(profile) -> LanguageRunKey:
     from stagewise.data.language import _tokenizer_hash
 
     return LanguageRunKey(profile.model, profile.train, profile.batch_size, profile.data_seed, profile.corpus,
-                          _tokenizer_hash(), profile.train_model)
+                          _tokenizer_hash(), profile.train_model,
+                          profile.repeat_mix if profile.repeat_mix.fraction else None, profile.curriculum)
 
 
 def language_run(profile, progress: bool = True, device=None) -> TrainedRun:
     """Train (or load) the ``profile``'s attention-only language model (main paper §5, App. D.1).
     ``device``: where to train (None: a GPU if one is visible, else the CPU)."""
-    from stagewise.data.language import LMBatches, load_contexts
+    from stagewise.data.language import CurriculumBatches, LMBatches, load_contexts
     from stagewise.models.language import lm_loss, make_language_model
 
     contexts = load_contexts(profile.corpus, "train", profile.model.n_ctx)  # int32; LMBatches widens each batch
@@ -205,12 +209,18 @@ def language_run(profile, progress: bool = True, device=None) -> TrainedRun:
         model_fn, loss_fn = partial(make_trainable_fast_language_model, profile.model), lm_fast_train_loss
     else:
         model_fn, loss_fn = partial(make_language_model, profile.model), lm_loss
+    batch_fn = LMBatches(contexts, profile.batch_size, profile.data_seed, repeat_mix=profile.repeat_mix)
+    if profile.curriculum is not None:
+        c = profile.curriculum
+        warm = LMBatches(load_contexts(profile.corpus, "train", c.n_ctx), profile.batch_size * profile.model.n_ctx // c.n_ctx,
+                         profile.data_seed, repeat_mix=c.repeat_mix)
+        batch_fn = CurriculumBatches(warm, batch_fn, c.steps)
     run = train_cached(
         "language_runs",
         key,
         model_fn=model_fn,
         loss_fn=loss_fn,
-        batch_fn=LMBatches(contexts, profile.batch_size, profile.data_seed),
+        batch_fn=batch_fn,
         config=profile.train,
         progress=progress,
         description=f"{profile.model.n_layers}-layer LM",
@@ -306,7 +316,7 @@ def language_llc(profile, run: TrainedRun | None = None, steps=None, executor="s
         [(int(s), run.checkpoint_path(s)) for s in steps],
         model_fn=model_fn,
         loss=loss,
-        data=(load_contexts(profile.corpus, "sgld", profile.model.n_ctx).long(),),
+        data=(language_sgld_contexts(profile),),
         config=profile.sgld,
         compute_dtype=profile.sgld_dtype,
         chain_mode="loop",
@@ -314,6 +324,19 @@ def language_llc(profile, run: TrainedRun | None = None, steps=None, executor="s
         executor=executor,
         progress=progress,
     )
+
+
+SGLD_MIX_STEP = 0  # the RepeatMix 'step' that rewrites the SGLD contexts of an analogue profile (fixed)
+
+
+def language_sgld_contexts(profile):
+    """The contexts the LLC's SGLD draws its batches from: the corpus's held-out ``sgld`` split, with
+    the profile's ``repeat_mix`` applied once (fixed) where it has one, so the LLC is measured on
+    the distribution the model trains on after its curriculum."""
+    from stagewise.data.language import load_contexts
+
+    contexts = load_contexts(profile.corpus, "sgld", profile.model.n_ctx).long()
+    return profile.repeat_mix.apply(contexts, SGLD_MIX_STEP) if profile.repeat_mix.fraction else contexts
 
 
 def language_sgld_model(profile):

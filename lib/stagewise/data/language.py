@@ -27,7 +27,8 @@ from stagewise.cache import HASH_OMIT_DEFAULT, artifact_dir, atomic_save, load_a
 from stagewise.data.corpus import SPLITS, CorpusConfig, check_corpus_source, check_train_tokens, load_corpus
 from stagewise.data.tokenizer import BOS_TOKEN, TOKENIZER_DIR, load_tokenizer
 
-__all__ = ["tokenize_documents", "pack_contexts", "load_token_stream", "load_contexts", "RepeatMix", "LMBatches"]
+__all__ = ["tokenize_documents", "pack_contexts", "load_token_stream", "load_contexts", "RepeatMix", "LMBatches",
+           "ContextCurriculum", "CurriculumBatches"]
 
 log = logging.getLogger(__name__)
 
@@ -331,3 +332,36 @@ class LMBatches:
 
     def __call__(self, step: int) -> tuple[Tensor]:
         return (self.repeat_mix.apply(self.tokens[self.indices(step)].long(), step),)
+
+
+@dataclass(frozen=True)
+class ContextCurriculum:
+    """A context-length curriculum (our addition; the paper trains at one context length): the
+    first ``steps`` training steps on contexts of ``n_ctx`` tokens (as many tokens per step: the
+    batch grows by the ratio of the lengths), each rewritten by ``repeat_mix``, then the profile's
+    own data. Short contexts hold fewer distractors for an attention head to sort through, which
+    is what let the induction pilots form a layer-0 previous-token head at all (README,
+    *Induction-head pilots*)."""
+
+    steps: int
+    n_ctx: int = 32
+    repeat_mix: RepeatMix = field(default_factory=RepeatMix)
+
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if not isinstance(self.n_ctx, int) or self.n_ctx < 3:
+            raise ValueError(f"n_ctx must be an integer >= 3, got {self.n_ctx!r}")
+
+
+class CurriculumBatches:
+    """``batch_fn(step)``: ``warm(step)`` for the curriculum's first steps, then ``main(step)``;
+    both deterministic in the step, so a resumed run sees the same batches."""
+
+    def __init__(self, warm: LMBatches, main: LMBatches, steps: int):
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        self.warm, self.main, self.steps = warm, main, steps
+
+    def __call__(self, step: int) -> tuple[Tensor]:
+        return self.warm(step) if step < self.steps else self.main(step)

@@ -11,7 +11,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from stagewise.cache import HASH_OMIT_DEFAULT
 from stagewise.data.corpus import CorpusConfig, paper_corpus
+from stagewise.data.language import ContextCurriculum, RepeatMix
 from stagewise.llc import SGLDConfig
 from stagewise.models.language import LanguageModelConfig
 from stagewise.train import TrainConfig
@@ -66,6 +68,11 @@ class LanguageProfile:
     one_layer_steps: int = 50_000
     one_layer_analysis_checkpoints: int = 500
     seeds: tuple[int, ...] = (1, 2, 3, 4, 5)  # Fig. B.1a; the first is the main run (train.seed, data_seed)
+    # Analogue data (SPEC.md §0; `long` only): a share of the training contexts rewritten with repeated
+    # segments, and a context-length curriculum. Both default to the paper's plain text; the SGLD
+    # data of the LLC get the same repeat_mix (the training distribution after the curriculum).
+    repeat_mix: RepeatMix = field(default_factory=RepeatMix)
+    curriculum: ContextCurriculum | None = None
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -91,12 +98,22 @@ class LanguageProfile:
 
         if self.sgld_dtype not in COMPUTE_DTYPE_SETTINGS:
             raise ValueError(f"sgld_dtype must be one of {', '.join(COMPUTE_DTYPE_SETTINGS)}, got {self.sgld_dtype!r}")
+        if self.curriculum is not None and not (self.curriculum.n_ctx < self.model.n_ctx
+                                                and self.curriculum.steps < self.train.num_steps):
+            raise ValueError(f"curriculum must be shorter than the run: n_ctx {self.curriculum.n_ctx} < "
+                             f"{self.model.n_ctx} and steps {self.curriculum.steps} < {self.train.num_steps}")
         if self.model.d_vocab != 5000:
             raise ValueError(f"model.d_vocab must be 5000 to match the truncated GPT-2 tokenizer, got {self.model.d_vocab}")
 
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.model.n_ctx
+
+    @property
+    def analogue(self) -> str:
+        """The non-paper ingredients of this profile's data in words ("" for the paper's plain text):
+        every figure title, table and JSON of an analogue setting names them (SPEC.md §0)."""
+        return describe_analogue(self.repeat_mix, self.curriculum)
 
     def with_seed(self, seed: int) -> "LanguageProfile":
         """The same profile with training seed ``seed`` for both the initialisation and the batch
@@ -112,6 +129,23 @@ class LanguageProfile:
         return dataclasses.replace(self, model=dataclasses.replace(self.model, n_layers=1), train=train,
                                    sgld=self.one_layer_sgld,
                                    num_analysis_checkpoints=self.one_layer_analysis_checkpoints)
+
+
+def describe_analogue(mix: RepeatMix, curriculum: ContextCurriculum | None) -> str:
+    """Words for a language run's non-paper data ("" when there is none)."""
+    parts = []
+    if curriculum is not None:
+        c = curriculum.repeat_mix
+        parts.append(f"first {curriculum.steps:,} steps at context {curriculum.n_ctx}"
+                     + (f" with {c.fraction:.0%} of contexts repeating {c.segments} {c.source} segment(s) "
+                        f"x {c.copies}" if c.fraction else ""))
+    if mix.fraction:
+        what = {"natural": "natural-text", "random": "random-token", "unigram": "unigram-token"}[mix.source]
+        where = "at random offsets" if mix.layout in ("segments", "scatter") else "as BOS + S + S"
+        copies = f" x {mix.copies}" if mix.layout == "scatter" else ""
+        parts.append(f"{mix.fraction:.0%} of contexts with {mix.segments} {what} segment(s) of "
+                     f"{mix.min_length}-{mix.max_length} tokens repeated{copies} {where}")
+    return "analogue data: " + "; ".join(parts) if parts else ""
 
 
 PROFILES = {
@@ -173,5 +207,24 @@ PROFILES = {
     ),
 }
 
-# long: nothing beyond cpu yet (issue #20 pilots decide); the cpu settings under the long name
-PROFILES["long"] = dataclasses.replace(PROFILES["cpu"], name="long")
+# long: LM3-LM4 on a CPU through an analogue of the paper's data (issue #30; SPEC.md §0), chosen by the
+# pilots in the README (*Induction-head pilots*): natural text in which half of the contexts repeat
+# two passages of their own text four times each at random offsets, and a context-length curriculum
+# (the first 3,000 steps on 32-token contexts whose passages repeat three times). Pilot s12_p6 (one
+# thread, fused AdamW) formed a layer-0 previous-token head, a layer-1 prefix-matching head and a
+# 2-nat loss drop on repeats at random offsets at 7.0M tokens (step ~6,900); plain natural text
+# formed none in 44M. The model is the paper's at context 128 (the prefix-matching probe's length),
+# batch 8, the paper's optimiser; 16k steps (16.4M tokens) to see the stages after formation.
+_LONG_MIX = RepeatMix(fraction=0.5, source="natural", seed=1, layout="scatter", segments=2, copies=4, min_length=8,
+                      max_length=12)
+PROFILES["long"] = dataclasses.replace(
+    PROFILES["cpu"], name="long",
+    model=LanguageModelConfig(n_layers=2, n_ctx=128),
+    train=dataclasses.replace(PROFILES["cpu"].train, num_steps=16_000),
+    num_analysis_checkpoints=40,
+    repeat_mix=_LONG_MIX,
+    curriculum=ContextCurriculum(steps=3_000, n_ctx=32,
+                                 repeat_mix=RepeatMix(fraction=1.0, source="natural", seed=1, layout="scatter",
+                                                      segments=1, copies=3, min_length=4, max_length=8)),
+    one_layer_steps=4_000,
+)
