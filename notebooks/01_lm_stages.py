@@ -289,6 +289,77 @@ signatures = signature_table(resolved, lm_paper_signatures(L), stages.boundaries
 signatures[["paper stage", "signature", "paper when", "appears", "step", "our stage", "our stage name", "effect"]]
 
 # %% [markdown]
+# ## The induction circuit judged by content, against the stage boundaries (LM3–LM4)
+# An induction score on `BOS + R + R` can be earned by a head that copies from a fixed distance
+# back (README, *the fixed-offset trap*), so the circuit is judged by three content-based probes:
+# the largest **layer-0 previous-token score** (App. B.4.3; threshold 0.4), the largest **layer-1
+# prefix-matching score** (App. B.4.4; threshold 0.3), and the **loss drop on a repeat at a random
+# offset** (a 20-token segment copied from a random place of the first half of 128 random tokens to
+# a random place of the second half; threshold 1 nat). *Formed* = all three at two consecutive
+# analysed checkpoints. The ICL score (loss late − early in the context, paper's LM4 drop) is read on
+# the plain validation text only.
+
+# %%
+from stagewise.cache import cached_value
+from stagewise.probes.language_structure import INDUCTION_THRESHOLD, PREVIOUS_TOKEN_THRESHOLD, offset_repeat_losses
+
+OFFSET_DROP_THRESHOLD = 1.0  # nats
+offset_length = min(128, cfg.model.n_ctx)
+offset_segment = min(20, (offset_length - 3) // 2)
+
+
+def offset_drop(step: int) -> float:
+    key = {"run": run.directory.name, "step": int(step), "num_sequences": 256, "length": offset_length,
+           "segment": offset_segment, "seed": 3}
+    return cached_value("lm_offset_repeat", key, lambda: offset_repeat_losses(
+        run.load_model(int(step)), 256, length=offset_length, segment=offset_segment, seed=3)["drop"])
+
+
+circuit = pd.DataFrame({
+    "step": table.step.to_numpy(),
+    "previous_token_l0": table[[c for c in table.columns if c.startswith("previous_token.0:")]].max(axis=1).to_numpy(),
+    "prefix_matching_l1": (table[[c for c in table.columns if c.startswith("prefix_matching.1:")]].max(axis=1).to_numpy()
+                           if L >= 2 else np.full(len(table), np.nan)),
+    "random_offset_drop": [offset_drop(s) for s in table.step],
+    "icl_score": table["icl_score"].to_numpy()}).set_index("step")
+tests = {"previous_token_l0": PREVIOUS_TOKEN_THRESHOLD, "prefix_matching_l1": INDUCTION_THRESHOLD,
+         "random_offset_drop": OFFSET_DROP_THRESHOLD}
+seen = circuit[circuit.index >= first_resolved]
+first_cross = {k: (float(seen.index[seen[k] >= v][0]) if (seen[k] >= v).any() else None) for k, v in tests.items()}
+passing = np.all([seen[k].to_numpy() >= v for k, v in tests.items()], axis=0)
+formed_at = next((float(seen.index[i]) for i in range(len(seen) - 1) if passing[i] and passing[i + 1]), None)
+print("first analysed step above each threshold:", first_cross, "| formed (all three, twice):", formed_at)
+
+fig, axes = plt.subplots(1, 4, figsize=(13, 3.0), sharex=True)
+for ax, (col, label) in zip(axes, [("previous_token_l0", "layer-0 previous-token score (max)"),
+                                   ("prefix_matching_l1", "layer-1 prefix-matching score (max)"),
+                                   ("random_offset_drop", "loss drop on a random-offset repeat (nats)"),
+                                   ("icl_score", "ICL score on plain text (nats)")]):
+    plot_over_training(ax, circuit.index, {label: circuit[col]}, result=stages, legend=False, marker="o", ms=2.5,
+                       title=label, color="k")
+    if col in tests:
+        ax.axhline(tests[col], color="tab:red", ls=":", lw=1)
+    if formed_at is not None:
+        ax.axvline(formed_at, color="tab:green", lw=1.2)
+fig.suptitle(f"The induction circuit by content (dotted: thresholds; green: formed), {setting}", fontsize=9)
+fig.tight_layout()
+save_figure(fig, "fig4_lm_induction_by_content", profile=cfg.name)
+plt.show()
+
+# each LLC boundary against the steps at which the heads formed (ratio > 1: the boundary comes later)
+events = {"layer-0 previous-token head": first_cross["previous_token_l0"],
+          "layer-1 prefix-matching head": first_cross["prefix_matching_l1"],
+          "random-offset drop >= 1 nat": first_cross["random_offset_drop"], "circuit formed (all three)": formed_at}
+boundary_vs_heads = pd.DataFrame([{"boundary": round(b), "between": f"{'+'.join(a)} | {'+'.join(c)}",
+                                   **{e: (None if t is None else round(b / t, 2)) for e, t in events.items()}}
+                                  for b, a, c in zip(stages.boundaries, labels, labels[1:])])
+icl_before = float(circuit.loc[circuit.index <= formed_at, "icl_score"].iloc[-1]) if formed_at else None
+icl_end = float(circuit["icl_score"].iloc[-1])
+print("boundary / formation step (columns: events at", {e: t for e, t in events.items()}, ")")
+print(f"ICL score at formation {icl_before}, at the end {icl_end:.3f}")
+boundary_vs_heads
+
+# %% [markdown]
 # ## Essential dynamics: forms against the LLC's boundaries ([T] §3.2, Fig. 2a)
 # The papers' second witness of stages. *Behavioural ED*: a_t = log p(next token) of every
 # checkpoint at every 4th position of 32 fixed validation contexts (2,048 numbers at context 256;
@@ -417,8 +488,7 @@ if one_layer:
 # %%
 import dataclasses
 
-from stagewise.headline import stage_headline, write_headline
-from stagewise.probes.language_structure import INDUCTION_THRESHOLD, PREVIOUS_TOKEN_THRESHOLD
+from stagewise.headline import snake_case, stage_headline, write_headline
 
 
 def _first_step_above(prefix: str, layer: int, threshold: float):
@@ -451,6 +521,13 @@ headline = {
     "final_validation_loss": float(final_row["loss"]),
     "head_classes": {f"head_{str(k).replace(':', '_')}": str(v) for k, v in head_table.items()},
 }
+headline["induction_by_content"] = {
+    "thresholds": {"previous_token_l0": PREVIOUS_TOKEN_THRESHOLD, "prefix_matching_l1": INDUCTION_THRESHOLD,
+                   "random_offset_drop_nats": OFFSET_DROP_THRESHOLD},
+    "first_step_above": first_cross, "formed_step": formed_at,
+    "max": {k: float(circuit[k].max()) for k in tests},
+    "icl_score_at_formation": icl_before, "icl_score_at_end": icl_end,
+    "boundary_over_event_step": [{snake_case(k): v for k, v in r.items()} for r in boundary_vs_heads.to_dict(orient="records")]}
 headline["essential_dynamics"] = {
     "explained_variance": [float(v) for v in ed.pca.explained_variance_ratio],
     "forms": [{"step": f.step, "turn_degrees": f.turn, "snr": f.snr,
