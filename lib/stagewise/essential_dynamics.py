@@ -17,8 +17,9 @@ How the trajectory is parametrised and smoothed, and when a vertex counts, is ou
 * **Parametrised by log10(step + 1)**, the axis the LLC's stages are found on (stage boundaries
   are a factor apart, not a number of steps apart). The paper's checkpoints (100 linear + 90
   log-spaced) crowd the late steps, where outputs barely move: indexed by checkpoint, those
-  stretches look long and their noise looks like turns (16 forms on the ``cpu`` regression run
-  with a 3-checkpoint Gaussian, 56 with 1, against 3 LLC boundaries).
+  stretches look long and their noise looks like turns (on the ``cpu`` regression run, seed 0, the
+  checkpoint-indexed trajectory smoothed by a 3-checkpoint Gaussian has 24 forms, by a 1-checkpoint
+  one 48, against the LLC's 3 boundaries; this parametrisation finds 2).
 * **Smoothed by a local-linear Gaussian kernel fit in log step** (:func:`smooth_in_log_step`),
   bandwidth :data:`BANDWIDTH_DECADES` = 0.1 decade, evaluated on a uniform grid of 4 points per
   bandwidth. Dense late checkpoints are averaged, sparse early ones are interpolated, and the
