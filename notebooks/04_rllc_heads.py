@@ -347,6 +347,37 @@ for cls, want in (("multigram", "lower"), ("induction", "higher")):
 n_induction = int((classes == "induction").sum())
 findings.append({"finding": "two induction heads form in layer 1", "ours": f"{n_induction} induction heads",
                  "holds": n_induction >= 2})
+
+
+def smallest_shape_clustering(layer):
+    """(c, {head: cluster}) of the shape-method clustering of ``layer`` at its smallest c, or None."""
+    if not len(clusters):
+        return None
+    rows_l = clusters[(clusters.method == "shape") & (clusters.layer == layer)]
+    if not len(rows_l):
+        return None
+    row = rows_l[rows_l.n_clusters == rows_l.n_clusters.min()].iloc[0]
+    return int(row.n_clusters), {h: int(row[h]) for h in labels if h.startswith(f"{layer}:") and h in row.index}
+
+
+def induction_in_own_cluster(layer):
+    """Whether the layer's induction heads make up one cluster of their own (None without them)."""
+    found = smallest_shape_clustering(layer)
+    induction = [h for h in labels if h.startswith(f"{layer}:") and classes[h] == "induction"]
+    if found is None or not induction:
+        return None
+    ids_in = {found[1][h] for h in induction}
+    ids_out = {c for h, c in found[1].items() if h not in induction}
+    return len(ids_in) == 1 and not ids_in & ids_out
+
+
+if lm.model.n_layers > 1:
+    own1 = induction_in_own_cluster(1)
+    found1 = smallest_shape_clustering(1)
+    findings.append({"finding": "layer-1 induction heads separate first: a cluster of their own at the smallest c",
+                     "ours": "no induction heads" if own1 is None else
+                     f"c = {found1[0]}: " + ", ".join(f"{h} -> {c}" for h, c in found1[1].items()),
+                     "holds": own1})
 pd.DataFrame(findings)
 
 # %% [markdown]
@@ -368,13 +399,9 @@ for layer in range(lm.model.n_layers):
         continue
     row = rows_l[rows_l.n_clusters == rows_l.n_clusters.min()].iloc[0]
     members = [h for h in labels if h.startswith(f"{layer}:") and h in row.index]
-    induction = [h for h in members if classes[h] == "induction"]
-    ids_induction = {int(row[h]) for h in induction}
-    ids_others = {int(row[h]) for h in members if h not in induction}
-    own = len(ids_induction) == 1 and not ids_induction & ids_others  # one cluster, nobody else in it
     cluster_summary[f"layer_{layer}"] = {"n_clusters": int(row.n_clusters), "silhouette": float(row.get("silhouette", np.nan)),
                                          "clusters": {f"head_{h.replace(':', '_')}": int(row[h]) for h in members},
-                                         "induction_heads_in_own_cluster": own if induction else None}
+                                         "induction_heads_in_own_cluster": induction_in_own_cluster(layer)}
 final_llc = heads_frame[heads_frame.step == final].pivot_table(index="head", columns="data", values="llc_mean")
 headline = {
     "language_profile": lm.name, "data": lm.analogue or "plain text (the paper's kind of data)",
