@@ -47,6 +47,7 @@ seeds = None  # training seeds of Fig. B.1a (first = the main run); None keeps t
 dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
 
 # %%
+import textwrap
 import time
 
 import matplotlib.pyplot as plt
@@ -75,7 +76,7 @@ profile = profile or default_profile()
 llc_executor = sweep_executor(dask_scheduler)  # 'serial', or a Client of that scheduler
 cfg = get_profile("language", profile, **({"seeds": tuple(seeds)} if seeds is not None else {}))
 # every title names the profile and, where the data are an analogue of the paper's (SPEC.md §0), that
-setting = f"{cfg.name} profile" + (f"\n{cfg.analogue}" if cfg.analogue else "")
+setting = f"{cfg.name} profile" + (f"\n{textwrap.fill(cfg.analogue, 110)}" if cfg.analogue else "")
 apply_style()
 n_params = sum(p.numel() for p in make_language_model(cfg.model).parameters())
 print(f"profile {cfg.name}: {cfg.model.n_layers}-layer model, {n_params:,} parameters, context {cfg.model.n_ctx}, "
@@ -397,12 +398,12 @@ pd.DataFrame([{"LLC boundary": round(m["boundary"]), "between": boundary_names.g
 
 # %%
 fig = plot_essential_dynamics(ed, stages=stages,
-                              title=f"Essential dynamics of the two-layer LM ({setting}): the trajectory "
-                                    f"in its top 3 PCs, coloured by the LLC's stages; stars: forms")
+                              title=f"Essential dynamics of the two-layer LM: the trajectory in its top 3 PCs, "
+                                    f"coloured by the LLC's stages; stars: forms\n{setting}")
 save_figure(fig, "fig2a_lm_essential_dynamics", profile=cfg.name)
 plt.show()
 fig = plot_ed_over_training(ed, stages=stages,
-                            title=f"Essential dynamics of the two-layer LM over training ({setting})")
+                            title=f"Essential dynamics of the two-layer LM over training, {setting}")
 save_figure(fig, "fig2a_lm_ed_over_training", profile=cfg.name)
 plt.show()
 

@@ -329,7 +329,7 @@ def plot_essential_dynamics(ed, stages=None, pairs=None, extra_points=None, circ
         if extra_points:
             ax.legend(loc="best")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.0 + 0.05 * title.count("\n"))
     return fig
 
 
@@ -366,13 +366,14 @@ def plot_ed_over_training(ed, stages=None, axes=None, title=None, label: str = "
     axes[1].set_ylabel("turn (degrees)")
     axes[1].set_xlabel("training step $t$")
     axes[1].set_title(f"{label}turning points: forms (stars) where every PC plane also has a vertex")
-    axes[1].legend(loc="upper right")
+    axes[1].legend(loc="best")
     for ax in axes:
         ax.set_xscale("log")
         if stages is not None:
             _shade_stages(ax, stages, _stage_colors(stages.stages))
     if title:
-        fig.suptitle(title)
+        # above the first panel's own title, however many lines the suptitle has
+        fig.suptitle(title, y=1.0 + 0.035 * (title.count("\n") + 1))
     return fig
 
 

@@ -134,17 +134,17 @@ class LanguageProfile:
 def describe_analogue(mix: RepeatMix, curriculum: ContextCurriculum | None) -> str:
     """Words for a language run's non-paper data ("" when there is none)."""
     parts = []
+    if mix.fraction:
+        what = {"natural": "of their own passages", "random": "random-token segments",
+                "unigram": "unigram-token segments"}[mix.source]
+        where = "at random offsets" if mix.layout in ("segments", "scatter") else "as BOS + S + S"
+        copies = f" x{mix.copies}" if mix.layout == "scatter" else " x2"
+        parts.append(f"{mix.fraction:.0%} of contexts repeat {mix.segments} {what} ({mix.min_length}-{mix.max_length} "
+                     f"tokens){copies} {where}")
     if curriculum is not None:
         c = curriculum.repeat_mix
-        parts.append(f"first {curriculum.steps:,} steps at context {curriculum.n_ctx}"
-                     + (f" with {c.fraction:.0%} of contexts repeating {c.segments} {c.source} segment(s) "
-                        f"x {c.copies}" if c.fraction else ""))
-    if mix.fraction:
-        what = {"natural": "natural-text", "random": "random-token", "unigram": "unigram-token"}[mix.source]
-        where = "at random offsets" if mix.layout in ("segments", "scatter") else "as BOS + S + S"
-        copies = f" x {mix.copies}" if mix.layout == "scatter" else ""
-        parts.append(f"{mix.fraction:.0%} of contexts with {mix.segments} {what} segment(s) of "
-                     f"{mix.min_length}-{mix.max_length} tokens repeated{copies} {where}")
+        parts.append(f"the first {curriculum.steps:,} steps at context {curriculum.n_ctx}"
+                     + (f" ({c.fraction:.0%} repeating {c.segments} passage(s) x{c.copies})" if c.fraction else ""))
     return "analogue data: " + "; ".join(parts) if parts else ""
 
 
@@ -214,14 +214,17 @@ PROFILES = {
 # thread, fused AdamW) formed a layer-0 previous-token head, a layer-1 prefix-matching head and a
 # 2-nat loss drop on repeats at random offsets at 7.0M tokens (step ~6,900); plain natural text
 # formed none in 44M. The model is the paper's at context 128 (the prefix-matching probe's length),
-# batch 8, the paper's optimiser; 16k steps (16.4M tokens) to see the stages after formation.
+# batch 8, the paper's optimiser; 16k steps (16.4M tokens) to see the stages after formation; LLC
+# and probes at 60 checkpoints.
 _LONG_MIX = RepeatMix(fraction=0.5, source="natural", seed=1, layout="scatter", segments=2, copies=4, min_length=8,
                       max_length=12)
 PROFILES["long"] = dataclasses.replace(
     PROFILES["cpu"], name="long",
     model=LanguageModelConfig(n_layers=2, n_ctx=128),
     train=dataclasses.replace(PROFILES["cpu"].train, num_steps=16_000),
-    num_analysis_checkpoints=40,
+    # 60 analysed checkpoints (cpu: 30): the circuit forms within a factor ~2 in steps (5-10k), and
+    # the probes and LLC should see it at several of them (~22 s per checkpoint here)
+    num_analysis_checkpoints=60,
     repeat_mix=_LONG_MIX,
     curriculum=ContextCurriculum(steps=3_000, n_ctx=32,
                                  repeat_mix=RepeatMix(fraction=1.0, source="natural", seed=1, layout="scatter",
