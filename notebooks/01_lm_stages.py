@@ -398,8 +398,8 @@ pd.DataFrame([{"LLC boundary": round(m["boundary"]), "between": boundary_names.g
 
 # %%
 fig = plot_essential_dynamics(ed, stages=stages,
-                              title=f"Essential dynamics of the two-layer LM: the trajectory in its top 3 PCs, "
-                                    f"coloured by the LLC's stages; stars: forms\n{setting}")
+                              title=f"Essential dynamics of the two-layer LM (top 3 PCs; colour: the LLC's stages; "
+                                    f"stars: forms), {setting}")
 save_figure(fig, "fig2a_lm_essential_dynamics", profile=cfg.name)
 plt.show()
 fig = plot_ed_over_training(ed, stages=stages,
@@ -420,7 +420,7 @@ for st, name in named or [(stages.stages[-1], "last stage")]:
     t_before, t_after = (int(steps[np.argmin(np.abs(steps - t))]) for t in (st.start, st.end))
     change = per_token_loss_change(run.load_model(t_before), run.load_model(t_after), text)
     fig = plot_token_loss_change(change.token.tolist(), change.change.to_numpy(), width=90,
-                                 title=f"{name}: loss change from step {t_before:,} to {t_after:,} ({setting})")
+                                 title=f"{name}: loss change from step {t_before:,} to {t_after:,}, {setting}")
     save_figure(fig, f"fig5_lm_loss_change_{name.replace('+', '_').replace(' ', '_')}", profile=cfg.name)
     plt.show()
 

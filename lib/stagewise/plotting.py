@@ -286,7 +286,8 @@ def plot_essential_dynamics(ed, stages=None, pairs=None, extra_points=None, circ
     apply_style()
     pairs = [p for p in ed.cusps] if pairs is None else [tuple(p) for p in pairs]
     if axes is None:
-        fig, axes = plt.subplots(1, len(pairs), figsize=(3.3 * len(pairs), 3.3), squeeze=False)
+        fig, axes = plt.subplots(1, len(pairs), figsize=(3.6 * len(pairs), 3.4), squeeze=False)
+        fig.subplots_adjust(wspace=0.4)  # room for each panel's y label beside the previous one's plot
         axes = axes[0]
     fig = axes[0].figure
     steps = ed.trajectory_steps
@@ -479,7 +480,8 @@ def plot_token_loss_change(tokens, change, width: int = 80, vmax: float | None =
     char_in = _MONO_ADVANCE * fontsize / 72
     line_in = 1.45 * fontsize / 72
     margin, bar_in = 0.15, 0.45
-    fig_w, fig_h = width * char_in + 2 * margin, n_rows * line_in + bar_in + 2 * margin + (0.3 if title else 0)
+    title_in = 0.1 + 0.22 * (title.count("\n") + 1) if title else 0.0  # room for every line of the title
+    fig_w, fig_h = width * char_in + 2 * margin, n_rows * line_in + bar_in + 2 * margin + title_in
     fig = plt.figure(figsize=(fig_w, fig_h))
     ax = fig.add_axes([margin / fig_w, (margin + bar_in) / fig_h, width * char_in / fig_w, n_rows * line_in / fig_h])
     ax.set_xlim(0, width)
