@@ -40,6 +40,7 @@ dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $
 
 # %%
 import dataclasses
+import textwrap
 import time
 
 import matplotlib.pyplot as plt
@@ -70,13 +71,14 @@ print(cfg)
 print(lm.analogue or "the language profile's data: plain text (the paper's kind)")
 # every figure names the profile and, where the language model's data are an analogue of the paper's
 # (SPEC.md §0), that analogue
-setting = f"{cfg.name} profile" + (f"; {lm.analogue}" if lm.analogue else "")
+setting = f"{cfg.name} profile" + (f"\n{textwrap.fill(lm.analogue, 110)}" if lm.analogue else "")
 
 
 def stamp(fig):
     """Add the setting under the figure's title (or as its title)."""
     old = fig.get_suptitle()
-    fig.suptitle(f"{old}\n{setting}" if old else setting, fontsize=8)
+    # above the figure's top edge (saved with a tight bounding box), never over the panels' titles
+    fig.suptitle(f"{old}\n{setting}" if old else setting, fontsize=8, y=1.0, va="bottom")
 
 # %% [markdown]
 # ## The trained model, checkpoints and data sets
