@@ -128,3 +128,20 @@ def test_cached_value_computes_once_per_key_and_reloads(tmp_cache):
     assert tensor_digest(a) != tensor_digest(a.reshape(2, 3))
     assert tensor_digest(a) != tensor_digest(a.float())
     assert tensor_digest(a) != tensor_digest(a + (a == 5))
+
+
+def test_atomic_writes_get_an_ordinary_files_mode(tmp_path):
+    """mkstemp creates 0600 files; what the cache and the notebooks write (figures' JSON, shipped
+    runs) must be readable like any file the user creates (0666 minus the umask)."""
+    import os
+
+    from stagewise.cache import atomic_save, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        atomic_save({"x": 1}, tmp_path / "b.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.pt").stat().st_mode & 0o777 == 0o644
