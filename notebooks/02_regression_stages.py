@@ -691,13 +691,14 @@ per_seed
 # * **What the late stages need.** The LR3|LR4 boundary, the LayerNorm and unembedding
 #   collapses (C.6, C.7), the positional-embedding collapse and the OOD-input deterioration are the
 #   paper's late-training (40k–320k step) phenomena; at 2% of its steps our two LLC-decreasing
-#   stages merge into one and the weights only begin to spread. The `long` profile trains seed 0
-#   for the paper's 500k steps (2026-12-04): there both LayerNorm collapses appear inside the
-#   paper's own windows (final LayerNorm at 106k, in LR3 = 40k–126k; the first attention
-#   LayerNorm at 207k, in LR4 = 126k–320k) and the LLC's last rise starts at 312k (paper 320k),
-#   but the LLC's decrease stays one smooth fall, so LR3|LR4 is not resolved with this LLC budget
-#   (2 chains × 300 steps on m = 256 at 60 checkpoints, against the paper's 10 × 5,000 on 1,024 at
-#   190), and the positional collapse and the OOD-input (g = 10) deterioration still do not appear.
+#   stages merge into one and the weights only begin to spread. The `long` profile runs seed 0
+#   for the paper's 500k steps (trained on one CPU core in 4 h 15 min and shipped in `data/runs/`;
+#   2026-12-05): there both LayerNorm collapses and the OOD-input turn appear inside the paper's own
+#   windows (final LayerNorm at 106k and the g = 10 turn at 111k, in LR3 = 40k–126k; the first
+#   attention LayerNorm at 212k, in LR4 = 126k–320k) and the LLC's last rise starts at 300k (paper
+#   320k), but the LLC's decrease stays one smooth fall at all 190 checkpoints, as at 60, so LR3|LR4
+#   is not resolved with this LLC budget (2 chains × 300 steps on m = 256, against the paper's
+#   10 × 5,000 on 1,024), and the essential dynamics finds no form near 126k either.
 #   `paper` (5 seeds, the paper's LLC: ~72 CPU-hours per seed) has not been run.
 
 # %% [markdown]
