@@ -316,9 +316,10 @@ plt.show()
 if len(eds) > 1:
     fig, axes = plt.subplots(2, len(eds), figsize=(3.0 * len(eds) + 0.6, 4.6), squeeze=False, sharex=True)
     for col, (seed, ed) in enumerate(eds.items()):
-        plot_ed_over_training(ed, stages=stage_results.get(seed), axes=axes[:, col], label=f"seed {seed}: ")
+        plot_ed_over_training(ed, stages=stage_results.get(seed), axes=axes[:, col], label=f"seed {seed}: ",
+                              compact=True)
         for ax in axes[:, col]:
-            ax.title.set_fontsize(7)
+            ax.title.set_fontsize(8)
     fig.suptitle(f"Essential dynamics of every seed ({cfg.name} profile): PC scores (top), turns and forms (bottom)")
     fig.tight_layout()
     save_figure(fig, "figB1b_regression_ed_over_training", profile=cfg.name, directory=figure_dir)

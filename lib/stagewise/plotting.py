@@ -334,12 +334,13 @@ def plot_essential_dynamics(ed, stages=None, pairs=None, extra_points=None, circ
     return fig
 
 
-def plot_ed_over_training(ed, stages=None, axes=None, title=None, label: str = ""):
+def plot_ed_over_training(ed, stages=None, axes=None, title=None, label: str = "", compact: bool = False):
     """Essential dynamics against training step: the top PCs' raw scores (dots) and smoothed
     trajectory (lines), then the trajectory's turn (the angle between its chords into and out of
     each point, :func:`stagewise.essential_dynamics.turning_profile`) with the threshold, the forms
     (stars) and, shaded, the LLC's stages (``stages``: a StageResult) with their boundaries dashed.
-    ``label`` prefixes the panel titles (e.g. a seed)."""
+    ``label`` prefixes the panel titles (e.g. a seed). ``compact``: short panel titles and small
+    legends, for a grid of narrow panels (one column per seed)."""
     from stagewise.essential_dynamics import turning_profile
 
     apply_style()
@@ -354,8 +355,10 @@ def plot_ed_over_training(ed, stages=None, axes=None, title=None, label: str = "
         axes[0].plot(np.maximum(ed.steps, 1), ed.scores[:, c], ".", ms=2, color=color, alpha=0.5)
         axes[0].plot(np.maximum(t, 1), ed.smoothed[:, c], color=color, lw=1.4, label=f"PC{c + 1} ({evr[c]:.0%})")
     axes[0].set_ylabel("PC score")
-    axes[0].legend(ncol=k, loc="best")
-    axes[0].set_title(f"{label}top {k} PCs of the outputs ({evr.sum():.0%} of the variance): raw and smoothed")
+    legend_kw = {"fontsize": 6, "handlelength": 1.2} if compact else {}
+    axes[0].legend(ncol=1 if compact else k, loc="best", **legend_kw)
+    axes[0].set_title(f"{label}top {k} PCs ({evr.sum():.0%})" if compact else
+                      f"{label}top {k} PCs of the outputs ({evr.sum():.0%} of the variance): raw and smoothed")
     steps, turn, snr = turning_profile(ed)
     axes[1].plot(steps, turn, color="k", lw=1.2, label="turn over ±0.3 decade")
     weak = snr < ed.settings["min_snr"]
@@ -366,8 +369,9 @@ def plot_ed_over_training(ed, stages=None, axes=None, title=None, label: str = "
         axes[1].annotate(f"{f.step:,.0f}", (f.step, f.turn), fontsize=7, xytext=(4, 4), textcoords="offset points")
     axes[1].set_ylabel("turn (degrees)")
     axes[1].set_xlabel("training step $t$")
-    axes[1].set_title(f"{label}turning points: forms (stars) where every PC plane also has a vertex")
-    axes[1].legend(loc="best")
+    axes[1].set_title(f"{label}turns and forms (stars)" if compact else
+                      f"{label}turning points: forms (stars) where every PC plane also has a vertex")
+    axes[1].legend(loc="best", **legend_kw)
     for ax in axes:
         ax.set_xscale("log")
         if stages is not None:
