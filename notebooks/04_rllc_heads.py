@@ -407,6 +407,9 @@ for layer in range(lm.model.n_layers):
 final_llc = heads_frame[heads_frame.step == final].pivot_table(index="head", columns="data", values="llc_mean")
 headline = {
     "language_profile": lm.name, "data": lm.analogue or "plain text (the paper's kind of data)",
+    "recipe": None if not lm.analogue else {
+        "repeat_mix": dataclasses.asdict(lm.repeat_mix),
+        "curriculum": None if lm.curriculum is None else dataclasses.asdict(lm.curriculum)},
     "checkpoints": [int(s) for s in steps], "final_step": final,
     "heads": {f"head_{h.replace(':', '_')}": {"class": str(classes[h]),
                                               "previous_token": float(scores.loc[h, "previous_token"]),
