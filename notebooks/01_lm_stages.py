@@ -301,34 +301,22 @@ signatures[["paper stage", "signature", "paper when", "appears", "step", "our st
 # the plain validation text only.
 
 # %%
-from stagewise.cache import cached_value
-from stagewise.probes.language_structure import INDUCTION_THRESHOLD, PREVIOUS_TOKEN_THRESHOLD, offset_repeat_losses
-
-OFFSET_DROP_THRESHOLD = 1.0  # nats
-offset_length = min(128, cfg.model.n_ctx)
-offset_segment = min(20, (offset_length - 3) // 2)
-
-
-def offset_drop(step: int) -> float:
-    key = {"run": run.directory.name, "step": int(step), "num_sequences": 256, "length": offset_length,
-           "segment": offset_segment, "seed": 3}
-    return cached_value("lm_offset_repeat", key, lambda: offset_repeat_losses(
-        run.load_model(int(step)), 256, length=offset_length, segment=offset_segment, seed=3)["drop"])
-
+from stagewise.probes.language_structure import (INDUCTION_THRESHOLD, OFFSET_DROP_THRESHOLD, PREVIOUS_TOKEN_THRESHOLD,
+                                                 induction_circuit_formation)
+from stagewise.runs import language_offset_drops
 
 circuit = pd.DataFrame({
     "step": table.step.to_numpy(),
     "previous_token_l0": table[[c for c in table.columns if c.startswith("previous_token.0:")]].max(axis=1).to_numpy(),
     "prefix_matching_l1": (table[[c for c in table.columns if c.startswith("prefix_matching.1:")]].max(axis=1).to_numpy()
                            if L >= 2 else np.full(len(table), np.nan)),
-    "random_offset_drop": [offset_drop(s) for s in table.step],
+    "random_offset_drop": language_offset_drops(cfg, run, table.step),
     "icl_score": table["icl_score"].to_numpy()}).set_index("step")
 tests = {"previous_token_l0": PREVIOUS_TOKEN_THRESHOLD, "prefix_matching_l1": INDUCTION_THRESHOLD,
          "random_offset_drop": OFFSET_DROP_THRESHOLD}
 seen = circuit[circuit.index >= first_resolved]
-first_cross = {k: (float(seen.index[seen[k] >= v][0]) if (seen[k] >= v).any() else None) for k, v in tests.items()}
-passing = np.all([seen[k].to_numpy() >= v for k, v in tests.items()], axis=0)
-formed_at = next((float(seen.index[i]) for i in range(len(seen) - 1) if passing[i] and passing[i + 1]), None)
+formation = induction_circuit_formation(seen.index, *(seen[k] for k in tests))
+first_cross, formed_at = formation["first_step_above"], formation["formed_step"]
 print("first analysed step above each threshold:", first_cross, "| formed (all three, twice):", formed_at)
 
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.0), sharex=True)
@@ -487,8 +475,6 @@ if one_layer:
 # one-layer model's boundaries.
 
 # %%
-import dataclasses
-
 from stagewise.headline import snake_case, stage_headline, write_headline
 
 
@@ -500,10 +486,7 @@ def _first_step_above(prefix: str, layer: int, threshold: float):
 
 final_row = table[table.step == table.step.max()].iloc[0]
 headline = {
-    "data": cfg.analogue or "plain text (the paper's kind of data)",
-    "recipe": None if not cfg.analogue else {
-        "repeat_mix": dataclasses.asdict(cfg.repeat_mix),
-        "curriculum": None if cfg.curriculum is None else dataclasses.asdict(cfg.curriculum)},
+    **cfg.data_record(),
     "steps": cfg.train.num_steps, "batch_size": cfg.batch_size, "context": cfg.model.n_ctx,
     "tokens_seen": cfg.train.num_steps * cfg.tokens_per_step, "training_s": run.seconds,
     "stages": stage_headline(stages, t_llc, llc, ["+".join(lab) for lab in labels]),

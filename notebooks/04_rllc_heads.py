@@ -351,34 +351,33 @@ findings.append({"finding": "two induction heads form in layer 1", "ours": f"{n_
                  "holds": n_induction >= 2})
 
 
-def smallest_shape_clustering(layer):
-    """(c, {head: cluster}) of the shape-method clustering of ``layer`` at its smallest c, or None."""
-    if not len(clusters):
-        return None
-    rows_l = clusters[(clusters.method == "shape") & (clusters.layer == layer)]
-    if not len(rows_l):
-        return None
-    row = rows_l[rows_l.n_clusters == rows_l.n_clusters.min()].iloc[0]
-    return int(row.n_clusters), {h: int(row[h]) for h in labels if h.startswith(f"{layer}:") and h in row.index}
+def smallest_shape_row(layer):
+    """The shape-method clustering of ``layer`` at its smallest c (a row of ``clusters``), or None."""
+    rows_l = clusters[(clusters.method == "shape") & (clusters.layer == layer)] if len(clusters) else clusters
+    return rows_l[rows_l.n_clusters == rows_l.n_clusters.min()].iloc[0] if len(rows_l) else None
+
+
+def layer_members(row, layer):
+    return {h: int(row[h]) for h in labels if h.startswith(f"{layer}:") and h in row.index}
 
 
 def induction_in_own_cluster(layer):
     """Whether the layer's induction heads make up one cluster of their own (None without them)."""
-    found = smallest_shape_clustering(layer)
+    row = smallest_shape_row(layer)
     induction = [h for h in labels if h.startswith(f"{layer}:") and classes[h] == "induction"]
-    if found is None or not induction:
+    if row is None or not induction:
         return None
-    ids_in = {found[1][h] for h in induction}
-    ids_out = {c for h, c in found[1].items() if h not in induction}
+    members = layer_members(row, layer)
+    ids_in = {members[h] for h in induction}
+    ids_out = {c for h, c in members.items() if h not in induction}
     return len(ids_in) == 1 and not ids_in & ids_out
 
 
 if lm.model.n_layers > 1:
-    own1 = induction_in_own_cluster(1)
-    found1 = smallest_shape_clustering(1)
+    own1, row1 = induction_in_own_cluster(1), smallest_shape_row(1)
     findings.append({"finding": "layer-1 induction heads separate first: a cluster of their own at the smallest c",
                      "ours": "no induction heads" if own1 is None else
-                     f"c = {found1[0]}: " + ", ".join(f"{h} -> {c}" for h, c in found1[1].items()),
+                     f"c = {int(row1.n_clusters)}: " + ", ".join(f"{h} -> {c}" for h, c in layer_members(row1, 1).items()),
                      "holds": own1})
 pd.DataFrame(findings)
 
@@ -393,23 +392,17 @@ pd.DataFrame(findings)
 # %%
 from stagewise.headline import snake_case, write_headline
 
-shape_rows = clusters[(clusters.method == "shape")] if len(clusters) else clusters
 cluster_summary = {}
 for layer in range(lm.model.n_layers):
-    rows_l = shape_rows[shape_rows.layer == layer] if len(shape_rows) else shape_rows
-    if not len(rows_l):
+    row = smallest_shape_row(layer)
+    if row is None:
         continue
-    row = rows_l[rows_l.n_clusters == rows_l.n_clusters.min()].iloc[0]
-    members = [h for h in labels if h.startswith(f"{layer}:") and h in row.index]
     cluster_summary[f"layer_{layer}"] = {"n_clusters": int(row.n_clusters), "silhouette": float(row.get("silhouette", np.nan)),
-                                         "clusters": {f"head_{h.replace(':', '_')}": int(row[h]) for h in members},
+                                         "clusters": {f"head_{h.replace(':', '_')}": c for h, c in layer_members(row, layer).items()},
                                          "induction_heads_in_own_cluster": induction_in_own_cluster(layer)}
 final_llc = heads_frame[heads_frame.step == final].pivot_table(index="head", columns="data", values="llc_mean")
 headline = {
-    "language_profile": lm.name, "data": lm.analogue or "plain text (the paper's kind of data)",
-    "recipe": None if not lm.analogue else {
-        "repeat_mix": dataclasses.asdict(lm.repeat_mix),
-        "curriculum": None if lm.curriculum is None else dataclasses.asdict(lm.curriculum)},
+    "language_profile": lm.name, **lm.data_record(),
     "checkpoints": [int(s) for s in steps], "final_step": final,
     "heads": {f"head_{h.replace(':', '_')}": {"class": str(classes[h]),
                                               "previous_token": float(scores.loc[h, "previous_token"]),

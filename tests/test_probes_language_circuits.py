@@ -183,3 +183,32 @@ def test_offset_repeat_drop_of_the_induction_circuit_and_without_its_matching():
     with torch.no_grad():
         model.blocks[1].attn.W_Q.zero_()  # the induction head attends evenly: no matching
     assert L.offset_repeat_losses(model, 200, N_CTX, segment=8, bos_id=BOS)["drop"] < got["drop"] - 3
+
+
+def test_induction_circuit_formation_needs_all_three_at_consecutive_probes():
+    from stagewise.probes.language_structure import induction_circuit_formation
+
+    steps = [10, 20, 40, 80, 160, 320]
+    prev = [0.0, 0.5, 0.5, 0.6, 0.7, 0.8]
+    prefix = [0.0, 0.4, 0.1, 0.35, 0.4, 0.5]  # a one-probe blip at 20, then above from 80
+    drop = [0.0, 2.0, 2.0, 0.5, 3.0, 4.0]  # below at 80: all three pass first at 160 and 320
+    out = induction_circuit_formation(steps, prev, prefix, drop)
+    assert out["first_step_above"] == {"previous_token_l0": 20.0, "prefix_matching_l1": 20.0,
+                                       "random_offset_drop": 20.0}
+    assert out["formed_step"] == 160.0
+    assert induction_circuit_formation(steps, prev, prefix, drop, consecutive=1)["formed_step"] == 20.0
+    never = induction_circuit_formation(steps, prev, prefix, [np.nan] * 6)  # not measured never passes
+    assert never["formed_step"] is None and never["first_step_above"]["random_offset_drop"] is None
+    with pytest.raises(ValueError, match="prefix_matching_l1 must hold one value per step"):
+        induction_circuit_formation(steps, prev, prefix[:-1], drop)
+    with pytest.raises(ValueError, match="consecutive"):
+        induction_circuit_formation(steps, prev, prefix, drop, consecutive=0)
+
+
+def test_language_profiles_name_their_data_in_the_headline_record():
+    from stagewise.profiles import get_profile
+
+    plain, long_ = get_profile("language", "cpu").data_record(), get_profile("language", "long").data_record()
+    assert plain == {"data": "plain text (the paper's kind of data)", "recipe": None}
+    assert long_["data"].startswith("analogue data:")
+    assert long_["recipe"]["repeat_mix"]["fraction"] == 0.5 and long_["recipe"]["curriculum"]["n_ctx"] == 32

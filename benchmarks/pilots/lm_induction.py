@@ -46,12 +46,14 @@ import torch
 
 from stagewise.cache import atomic_save, atomic_write_text, cache_dir, load_artifact
 from stagewise.data.corpus import CorpusConfig
-from stagewise.data.language import LMBatches, RepeatMix, load_contexts
+from stagewise.data.language import ContextCurriculum, LMBatches, RepeatMix, load_contexts
 from stagewise.models.language import LanguageModelConfig, lm_loss, make_language_model
 from stagewise.probes.language_behaviour import icl_score, icl_tokens, position_losses
 from stagewise.probes.language_structure import (
     INDUCTION_THRESHOLD,
+    OFFSET_DROP_THRESHOLD,
     PREVIOUS_TOKEN_THRESHOLD,
+    induction_circuit_formation,
     induction_scores,
     prefix_matching_scores,
     previous_and_current_token_scores,
@@ -61,7 +63,7 @@ from stagewise.probes.language_structure import (
 from stagewise.train import TrainConfig, _autocast, _make_optimizer
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "lm_induction_pilots"
-REP_DROP_THRESHOLD = 1.0  # nats
+REP_DROP_THRESHOLD = OFFSET_DROP_THRESHOLD  # nats; the same bar for the fixed-offset drop (logged, never decides)
 COLUMNS = ["step", "tokens", "epochs", "wall_s", "train_s", "cpu_s", "train_loss", "val_loss", "icl", "prev0_max", "prev0_head",
            "prev1_max", "prefix1_max", "prefix1_head", "prefix0_max", "induction1_max", "induction1_head",
            "rep_loss1", "rep_loss2", "rep_drop", "off_loss1", "off_loss2", "off_drop", "prefix1_short_max",
@@ -195,13 +197,12 @@ def run(args) -> None:
     if args.warm_steps:
         # context-length curriculum: the first --warm-steps steps on --warm-ctx-token contexts (as many
         # tokens per step), with their own scatter mix, then the main data
-        warm_mix = RepeatMix(fraction=args.mix if args.warm_mix is None else args.warm_mix, source=args.mix_source, seed=args.data_seed, layout="scatter",
-                             segments=args.warm_segments, copies=args.warm_copies, min_length=args.warm_seg_min,
-                             max_length=args.warm_seg_max, background=args.background, token_pool=args.token_pool)
-        warm = LMBatches(load_contexts(corpus, "train", args.warm_ctx), args.batch * args.ctx // args.warm_ctx,
-                         args.data_seed, repeat_mix=warm_mix)
-        main_batches = batches
-        batches = lambda step: warm(step) if step < args.warm_steps else main_batches(step)  # noqa: E731
+        warm_mix = RepeatMix(fraction=args.mix if args.warm_mix is None else args.warm_mix, source=args.mix_source,
+                             seed=args.data_seed, layout="scatter", segments=args.warm_segments, copies=args.warm_copies,
+                             min_length=args.warm_seg_min, max_length=args.warm_seg_max, background=args.background,
+                             token_pool=args.token_pool)
+        batches = ContextCurriculum(args.warm_steps, args.warm_ctx, warm_mix).batches(
+            corpus, batches, args.batch * args.ctx, args.data_seed)
     val_all = load_contexts(corpus, "validation", args.ctx)
     pick = torch.randperm(len(val_all), generator=torch.Generator().manual_seed(0))[:args.val_contexts]
     val = val_all[pick].long()
@@ -319,7 +320,7 @@ def formed(row) -> bool:
     placed at a random offset (a positional copy head earns the BOS + R + R induction score and
     rep_drop, never this; pilots logged before the probe existed cannot pass)."""
     return (row["prev0_max"] >= PREVIOUS_TOKEN_THRESHOLD and row["prefix1_max"] >= INDUCTION_THRESHOLD
-            and (row.get("off_drop") or 0.0) >= REP_DROP_THRESHOLD)
+            and (row.get("off_drop") or 0.0) >= OFFSET_DROP_THRESHOLD)
 
 
 def first_step(rows, test) -> int | None:
@@ -339,11 +340,10 @@ def read_rows(csv_path: Path) -> list[dict]:
 def write_summary(json_path: Path, csv_path: Path, meta: dict, chance: dict | None, stop: str) -> None:
     rows = read_rows(csv_path)
     last = rows[-1]
-    formed_at = None
-    for a, b in zip(rows, rows[1:]):
-        if formed(a) and formed(b):
-            formed_at = a["step"]
-            break
+    formation = induction_circuit_formation(
+        [r["step"] for r in rows], [r["prev0_max"] for r in rows], [r["prefix1_max"] for r in rows],
+        [np.nan if r.get("off_drop") is None else r["off_drop"] for r in rows])
+    formed_at = None if formation["formed_step"] is None else int(formation["formed_step"])
     trained = [r for r in rows if r["step"] > 0]
     summary = {
         **meta, "stop": stop, "steps": last["step"], "tokens": last["tokens"], "epochs": last["epochs"],

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 
+import numpy as np
+
 from stagewise.cache import HASH_OMIT_DEFAULT
 from stagewise.data.regression import (RegressionBatches, RegressionTask, regression_loss, regression_sgld_loss,
                                        sgld_dataset)
@@ -24,7 +26,7 @@ from stagewise.train import TrainConfig, TrainedRun, train_cached
 __all__ = ["RegressionRunKey", "regression_run", "regression_llc", "regression_hessian", "LanguageRunKey",
            "language_run", "regression_probe_batch", "regression_probes", "language_analysis_steps", "language_llc",
            "language_sgld_model", "regression_outputs", "language_outputs", "ED_NUM_SEQUENCES", "ED_NUM_CONTEXTS",
-           "ED_POSITION_STRIDE"]
+           "ED_POSITION_STRIDE", "language_sgld_contexts", "language_offset_drops", "OFFSET_PROBE"]
 
 # Behavioural essential dynamics (stagewise.essential_dynamics; [T] §3.2 eq. 7): the outputs of
 # every checkpoint on one fixed input set, a few thousand numbers per checkpoint
@@ -198,7 +200,7 @@ def _language_key(profile) -> LanguageRunKey:
 def language_run(profile, progress: bool = True, device=None) -> TrainedRun:
     """Train (or load) the ``profile``'s attention-only language model (main paper §5, App. D.1).
     ``device``: where to train (None: a GPU if one is visible, else the CPU)."""
-    from stagewise.data.language import CurriculumBatches, LMBatches, load_contexts
+    from stagewise.data.language import LMBatches, load_contexts
     from stagewise.models.language import lm_loss, make_language_model
 
     contexts = load_contexts(profile.corpus, "train", profile.model.n_ctx)  # int32; LMBatches widens each batch
@@ -211,10 +213,7 @@ def language_run(profile, progress: bool = True, device=None) -> TrainedRun:
         model_fn, loss_fn = partial(make_language_model, profile.model), lm_loss
     batch_fn = LMBatches(contexts, profile.batch_size, profile.data_seed, repeat_mix=profile.repeat_mix)
     if profile.curriculum is not None:
-        c = profile.curriculum
-        warm = LMBatches(load_contexts(profile.corpus, "train", c.n_ctx), profile.batch_size * profile.model.n_ctx // c.n_ctx,
-                         profile.data_seed, repeat_mix=c.repeat_mix)
-        batch_fn = CurriculumBatches(warm, batch_fn, c.steps)
+        batch_fn = profile.curriculum.batches(profile.corpus, batch_fn, profile.tokens_per_step, profile.data_seed)
     run = train_cached(
         "language_runs",
         key,
@@ -390,6 +389,30 @@ def regression_outputs(profile: RegressionProfile, seed: int, num_sequences: int
            "input_seed": ED_INPUT_SEED}
     return _checkpoint_outputs(run, "regression_outputs", key, lambda m: m.predict(batch.tokens).numpy(), progress,
                                f"outputs seed {seed}")
+
+
+OFFSET_PROBE = {"num_sequences": 256, "length": 128, "segment": 20, "seed": 3}  # the random-offset repeat probe
+
+
+def language_offset_drops(profile, run: TrainedRun, steps) -> np.ndarray:
+    """The loss drop on a repeat at a random offset
+    (:func:`stagewise.probes.language_structure.offset_repeat_losses`, settings :data:`OFFSET_PROBE`;
+    the length capped at the model's context, the segment at (length - 3) // 2) of ``run``'s
+    checkpoint at every step of ``steps``, cached per checkpoint."""
+    from stagewise.cache import cached_value
+    from stagewise.probes.language_structure import offset_repeat_losses
+
+    length = min(OFFSET_PROBE["length"], profile.model.n_ctx)
+    segment = min(OFFSET_PROBE["segment"], (length - 3) // 2)
+    n, seed = OFFSET_PROBE["num_sequences"], OFFSET_PROBE["seed"]
+
+    def drop(step: int) -> float:
+        key = {"run": run.directory.name, "step": step, "num_sequences": n, "length": length, "segment": segment,
+               "seed": seed}
+        return cached_value("lm_offset_repeat", key, lambda: offset_repeat_losses(
+            run.load_model(step), n, length=length, segment=segment, seed=seed)["drop"])
+
+    return np.array([drop(int(s)) for s in steps], dtype=float)
 
 
 def language_outputs(profile, num_contexts: int = ED_NUM_CONTEXTS, stride: int = ED_POSITION_STRIDE,

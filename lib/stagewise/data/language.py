@@ -353,6 +353,14 @@ class ContextCurriculum:
         if not isinstance(self.n_ctx, int) or self.n_ctx < 3:
             raise ValueError(f"n_ctx must be an integer >= 3, got {self.n_ctx!r}")
 
+    def batches(self, corpus: CorpusConfig, main, tokens_per_step: int, data_seed: int) -> "CurriculumBatches":
+        """``main``'s batch function preceded by this curriculum: ``steps`` steps of the corpus's
+        ``n_ctx``-token training contexts, ``tokens_per_step // n_ctx`` per batch (as many tokens
+        per step as ``main``), rewritten by ``repeat_mix``."""
+        warm = LMBatches(load_contexts(corpus, "train", self.n_ctx), tokens_per_step // self.n_ctx, data_seed,
+                         repeat_mix=self.repeat_mix)
+        return CurriculumBatches(warm, main, self.steps)
+
 
 class CurriculumBatches:
     """``batch_fn(step)``: ``warm(step)`` for the curriculum's first steps, then ``main(step)``;

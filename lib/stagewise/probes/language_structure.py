@@ -40,6 +40,8 @@ __all__ = [
     "repeated_sequences",
     "offset_repeat_sequences",
     "offset_repeat_losses",
+    "OFFSET_DROP_THRESHOLD",
+    "induction_circuit_formation",
     "previous_and_current_token_scores",
     "prefix_matching_scores",
     "induction_scores",
@@ -61,6 +63,9 @@ CURRENT_TOKEN_THRESHOLD = 0.4
 # positional rule can reach it; 30% of the attention on it means content matching.
 INDUCTION_THRESHOLD = 0.3
 HEAD_TYPES = ("previous-token", "current-token", "induction", "multigram")
+# The loss drop (nats per token) on a repeat at a random offset (:func:`offset_repeat_losses`) that
+# calls copying content-based: a head that copies from a fixed distance back earns a negative drop.
+OFFSET_DROP_THRESHOLD = 1.0
 
 
 def _heads_label(layer: int, head: int) -> str:
@@ -464,3 +469,31 @@ def classify_heads(scores: pd.DataFrame, previous_token_threshold: float = PREVI
     best = np.where(passed, values, -np.inf).argmax(axis=1)
     types = np.array(list(columns))[best]
     return pd.Series(np.where(passed.any(axis=1), types, "multigram"), index=scores.index, name="type")
+
+
+def induction_circuit_formation(steps, previous_token_l0, prefix_matching_l1, offset_drop,
+                                consecutive: int = 2) -> dict:
+    """When a content-based induction circuit forms, from probes at increasing ``steps``: the
+    largest layer-0 previous-token score, the largest layer-1 prefix-matching score and the
+    random-offset repeat drop (NaN: not measured, never passes). Returns ``{"first_step_above":
+    {test: first step at or above its threshold, or None}, "formed_step": the first step from which
+    all three pass at ``consecutive`` consecutive probes, or None}`` — the rule of notebook 01 and
+    of the induction pilots (a single noisy probe above threshold does not count)."""
+    if not isinstance(consecutive, int) or consecutive < 1:
+        raise ValueError(f"consecutive must be an integer >= 1, got {consecutive!r}")
+    steps = np.asarray(steps, dtype=float)
+    tests = {"previous_token_l0": (previous_token_l0, PREVIOUS_TOKEN_THRESHOLD),
+             "prefix_matching_l1": (prefix_matching_l1, INDUCTION_THRESHOLD),
+             "random_offset_drop": (offset_drop, OFFSET_DROP_THRESHOLD)}
+    passing = {}
+    for name, (values, threshold) in tests.items():
+        values = np.asarray(values, dtype=float)
+        if values.shape != steps.shape:
+            raise ValueError(f"{name} must hold one value per step ({steps.shape[0]}), got shape {values.shape}")
+        passing[name] = values >= threshold  # NaN compares False
+    if np.any(np.diff(steps) <= 0):
+        raise ValueError("steps must be strictly increasing")
+    first = {name: (float(steps[ok.argmax()]) if ok.any() else None) for name, ok in passing.items()}
+    every = np.all(list(passing.values()), axis=0)
+    formed = next((float(steps[i]) for i in range(len(steps) - consecutive + 1) if every[i:i + consecutive].all()), None)
+    return {"first_step_above": first, "formed_step": formed}

@@ -115,6 +115,14 @@ class LanguageProfile:
         every figure title, table and JSON of an analogue setting names them (SPEC.md §0)."""
         return describe_analogue(self.repeat_mix, self.curriculum)
 
+    def data_record(self) -> dict:
+        """``{"data": words, "recipe": the analogue's settings or None}`` for a notebook's headline JSON."""
+        if not self.analogue:
+            return {"data": "plain text (the paper's kind of data)", "recipe": None}
+        return {"data": self.analogue, "recipe": {
+            "repeat_mix": dataclasses.asdict(self.repeat_mix),
+            "curriculum": None if self.curriculum is None else dataclasses.asdict(self.curriculum)}}
+
     def with_seed(self, seed: int) -> "LanguageProfile":
         """The same profile with training seed ``seed`` for both the initialisation and the batch
         order (App. B.1: seeds differ "in model initialization and batch schedule")."""
