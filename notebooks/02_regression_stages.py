@@ -37,6 +37,7 @@ seeds = None  # list of training seeds; None keeps the profile's
 num_steps = None  # training steps (a schedule pilot); None keeps the profile's. Another value writes to benchmarks/results/pilots/<profile>-<steps>/
 dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
 retrain = False  # True: train even where a run is shipped in data/runs/ (`long`: ~4 h on a CPU core), and check it against the shipped one
+residual = None  # "standard" (the paper's text) or "paper_code" (the authors' doubled residual stream); None keeps the profile's
 
 # %%
 import dataclasses
@@ -65,15 +66,21 @@ if num_steps is not None and num_steps != base.train.num_steps:
     # same one-cycle schedule, stretched; the run is cached by its training config, so a pilot of
     # benchmarks/pilots/regression_schedule.py at these steps is reused
     overrides["train"] = dataclasses.replace(base.train, num_steps=int(num_steps))
+if residual is not None and residual != base.model.residual:
+    overrides["model"] = dataclasses.replace(base.model, residual=residual)
 cfg = get_profile("regression", profile, **overrides, use_shipped_run=not retrain)
 figure_dir = None  # the profile's figures folder
+if cfg.model.residual != base.model.residual:
+    # another residual than the profile's: its own figures folder, figures/<profile>-<residual>/,
+    # and the residual in every title and in the headline JSON through the name
+    cfg = dataclasses.replace(cfg, name=f"{profile}-{cfg.model.residual}")
 if cfg.train.num_steps != base.train.num_steps:  # a pilot: its own folder under benchmarks/results/pilots
     cfg = dataclasses.replace(cfg, name=f"{profile}-{cfg.train.num_steps}")
     figure_dir = pilot_dir(cfg.name)
 apply_style()
 print(f"profile {cfg.name}: {cfg.train.num_steps:,} steps x batch {cfg.batch_size}, seeds {cfg.seeds}, "
       f"LLC of seeds {cfg.llc_seeds}")
-print(f"model parameters: {count_parameters(RegressionTransformer(cfg.model)):,}")
+print(f"model parameters: {count_parameters(RegressionTransformer(cfg.model)):,}, residual stream: {cfg.model.residual}")
 
 # %% [markdown]
 # ## Training
@@ -703,6 +710,76 @@ per_seed
 #   `paper` (5 seeds, the paper's LLC: ~72 CPU-hours per seed) has not been run.
 
 # %% [markdown]
+# ## The residual stream: the paper's text against the authors' code
+# The paper describes the standard pre-LN block (`residual="standard"`, this project's default);
+# the authors' code adds each block's output to its input a second time (`residual="paper_code"`:
+# x ← 2x + attn(LN₁x) + mlp(LN₂(x + attn(LN₁x))), so after two blocks the embeddings enter the
+# final LayerNorm with weight 4 against 2 and 1 for the blocks' outputs). Same parameters, same
+# initialisation. LR3 and LR4 are two LLC decreases that meet at 126k: a *saddle* of the curve, where
+# its fall slows and speeds up again. We measure that directly: the local minima of the GP slope's
+# |d λ̂ / d log t| between the paper's 40k and 320k (rescaled to this run's length), where the slope
+# keeps its sign (`stagewise.stages.slope_dips`; `relative` is |slope| there over the window's
+# largest, 0 = the curve stops falling). Run with the residual that is not the profile's
+# (`residual="paper_code"`), this notebook also estimates seed 0 of the profile's own residual with
+# the same SGLD settings (cached) and draws the two side by side.
+
+# %%
+from stagewise.probes.regression_signatures import PAPER_NUM_STEPS
+from stagewise.stages import slope_dips
+
+saddle_window = tuple(b * cfg.train.num_steps / PAPER_NUM_STEPS for b in (40_000, 320_000))
+for seed, res in stage_results.items():
+    dips = slope_dips(res, *saddle_window)
+    print(f"seed {seed} ({cfg.model.residual} residual): slope dips in {saddle_window[0]:,.0f}-{saddle_window[1]:,.0f}: "
+          + (", ".join(f"{d['step']:,.0f} (slope {d['slope']:.1f} ± {d['slope_std']:.1f}, relative {d['relative']:.2f})"
+                       for d in dips) or "none"))
+
+residual_comparison = None
+if cfg.model.residual != base.model.residual:
+    t0 = time.perf_counter()
+    ref_cfg = dataclasses.replace(cfg, model=base.model, name=profile)
+    regression_run(ref_cfg, seed0)
+    ref_sweep = regression_llc(ref_cfg.llc_profile(seed0), seed0, executor=llc_executor)
+    ref_keep = (ref_sweep.steps > 0) & np.isfinite(ref_sweep.llc_mean)
+    ref_res = detect_stages(ref_sweep.steps[ref_keep], ref_sweep.llc_mean[ref_keep],
+                            stds=ref_sweep.llc_sem[ref_keep] if ref_cfg.sgld.num_chains > 1 else None, edge_plateaus=True)
+    timings["reference residual"] = time.perf_counter() - t0
+    own = sweeps[seed0]
+    pair = {base.model.residual: (ref_sweep, ref_keep, ref_res),
+            cfg.model.residual: (own, (own.steps > 0) & np.isfinite(own.llc_mean), stage_results[seed0])}
+    fig, axes = plt.subplots(2, 2, figsize=(10, 5.6), sharex=True, sharey="row")
+    residual_comparison = {}
+    for col, (name, (sw, kp, res)) in enumerate(pair.items()):
+        plot_over_training(axes[0, col], sw.steps[kp], {"LLC": sw.llc_mean[kp]}, res, color="k", marker=".", ms=3,
+                           lw=0.6, legend=False, ylabel=r"LLC $\hat\lambda(w_t)$" if col == 0 else None)
+        axes[0, col].plot(res.steps, res.smoothed, color="tab:red", ls=":", lw=1.2)
+        axes[0, col].set_title(f"residual={name}: LLC, GP fit, boundaries", fontsize=9)
+        ax = axes[1, col]
+        ax.plot(res.steps, res.slope, color="tab:red", lw=1)
+        ax.fill_between(res.steps, res.slope - 2 * res.slope_std, res.slope + 2 * res.slope_std, color="tab:red",
+                        alpha=0.2, lw=0)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.axvspan(*saddle_window, color="tab:blue", alpha=0.06, lw=0)
+        dips = slope_dips(res, *saddle_window)
+        for d in dips:
+            ax.axvline(d["step"], color="tab:blue", ls="--", lw=0.8)
+        ax.set(xscale="log", xlabel="training step $t$", ylabel=r"GP slope $d\hat\lambda/d\log t$ (±2 s.d.)" if col == 0 else None)
+        ax.set_title(f"residual={name}: GP slope; dashed: its dips", fontsize=9)
+        names_ = align_stages(res.stages)
+        residual_comparison[name] = {
+            "boundaries": [float(b) for b in res.boundaries],
+            "directions": [st.direction for st in res.stages],
+            "names": None if names_ is None else ["+".join(lab) for lab in names_],
+            "slope_dips": dips}
+    fig.suptitle(f"Regression LLC of seed {seed0} with each residual stream ({profile} profile, "
+                 f"{len(own.steps)} checkpoints, same SGLD)\nblue band: the paper's 40k-320k (LR3 and LR4), "
+                 f"rescaled to {cfg.train.num_steps:,} steps")
+    fig.tight_layout()
+    save_figure(fig, "fig1b_regression_llc_by_residual", profile=cfg.name, directory=figure_dir)
+    plt.show()
+    print(pd.DataFrame(residual_comparison).T)
+
+# %% [markdown]
 # ## Headline numbers as data
 # Written to `02_regression_stages.json` beside this profile's figures (SPEC.md §0): per seed with
 # an LLC curve, the detected boundaries with their intervals and the LLC there, the stages' names
@@ -714,7 +791,7 @@ from stagewise.headline import snake_case, stage_headline, write_headline
 
 timings["total"] = time.perf_counter() - notebook_start
 print("time per part (s):", {k: round(v, 1) for k, v in timings.items()})
-headline = {"steps": cfg.train.num_steps, "batch_size": cfg.batch_size, "seeds": {},
+headline = {"steps": cfg.train.num_steps, "batch_size": cfg.batch_size, "residual": cfg.model.residual, "seeds": {},
             "timings_s": {snake_case(k): v for k, v in timings.items()},
             "reference_losses": {"predict_zero": zero_loss, "ridge": ridge_loss}}
 for seed, res in stage_results.items():
@@ -726,6 +803,10 @@ for seed, res in stage_results.items():
     record["final_train_loss"] = float(runs[seed].smoothed_loss()[-1])
     record["llc_checkpoints"] = int(len(sw.steps))
     record["flagged_checkpoints"] = sorted(int(s) for s in sw.diagnostics)
+    # the curve itself, for comparisons across runs (the residual section) without the cache
+    record["llc_curve"] = {"step": res.steps, "llc": sw.llc_mean[kept], "gp_mean": res.smoothed,
+                           "gp_slope": res.slope, "gp_slope_std": res.slope_std}
+    record["slope_dips"] = slope_dips(res, *saddle_window)
     record["boundaries_vs_paper"] = ([] if labels[seed] is None else [
         {"boundary": r.boundary, "paper": r.paper, "rescaled": r.rescaled, "detected": r.detected,
          "interval": [r.interval_lo, r.interval_hi]}
@@ -745,6 +826,7 @@ for seed, res in stage_results.items():
         if len(res.boundaries) else [],
         "settings": ed.settings}
     headline["seeds"][f"seed_{seed}"] = record
+headline["residual_comparison"] = residual_comparison
 headline["llc_boundaries_at_60_checkpoints"] = None if boundaries_60 is None else [float(b) for b in boundaries_60]
 path = write_headline("02_regression_stages", cfg.name, headline, wall_time_s=timings["total"],
                       directory=figure_dir)

@@ -153,3 +153,21 @@ def test_edge_plateaus_mark_the_onset_of_the_first_change():
     end_of_fall = [b for b in with_edges.boundaries if abs(np.log(b / 8000)) < 0.4]
     assert len(end_of_fall) == 1
     assert len(with_edges.boundaries) == len(default.boundaries) + 2
+
+
+def test_slope_dips_find_the_saddle_between_two_decreases_and_none_in_one_fall():
+    from stagewise.stages import slope_dips
+
+    steps = np.unique(np.geomspace(1, 500_000, 190).round())
+    rng = np.random.default_rng(0)
+    # two decreases meeting at a shoulder near 126k (the paper's LR3|LR4), against one smooth fall
+    two = synthetic_stage_curve(steps, [1_000, 40_000, 126_000, 320_000], [60, 100, -40, -40, 10], start=10)
+    one = synthetic_stage_curve(steps, [1_000, 40_000, 320_000], [60, 100, -80, 10], start=10)
+    dips_two = slope_dips(detect_stages(steps, two + rng.normal(0, 0.3, len(steps))), 40_000, 320_000)
+    dips_one = slope_dips(detect_stages(steps, one + rng.normal(0, 0.3, len(steps))), 40_000, 320_000)
+    assert len(dips_two) == 1
+    assert 90_000 < dips_two[0]["step"] < 180_000 and dips_two[0]["slope"] < 0
+    assert dips_two[0]["relative"] < 0.3
+    assert dips_one == []
+    with pytest.raises(ValueError, match="start must be below end"):
+        slope_dips(detect_stages(steps, one), 5, 5)

@@ -31,7 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
-__all__ = ["Stage", "StageResult", "detect_stages", "boundary_positions", "synthetic_stage_curve"]
+__all__ = ["Stage", "StageResult", "detect_stages", "boundary_positions", "synthetic_stage_curve", "slope_dips"]
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,34 @@ def _merge_short_stages(pos, x, slope, min_len) -> np.ndarray:
         else:
             del pos[k if abs(np.interp(pos[k], x, slope)) > abs(np.interp(pos[k + 1], x, slope)) else k + 1]
     return np.asarray(pos, dtype=float)
+
+
+def slope_dips(result: StageResult, start: float, end: float) -> list[dict]:
+    """Where the curve slows down and speeds up again inside ``[start, end]`` (steps): the local
+    minima of |slope| of the GP fit at which the slope keeps its sign on both sides. A saddle
+    between two decreases (the paper's LR3|LR4) is such a dip; a smooth single fall has none.
+
+    Each dip: ``step``, ``slope`` and ``slope_std`` there (d λ̂ / d log t), and ``relative`` =
+    |slope| at the dip over the largest |slope| of the window (0: the curve stops; near 1: barely
+    a dip). Whether a dip is a boundary is :func:`detect_stages`' call; this only measures it.
+    """
+    if not start < end:
+        raise ValueError(f"start must be below end, got start={start!r}, end={end!r}")
+    inside = np.flatnonzero((result.steps >= start) & (result.steps <= end))
+    if len(inside) < 3:
+        return []
+    slope = result.slope[inside]
+    mag = np.abs(slope)
+    peak = float(mag.max())
+    dips = []
+    for k in range(1, len(inside) - 1):
+        left, right = mag[:k].max(), mag[k + 1:].max()
+        if mag[k] <= mag[k - 1] and mag[k] < mag[k + 1] and mag[k] < left and mag[k] < right \
+                and np.sign(slope[k - 1]) == np.sign(slope[k + 1]) == np.sign(slope[k]):
+            i = inside[k]
+            dips.append({"step": float(result.steps[i]), "slope": float(result.slope[i]),
+                         "slope_std": float(result.slope_std[i]), "relative": float(mag[k] / peak) if peak else 1.0})
+    return dips
 
 
 def synthetic_stage_curve(steps, boundaries, deltas, *, start: float, initial: float = 0.0,

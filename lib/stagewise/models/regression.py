@@ -15,22 +15,36 @@ to ``forward(tokens)[:, ::2, 0]`` up to float rounding): the last block computes
 attention output and MLP at the x positions only (keys and values at all positions); the
 unembedding computes output component 0 only.
 
-Paper-code discrepancy, decided here: the authors' ``DTransformer`` adds each block's output to
-its input *again* (``x = x + block(x)`` with a block that already returns ``x + ...``), doubling the
-residual stream every layer. We use the standard pre-LN residual ``x = x + f(LN(x))`` the paper
-describes; the parameter count is unchanged.
+The residual stream, a named option (``RegressionTransformerConfig.residual``): the paper describes
+the standard pre-LN block, ``"standard"``,
+
+    h = x + attn(LN₁ x),   x ← h + mlp(LN₂ h),
+
+but the authors' code (``DTransformer``) adds each block's output to its input *again*
+(``x = x + block(x)`` with a block that already returns ``x + ...``), ``"paper_code"``:
+
+    x ← x + (h + mlp(LN₂ h)) = 2x + attn(LN₁ x) + mlp(LN₂(x + attn(LN₁ x))),
+
+which doubles the residual stream every layer: after two blocks the embeddings enter the final
+LayerNorm with weight 4, the first block's outputs with 2 and the second's with 1. The parameters
+and their initialisation are the same either way. ``"standard"`` is the default (its cache keys
+leave the field out, so runs trained before the option existed keep their keys).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["RegressionTransformerConfig", "RegressionTransformer", "count_parameters"]
+from stagewise.cache import HASH_OMIT_DEFAULT
+
+__all__ = ["RegressionTransformerConfig", "RegressionTransformer", "count_parameters", "RESIDUALS"]
+
+RESIDUALS = ("standard", "paper_code")
 
 
 @dataclass(frozen=True)
@@ -43,12 +57,17 @@ class RegressionTransformerConfig:
     n_heads: int = 4  # H
     d_embed: int = 64
     d_mlp: int = 64
+    # "standard" pre-LN residual (the paper's text) or "paper_code" (the authors' doubled stream;
+    # module docstring). Out of the cache key while "standard".
+    residual: str = field(default="standard", metadata=HASH_OMIT_DEFAULT)
 
     def __post_init__(self):
         for name in ("task_size", "max_examples", "n_layers", "n_heads", "d_embed", "d_mlp"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}")
+        if self.residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {', '.join(map(repr, RESIDUALS))}, got {self.residual!r}")
         if self.d_embed % self.n_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must divide d_embed ({self.d_embed})")
 
@@ -114,12 +133,16 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln_mlp = nn.LayerNorm(cfg.d_embed)
         self.mlp = nn.Sequential(nn.Linear(cfg.d_embed, cfg.d_mlp), nn.ReLU(), nn.Linear(cfg.d_mlp, cfg.d_embed))
+        self.doubled = cfg.residual == "paper_code"
 
     def forward(self, x: torch.Tensor, queries: slice | None = None) -> torch.Tensor:
-        """The block's output at every position, or only at ``queries`` (see the attention's)."""
+        """The residual stream after the block, at every position or only at ``queries`` (see the
+        attention's): h + mlp(LN₂ h) with h = x + attn(LN₁ x), plus x once more for ``"paper_code"``."""
         a = self.attn(self.ln_attn(x), queries)
-        x = (x if queries is None else x[:, queries]) + a
-        return x + self.mlp(self.ln_mlp(x))
+        x = x if queries is None else x[:, queries]
+        h = x + a
+        h = h + self.mlp(self.ln_mlp(h))
+        return x + h if self.doubled else h
 
 
 class RegressionTransformer(nn.Module):
