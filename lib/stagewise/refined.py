@@ -222,7 +222,10 @@ def _frame_rows(steps: Sequence[int], results: Sequence[LLCResult], extra: dict)
         flags = sorted({f for fl in r.diagnostics.values() for f in fl})
         rows.append({"step": int(step), **extra, "llc_mean": r.llc_mean, "llc_std": r.llc_std, "llc_sem": r.llc_sem,
                      "loss_init": r.loss_init, "num_sampled": r.num_sampled, "nbeta": r.nbeta,
-                     "excluded_chains": len(r.excluded_chains), "flags": ",".join(flags)})
+                     "excluded_chains": len(r.excluded_chains), "flags": ",".join(flags),
+                     "drift": r.convergence["drift"], "drift_z": r.convergence["drift_z"],
+                     "draws_to_settle": r.convergence["draws_to_settle"], "spread": r.convergence["spread"],
+                     "rhat": r.convergence["rhat"], "unconverged": r.unconverged})
     return rows
 
 

@@ -17,6 +17,11 @@ the online trace λ̂_τ (eq. 26). A chain is flagged
   than w* (w* is not a local minimum at this γ; increase γ, or w* is not converged).
 
 The last two are reported (and logged) but the chain is kept, since dropping them would bias λ̂.
+
+Per estimate (all chains together), :func:`estimate_convergence` gives the draws λ̂_τ needs to
+settle within 5% of its final value, its drift over the last quarter, the chains' spread and
+split-R̂, and the flag ``unconverged`` (``LLCResult.convergence``; not one of the per-chain flags,
+so the per-chain ``diagnostics`` of every result, cached or new, keep their meaning).
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-__all__ = ["FLAGS", "chain_diagnostics"]
+__all__ = ["FLAGS", "ESTIMATE_FLAGS", "chain_diagnostics", "estimate_convergence", "split_rhat", "draws_from_trace"]
 
 FLAGS = ("nan", "divergence", "not_converged", "escape")
+# per estimate (all chains together), in LLCResult.convergence, not in the per-chain diagnostics
+ESTIMATE_FLAGS = ("unconverged",)
 
 _MIN_DRAWS_FOR_TREND = 40
 _TREND_SIGMAS = 4.0
@@ -93,3 +100,150 @@ def chain_diagnostics(scaled_diffs: np.ndarray, llc_per_chain: np.ndarray, num_s
             messages.append(f"SGLD chains {ok}: traces still trending at the end (mean nβΔℓ changes by {mean:.4g} "
                             f"between the last two quarters, λ̂ = {lam:.4g}); increase epsilon or num_draws.")
     return flags, messages
+
+
+# --------------------------------------------------------------------------------------------
+# Per-estimate convergence (issue: every LLC shown converged): settle time, drift, chain agreement
+# --------------------------------------------------------------------------------------------
+
+# The running estimate λ̂_τ "has settled" once it stays within this fraction of its final value.
+SETTLE_TOLERANCE = 0.05
+# Drift of λ̂_τ over the last quarter, (λ̂_T − λ̂_{3T/4}) / λ̂_T. It equals one third of the gap
+# between the last quarter's mean of d_t and λ̂_T, and for a mean that relaxes exponentially with a
+# time constant τ_r ≪ T, λ̂_T is low by ≈ 3 × drift (λ̂_τ ≈ λ(1 − τ_r/τ)). So 0.05/3: the estimate
+# lies more than 5% from its own last quarter, i.e. is biased by more than ≈ 5%.
+DRIFT_THRESHOLD = 0.05 / 3
+# ... and the gap must be significant: more than this many standard errors (noise estimated on the
+# second half of the chains' mean d_t, τ by Geyer's initial positive sequence on the chains' pooled
+# autocorrelation).
+# Fixed once on synthetic chains (benchmarks/convergence_thresholds.py, 200 seeds per case; draws
+# λ μ(t) + AR(1) noise, φ ∈ {0, 0.5, 0.9}, 1-4 chains, 40-2,000 draws, per-draw noise 10-30% of λ):
+# stationary chains get a drift flag in ≤ 1% of seeds wherever they hold ≳ 15 autocorrelation
+# times (every case with φ ≤ 0.5; φ = 0.9 from 300 draws), up to 9% with 2-4 (φ = 0.9, 40 draws);
+# 2 sigmas would give 6-27%. The issue's LM case (2 × 80 draws, running estimate at 91% of the
+# settled value) is flagged in 100% of seeds with chains 1% apart, 81% at the LM's own noise
+# (chains 2-3% apart), 14% with per-chain errors of 6% (then the climb hides in the noise).
+# A chain stopped mid-climb (relaxation time = its length, 300 draws): 69-100%, by noise level.
+DRIFT_SIGMAS = 3.0
+# Between-chain agreement: split-R̂ (Gelman et al. 2013, BDA3 §11.4, on d_t) above the classical
+# 1.1 *and* a between-chain spread (sd of λ̂_c / λ̂) above 5%: chains that disagree by more than
+# their noise and by more than the tolerance of a 5%-settled estimate. On the stationary synthetic
+# chains it fires in ≤ 0.5% of seeds where one chain's standard error is ≤ 2% of λ, 3-7% at 2.5%,
+# and mostly where it is ≥ 5% (there the chains do disagree by more than 5%: too few draws).
+RHAT_THRESHOLD = 1.1
+SPREAD_THRESHOLD = 0.05
+# Fewer draws than this: the noise of the last quarter cannot be estimated; no drift test.
+MIN_DRAWS_FOR_CONVERGENCE = 20
+
+
+def _second_half_deviations(x: np.ndarray) -> np.ndarray:
+    # Not detrended: on synthetic chains a linear detrend of so few draws removed real slow noise and
+    # doubled the false alarms (stationary AR(1), φ = 0.9, 2 × 80 draws: 21% against 3%).
+    half = x[..., x.shape[-1] // 2:]
+    return half - half.mean(axis=-1, keepdims=True)
+
+
+def _mean_noise_variance(d: np.ndarray) -> float:
+    """σ²τ of the chains' mean draw m_t = mean_c d_t (Var of a mean of k draws ≈ σ²τ/k), from the
+    second half (where a converged chain is stationary); τ from the chains'
+    pooled autocorrelation (more data than m_t's own)."""
+    resid_m = _second_half_deviations(d.mean(axis=0))
+    resid_c = _second_half_deviations(d)
+    n = resid_c.shape[1]
+    if n < 4:
+        return float(resid_m.var()) if n > 2 else float("nan")
+    f = np.fft.rfft(resid_c - resid_c.mean(axis=1, keepdims=True), 2 * n, axis=1)
+    acov = np.fft.irfft(f * np.conj(f), axis=1)[:, :n].sum(axis=0)
+    tau = _ips_from_acf(acov / acov[0]) if acov[0] > 0 else 1.0
+    return float(resid_m.var(ddof=2)) * tau
+
+
+def _ips_from_acf(acf: np.ndarray) -> float:
+    tau = -1.0
+    for k in range(0, len(acf) - 1, 2):
+        pair = acf[k] + acf[k + 1]
+        if pair <= 0:
+            break
+        tau += 2 * pair
+    return max(1.0, tau)
+
+
+def split_rhat(draws: np.ndarray) -> float:
+    """Split-R̂ of draws [C, T]: each chain halved, R̂ = sqrt(var⁺ / W) over the 2C halves
+    (Gelman et al., BDA3 §11.4). 1 = the halves agree; NaN with fewer than 2 draws per half."""
+    C, T = draws.shape
+    n = T // 2
+    if n < 2:
+        return float("nan")
+    halves = np.concatenate([draws[:, :n], draws[:, T - n:]], axis=0)
+    W = float(halves.var(axis=1, ddof=1).mean())
+    B = n * float(halves.mean(axis=1).var(ddof=1))
+    if W == 0:
+        return float("nan") if B == 0 else float("inf")
+    return float(np.sqrt(((n - 1) / n * W + B / n) / W))
+
+
+def draws_from_trace(llc_trace: np.ndarray) -> np.ndarray:
+    """d_t = nβ(ℓ(w_t) − ℓ(w*)) [C, T] back from the running estimate λ̂_τ of eq. (26) (its differences)."""
+    t = np.arange(1, llc_trace.shape[1] + 1)
+    total = llc_trace * t
+    return np.concatenate([total[:, :1], np.diff(total, axis=1)], axis=1)
+
+
+def estimate_convergence(llc_trace: np.ndarray, excluded: list[int] | tuple[int, ...] = ()) -> dict:
+    """Convergence of one LLC estimate from its chains' running estimates λ̂_τ [C, T] (eq. 26).
+
+    Over the chains not excluded (their mean λ̂_τ is the estimate's running value):
+
+    * ``draws_to_settle``: the draw after which λ̂_τ stays within ``SETTLE_TOLERANCE`` (5%) of its
+      final value λ̂_T, and ``settle_fraction`` = that / T;
+    * ``drift``: (λ̂_T − λ̂_{T−T/4}) / |λ̂_T|, the relative change over the last quarter (positive =
+      still climbing), and ``drift_z``: that change over its standard error;
+    * ``spread``: sd of the per-chain λ̂_c over |λ̂_T| (NaN with one chain), ``rhat``: split-R̂ of
+      d_t (NaN with one chain), ``rel_se``: the noise-only standard error of λ̂_T over |λ̂_T|;
+    * ``unconverged`` with ``reasons`` ⊆ {'drift', 'disagreement'}: |drift| > ``DRIFT_THRESHOLD``
+      and |drift_z| > ``DRIFT_SIGMAS``; or R̂ > ``RHAT_THRESHOLD`` and spread > ``SPREAD_THRESHOLD``.
+
+    The per-chain ``not_converged`` flag (:func:`chain_diagnostics`) compares quarters 3 and 4 of
+    each chain: it sees a climb that lasts to the end, not an early climb that still biases the
+    mean (the LM's chains of issue 35: both 9% low at 80 draws, flat in their last half).
+    """
+    keep = [c for c in range(llc_trace.shape[0]) if c not in set(excluded)]
+    T = llc_trace.shape[1]
+    out = {"draws": int(T), "chains": len(keep), "final": float("nan"), "draws_to_settle": None,
+           "settle_fraction": float("nan"), "drift": float("nan"), "drift_z": float("nan"),
+           "spread": float("nan"), "rhat": float("nan"), "rel_se": float("nan"),
+           "unconverged": False, "reasons": []}
+    if not keep or not np.all(np.isfinite(llc_trace[keep])):
+        return out
+    running = llc_trace[keep].mean(axis=0)
+    final = float(running[-1])
+    scale = abs(final)
+    out["final"] = final
+    with np.errstate(divide="ignore", invalid="ignore"):
+        outside = np.flatnonzero(np.abs(running - final) > SETTLE_TOLERANCE * scale)
+        out["draws_to_settle"] = int(outside[-1] + 2) if len(outside) else 1
+        out["settle_fraction"] = out["draws_to_settle"] / T
+        d = draws_from_trace(llc_trace[keep])
+        per_chain = llc_trace[keep, -1]
+        if len(keep) >= 2:
+            out["spread"] = float(per_chain.std(ddof=1) / scale)
+            out["rhat"] = split_rhat(d)
+        q = T // 4
+        if q >= 1:
+            out["drift"] = float((final - running[T - q - 1]) / scale)
+        if T >= MIN_DRAWS_FOR_CONVERGENCE:
+            noise_var = _mean_noise_variance(d)
+            # Var(L − λ̂_T) = (3/4) σ²τ/q for stationary draws (L the last quarter's mean); drift = (L − λ̂_T)/3
+            se_gap = np.sqrt(0.75 * noise_var / q)
+            gap = 3 * (final - running[T - q - 1])
+            out["drift_z"] = float(gap / se_gap) if se_gap > 0 else float("inf") * np.sign(gap)
+            out["rel_se"] = float(np.sqrt(noise_var / T) / scale)
+    reasons = []
+    if abs(out["drift"]) > DRIFT_THRESHOLD and abs(out["drift_z"]) > DRIFT_SIGMAS:
+        reasons.append("drift")
+    if out["rhat"] > RHAT_THRESHOLD and out["spread"] > SPREAD_THRESHOLD:
+        reasons.append("disagreement")
+    out["reasons"] = reasons
+    out["unconverged"] = bool(reasons)
+    return out

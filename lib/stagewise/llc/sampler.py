@@ -30,6 +30,7 @@ Choices made here (see the docstring of :func:`estimate_llc` for the reasons):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 
 from stagewise import cuda_graphs
 from stagewise.cuda_graphs import copy_batch, map_batch
-from stagewise.llc.diagnostics import FLAGS, chain_diagnostics
+from stagewise.llc.diagnostics import FLAGS, chain_diagnostics, estimate_convergence
 
 __all__ = ["SGLDConfig", "LLCResult", "estimate_llc", "default_nbeta", "derive_seed", "fast_bf16_support",
            "resolve_compute_dtype"]
@@ -138,6 +139,10 @@ class LLCResult:
     burnin_loss_trace [C, burnin]: minibatch losses during burn-in (for calibration plots).
     diagnostics: {chain: [flags]} for flagged chains only (flags in ``FLAGS``); empty = all well.
     excluded_chains: chains left out of llc_mean (flag 'nan' or 'divergence').
+    convergence (property): the estimate's own convergence (settle time, last-quarter drift, chain
+    agreement, flag ``unconverged``; :func:`stagewise.llc.diagnostics.estimate_convergence`),
+    derived from ``llc_trace`` when first read and never stored: results cached before it existed
+    get it too, with no cache change.
     """
 
     llc_mean: float
@@ -156,6 +161,15 @@ class LLCResult:
     elapsed_s: float = float("nan")
     messages: list[str] = field(default_factory=list)
     compute_dtype: str | None = None  # None: the weights' own dtype; "bfloat16": loss under bf16 autocast
+
+    @functools.cached_property
+    def convergence(self) -> dict:
+        return estimate_convergence(self.llc_trace, self.excluded_chains)
+
+    @property
+    def unconverged(self) -> bool:
+        """Per-estimate flag: the running estimate still drifts, or the chains disagree."""
+        return bool(self.convergence["unconverged"])
 
     @property
     def llc_sem(self) -> float:
@@ -192,6 +206,8 @@ class LLCResult:
 
     def __repr__(self) -> str:
         flags = f", diagnostics={self.diagnostics}" if self.diagnostics else ""
+        if self.unconverged:
+            flags += f", unconverged ({', '.join(self.convergence['reasons'])})"
         return (f"LLCResult(llc_mean={self.llc_mean:.4g}, llc_std={self.llc_std:.3g}, "
                 f"chains={len(self.llc_per_chain)}, draws={self.loss_trace.shape[1]}{flags})")
 
@@ -677,6 +693,12 @@ def _summarise(losses: np.ndarray, losses_star: np.ndarray, config: SGLDConfig, 
     keep = [c for c in range(config.num_chains) if c not in excluded]
     for msg in messages:
         log.warning(msg)
+    conv = estimate_convergence(llc_trace, excluded)
+    if conv["unconverged"]:
+        log.warning("SGLD estimate unconverged (%s): running estimate drifts by %.3g over the last quarter "
+                    "(%.3g standard errors), chains' spread %.3g of λ̂, split-R̂ %.3g; settles within 5%% after %s of %d "
+                    "draws. Run longer chains or more burn-in.", ", ".join(conv["reasons"]), conv["drift"], conv["drift_z"],
+                    conv["spread"], conv["rhat"], conv["draws_to_settle"], conv["draws"])
     if not keep:
         log.warning("every SGLD chain was excluded (non-finite or divergent): llc_mean is NaN; reduce epsilon")
     mean = float(per_chain[keep].mean()) if keep else float("nan")

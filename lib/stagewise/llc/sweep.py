@@ -40,7 +40,8 @@ from stagewise.hardware import available_cores
 from stagewise.llc.module import estimate_llc_module
 from stagewise.llc.sampler import LLCResult, SGLDConfig, resolve_compute_dtype
 
-__all__ = ["LLCSweep", "estimate_llc_sweep", "sweep_cache_key", "compare_sweeps", "CalibrationResult", "calibrate_sgld", "plot_llc_traces"]
+__all__ = ["LLCSweep", "estimate_llc_sweep", "sweep_cache_key", "compare_sweeps", "flagged_checkpoints", "convergence_summary",
+           "CalibrationResult", "calibrate_sgld", "plot_llc_traces"]
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,55 @@ class LLCSweep:
         """{step: {chain: flags}} for the checkpoints with flagged chains only."""
         return {int(s): r.diagnostics for s, r in zip(self.steps, self.results) if r.diagnostics}
 
+    @property
+    def unconverged_steps(self) -> list[int]:
+        """Checkpoints whose estimate is flagged ``unconverged`` (drift or chains' disagreement)."""
+        return [int(s) for s, r in zip(self.steps, self.results) if r.unconverged]
+
     def to_frame(self):
+        """One row per checkpoint: λ̂ and its errors, the per-chain ``flags`` and the estimate's
+        convergence (``draws_to_settle``, ``drift``, ``drift_z``, ``spread``, ``rhat``, ``unconverged``)."""
         import pandas as pd
 
+        conv = [r.convergence for r in self.results]
         return pd.DataFrame({"step": self.steps, "llc_mean": self.llc_mean, "llc_std": self.llc_std,
                              "llc_sem": self.llc_sem, "loss_init": self.loss_init,
-                             "flags": [sorted({f for fl in r.diagnostics.values() for f in fl}) for r in self.results]})
+                             "flags": [sorted({f for fl in r.diagnostics.values() for f in fl}) for r in self.results],
+                             **{k: [c[k] for c in conv] for k in CONVERGENCE_COLUMNS}})
+
+    def flagged_checkpoints(self):
+        """The rows of :meth:`to_frame` with a flagged chain or an unconverged estimate (for notebooks to print)."""
+        return flagged_checkpoints(self.to_frame())
+
+    def convergence_summary(self) -> dict:
+        """Share of estimates flagged, for a headline JSON: see :func:`convergence_summary`."""
+        return convergence_summary(self.to_frame())
+
+
+CONVERGENCE_COLUMNS = ("draws_to_settle", "drift", "drift_z", "spread", "rhat", "unconverged")
+
+
+def flagged_checkpoints(frame):
+    """Rows of a sweep's frame (``LLCSweep.to_frame`` or a refined-LLC frame) whose estimate is
+    ``unconverged`` or has a flagged chain, with the columns a reader needs to judge them."""
+    flags = frame["flags"].map(lambda f: bool(len(f)) if not isinstance(f, str) else bool(f))
+    rows = frame[frame["unconverged"].astype(bool) | flags]
+    cols = [c for c in ("step", "head", "data", "llc_mean", "llc_sem", "flags", "draws_to_settle", "drift", "drift_z",
+                        "spread", "rhat", "unconverged") if c in rows.columns]
+    return rows[cols].reset_index(drop=True)
+
+
+def convergence_summary(frame) -> dict:
+    """{estimates, unconverged, share_unconverged, flagged_chains_share, median_drift, max_abs_drift,
+    median_settle_fraction}: how much of a sweep's curve rests on estimates that have not settled."""
+    n = int(len(frame))
+    unconv = int(frame["unconverged"].astype(bool).sum())
+    flagged = int(frame["flags"].map(lambda f: bool(len(f)) if not isinstance(f, str) else bool(f)).sum())
+    drift = frame["drift"].astype(float)
+    return {"estimates": n, "unconverged": unconv, "share_unconverged": unconv / n if n else float("nan"),
+            "share_with_flagged_chains": flagged / n if n else float("nan"),
+            "median_drift": float(drift.median()), "max_abs_drift": float(drift.abs().max()),
+            "unconverged_steps": [int(s) for s in frame.loc[frame["unconverged"].astype(bool), "step"]]}
 
 
 def _tensor_digest(tensors: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> str:
@@ -251,6 +295,8 @@ def estimate_llc_sweep(
             atomic_save(out, path)
         if result.diagnostics:
             log.warning("LLC at step %d: flagged chains %s", step, result.diagnostics)
+        if result.unconverged:
+            log.warning("LLC at step %d: estimate unconverged (%s)", step, ", ".join(result.convergence["reasons"]))
         results[step] = result
 
     bar = tqdm(total=len(steps), initial=len(results), desc="LLC sweep", disable=not progress)
