@@ -10,7 +10,7 @@ ONLY    ?=
 JOBS    ?= 2
 NBMAKE  := build/nbmake
 
-.PHONY: figures test install notebooks-ipynb benchmarks clean-cache lab
+.PHONY: figures test install notebooks-ipynb benchmarks clean-cache lab docs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,3 +46,15 @@ benchmarks: install
 
 clean-cache:
 	rm -rf .cache/stagewise
+
+## Documentation site -> build/docs/html (offline; warnings are errors). DOCS_MODE=ci skips the notebook pages.
+DOCS_MODE ?= full
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e ".[dev,docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(PY) docs/generate.py --check-sources
+	STAGEWISE_DOCS_MODE=$(DOCS_MODE) $(PY) -m sphinx -W --keep-going -n -q -b html \
+	  -d build/docs/doctrees-$(DOCS_MODE) docs build/docs/html
+	$(PY) docs/generate.py --check-html build/docs/html

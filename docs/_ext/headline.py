@@ -1,0 +1,166 @@
+"""Sphinx glue for the generated parts of the docs (the numbers themselves: ``docs/generate.py``).
+
+* role ``{hl}`cpu/02:path;spec``` — one number from the headline JSON, written as a tagged span
+  that ``generate.py --check-html`` verifies against the JSON;
+* directive ``{headline-table} NAME`` — a table of ``generate.TABLES`` (markdown with such roles);
+* directive ``{committed-figures} [NN]`` — every committed figure (of notebook NN), `cpu` | `long`;
+* on ``builder-inited``: the notebook pages in ``docs/notebooks/`` (an executed copy from
+  ``executed/<profile>/`` when one exists, else the Jupytext notebook without outputs, followed by
+  the committed figures; never executed here) — or, with ``docs_mode = "ci"``, a short stub page of
+  the same name, so links resolve in both modes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from docutils import nodes
+from docutils.parsers.rst import Directive
+from docutils.statemachine import StringList
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import generate  # noqa: E402  (docs/generate.py, standard library only)
+
+NOTEBOOKS = ["01_lm_stages", "02_regression_stages", "03_transient_ridge", "04_rllc_heads", "05_hessian_comparison"]
+_DATA: dict = {}
+
+
+def _data() -> dict:
+    if not _DATA:
+        _DATA.update(generate.load())
+    return _DATA
+
+
+def hl_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    try:
+        html = generate.span(_data(), text)
+    except KeyError as exc:
+        msg = inliner.reporter.error(f"headline number: {exc}", line=lineno)
+        return [inliner.problematic(rawtext, rawtext, msg)], [msg]
+    return [nodes.raw(rawtext, html, format="html")], []
+
+
+def _parse(directive: Directive, markdown: str) -> list[nodes.Node]:
+    container = nodes.container(classes=["headline"])
+    directive.state.nested_parse(StringList(markdown.splitlines(), source="generated"), directive.content_offset, container)
+    return container.children
+
+
+class HeadlineTable(Directive):
+    required_arguments = 1
+
+    def run(self):
+        name = self.arguments[0]
+        if name not in generate.TABLES:
+            raise self.error(f"no headline table {name!r} (have {', '.join(generate.TABLES)})")
+        try:
+            markdown = generate.TABLES[name](_data())
+        except KeyError as exc:
+            raise self.error(f"headline table {name}: {exc}") from None
+        return _parse(self, markdown)
+
+
+class CommittedFigures(Directive):
+    optional_arguments = 1
+
+    def run(self):
+        env = self.state.document.settings.env
+        depth = env.docname.count("/") + 1  # from docs/<docname> up to the repository root
+        table = generate.figure_table("../" * depth, self.arguments[0] if self.arguments else None)
+        node = nodes.container(classes=["figure-table"])
+        self.state.nested_parse(StringList(table.splitlines(), source="generated"), self.content_offset, node)
+        return [node]
+
+
+def _notebook_pages(app) -> None:
+    """Write docs/notebooks/NN_name.ipynb (full) or .md (ci); the other kind is removed."""
+    import nbformat
+
+    root, out = generate.ROOT, Path(app.srcdir) / "notebooks"
+    mode = app.config.docs_mode
+    for name in NOTEBOOKS:
+        for ext in (".ipynb", ".md"):
+            (out / f"{name}{ext}").unlink(missing_ok=True)
+        source = root / "notebooks" / f"{name}.py"
+        figures = "\n\n## The committed figures of this notebook\n\n```{committed-figures} " + name[:2] + "\n```\n"
+        if mode == "ci":
+            title = source.read_text().split("# # ", 1)[1].split("\n", 1)[0]
+            (out / f"{name}.md").write_text(
+                f"# {title}\n\n*Built in CI mode: the notebook itself is rendered by `make docs` only.* "
+                f"Source: `notebooks/{name}.py`.\n{figures}")
+            continue
+        executed = [root / "executed" / p / f"{name}.ipynb" for p in ("cpu", "long")]
+        executed = [p for p in executed if p.exists()]
+        if executed:
+            nb = nbformat.read(executed[0], as_version=4)
+            note = f"*Rendered from the executed copy `{executed[0].relative_to(root)}` (its outputs as they were run).*"
+        else:
+            import jupytext
+
+            nb = jupytext.read(source)
+            note = (f"*Rendered from `notebooks/{name}.py` without outputs (no executed copy in `executed/`; "
+                    "`make figures` makes one). The committed figures are at the end of the page.*")
+        nb.cells.insert(1, nbformat.v4.new_markdown_cell(note))
+        nb.cells.append(nbformat.v4.new_markdown_cell(figures))
+        nb.metadata.pop("jupytext", None)
+        for i, cell in enumerate(nb.cells):
+            cell["id"] = f"c{i}"
+        nbformat.write(nb, out / f"{name}.ipynb")
+
+
+_LITERAL = re.compile(r"(``[^`]+``|`[^`]+`)")
+
+
+def _escape_plain_text(app, what, name, obj, options, lines):
+    """The docstrings are plain text in the papers' notation (|x|, P(b|a)) with reST literals; make
+    the few constructs reST reads otherwise literal, without changing the docstrings themselves:
+    pipes outside literals (reST substitutions), a literal glued to a word (``Module``s), and a
+    paragraph that follows a bullet list with no blank line."""
+    out, bullet_indent = [], None
+    for line in lines:
+        stripped = line.lstrip()
+        indent = len(line) - len(stripped)
+        if bullet_indent is not None and stripped and indent <= bullet_indent and not stripped.startswith(("* ", "- ")):
+            out.append("")
+            bullet_indent = None
+        if stripped.startswith(("* ", "- ")):
+            bullet_indent = indent
+        elif not stripped:
+            bullet_indent = None
+        if not stripped.startswith(("+-", "+=")) and not re.match(r"\s*\|.*\|\s*$", line):
+            parts = _LITERAL.split(line)
+            line = "".join(
+                (p + ("\\ " if re.match(r"\w", parts[i + 1] if i + 1 < len(parts) else "") else ""))
+                if p.startswith("`") else p.replace("|", "\\|") for i, p in enumerate(parts))
+        out.append(line)
+    lines[:] = out
+
+
+def _resolve_short_names(app, env, node, contnode):
+    """A docstring's :func:`estimate_llc` names a stagewise object by its last name: resolve it when
+    exactly one documented object has that name."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].lstrip("~.")
+    if "." in target:
+        return None
+    domain = env.get_domain("py")
+    hits = [full for full in domain.objects if full.startswith("stagewise.") and full.rsplit(".", 1)[-1] == target]
+    if len(hits) != 1:
+        return None
+    return domain.resolve_any_xref(env, node["refdoc"], app.builder, hits[0], node, contnode)[0][1] \
+        if domain.resolve_any_xref(env, node["refdoc"], app.builder, hits[0], node, contnode) else None
+
+
+def setup(app):
+    app.add_config_value("docs_mode", os.environ.get("STAGEWISE_DOCS_MODE", "full"), "env")
+    app.add_role("hl", hl_role)
+    app.add_directive("headline-table", HeadlineTable)
+    app.add_directive("committed-figures", CommittedFigures)
+    app.connect("builder-inited", _notebook_pages)
+    app.connect("autodoc-process-docstring", _escape_plain_text)
+    app.connect("missing-reference", _resolve_short_names)
+    return {"version": "1", "parallel_read_safe": True}
