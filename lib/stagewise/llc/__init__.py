@@ -8,7 +8,9 @@
   convergence diagnostic (settle time, drift, chains' agreement; flag ``unconverged``).
 * :mod:`stagewise.llc.module` — :func:`estimate_llc_module` for ``nn.Module``/HookedTransformer.
 * :mod:`stagewise.llc.sweep` — :func:`estimate_llc_sweep` over checkpoints (cached, resumable,
-  serial / processes / Dask) and :func:`calibrate_sgld` + :func:`plot_llc_traces` (D.3.3).
+  serial / processes / Dask).
+* :mod:`stagewise.llc.calibration` — the D.3.3 calibration: :func:`sgld_calibration` (ε × nβ grid
+  at representative checkpoints + a long chain at the profile's setting), figures D.6-D.7.
 """
 
 from stagewise.llc.diagnostics import ESTIMATE_FLAGS, FLAGS, estimate_convergence
@@ -16,15 +18,25 @@ from stagewise.llc.module import estimate_llc_module, module_loss_fn
 from stagewise.llc.sampler import (LLCResult, SGLDConfig, default_nbeta, derive_seed, estimate_llc, fast_bf16_support,
                                    resolve_compute_dtype)
 from stagewise.llc.sweep import (
-    CalibrationResult,
     LLCSweep,
-    calibrate_sgld,
     compare_sweeps,
     convergence_summary,
-    flagged_checkpoints,
     estimate_llc_sweep,
-    plot_llc_traces,
+    flagged_checkpoints,
     sweep_cache_key,
+)
+from stagewise.llc.calibration import (  # noqa: E402 (after the sweep it builds on)
+    CalibrationResult,
+    CalibrationSettings,
+    SGLDCalibration,
+    calibrate_sgld,
+    calibration_checkpoints,
+    classify_estimate,
+    plot_calibration_region,
+    plot_calibration_traces,
+    plot_llc_traces,
+    plot_running_llc,
+    sgld_calibration,
 )
 
 __all__ = [
@@ -49,4 +61,12 @@ __all__ = [
     "calibrate_sgld",
     "CalibrationResult",
     "plot_llc_traces",
+    "CalibrationSettings",
+    "SGLDCalibration",
+    "sgld_calibration",
+    "calibration_checkpoints",
+    "classify_estimate",
+    "plot_calibration_traces",
+    "plot_calibration_region",
+    "plot_running_llc",
 ]

@@ -1,4 +1,4 @@
-"""LLC over training checkpoints (λ̂(t), main paper Fig. 1) and SGLD calibration grids (App. D.3.3).
+"""LLC over training checkpoints (λ̂(t), main paper Fig. 1); calibration grids are in :mod:`stagewise.llc.calibration`.
 
 One sweep runner for every checkpoint list: results are cached per checkpoint in the artifact cache
 (``<cache>/llc/<hash>/result.pt``, keyed by the SGLD config, the checkpoint's weights, the data,
@@ -22,7 +22,6 @@ sets need not travel).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import functools
 import hashlib
 import logging
@@ -40,8 +39,7 @@ from stagewise.hardware import available_cores
 from stagewise.llc.module import estimate_llc_module
 from stagewise.llc.sampler import LLCResult, SGLDConfig, resolve_compute_dtype
 
-__all__ = ["LLCSweep", "estimate_llc_sweep", "sweep_cache_key", "compare_sweeps", "flagged_checkpoints", "convergence_summary",
-           "CalibrationResult", "calibrate_sgld", "plot_llc_traces"]
+__all__ = ["LLCSweep", "estimate_llc_sweep", "sweep_cache_key", "compare_sweeps", "flagged_checkpoints", "convergence_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -353,104 +351,3 @@ def compare_sweeps(a: LLCSweep, b: LLCSweep, n_se: float = 2.0):
                "max_abs_z": float(comparable.z.abs().max()) if len(comparable) else float("nan"),
                "mean_difference": float(comparable.difference.mean()) if len(comparable) else float("nan")}
     return table, summary
-
-
-# --------------------------------------------------------------------------------------------
-# Calibration (D.3.3): a small grid over ε and γ (and nβ) at a few checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class CalibrationResult:
-    """Sweeps over checkpoints for each grid point (ε, γ, nβ) of the calibration grid."""
-
-    epsilons: tuple[float, ...]
-    gammas: tuple[float, ...]
-    nbetas: tuple[float | None, ...]
-    sweeps: dict[tuple[float, float, float | None], LLCSweep]
-
-    def to_frame(self):
-        """One row per (ε, γ, nβ, checkpoint): llc_mean, llc_std, flags (empty = well behaved)."""
-        import pandas as pd
-
-        frames = []
-        for (eps, gamma, nbeta), sweep in self.sweeps.items():
-            df = sweep.to_frame()
-            df.insert(0, "nbeta", sweep.results[0].nbeta if nbeta is None else nbeta)
-            df.insert(0, "gamma", gamma)
-            df.insert(0, "epsilon", eps)
-            frames.append(df)
-        return pd.concat(frames, ignore_index=True)
-
-
-def calibrate_sgld(
-    checkpoints: Sequence[Checkpoint],
-    model_fn: Callable[[], torch.nn.Module],
-    loss: Callable,
-    data,
-    base_config: SGLDConfig,
-    *,
-    epsilons: Sequence[float],
-    gammas: Sequence[float] = (),
-    nbetas: Sequence[float | None] = (),
-    **sweep_kwargs,
-) -> CalibrationResult:
-    """Run :func:`estimate_llc_sweep` for every (ε, γ, nβ) of the grid (App. D.3.3, Fig. D.6).
-
-    Unset axes keep ``base_config``'s value. Rule of thumb (D.3.3): the largest ε whose traces
-    converge without divergence, the smallest γ without escapes, nβ as large as is stable.
-    Results are cached like any sweep, so extending the grid only computes the new points.
-    """
-    gammas = tuple(gammas) or (base_config.gamma,)
-    nbetas = tuple(nbetas) or (base_config.nbeta,)
-    sweeps = {}
-    for eps in epsilons:
-        for gamma in gammas:
-            for nbeta in nbetas:
-                cfg = dataclasses.replace(base_config, epsilon=float(eps), gamma=float(gamma), nbeta=nbeta)
-                log.info("calibration: epsilon=%g gamma=%g nbeta=%s", eps, gamma, nbeta)
-                sweeps[(float(eps), float(gamma), nbeta)] = estimate_llc_sweep(
-                    checkpoints, model_fn, loss, data, cfg, **sweep_kwargs)
-    return CalibrationResult(tuple(map(float, epsilons)), tuple(map(float, gammas)), nbetas, sweeps)
-
-
-def plot_llc_traces(calibration: CalibrationResult, step: int | None = None, nbeta: float | None = None):
-    """Fig. D.6/D.7-style grid: rows γ, columns ε; per-chain online λ̂ traces (thin) and their mean
-    (thick) at checkpoint ``step`` (default: the last), flagged chains drawn dashed."""
-    import matplotlib.pyplot as plt
-
-    from stagewise.plotting import apply_style
-
-    apply_style()
-    nbeta = calibration.nbetas[0] if nbeta is None else nbeta
-    eps_list, gam_list = calibration.epsilons, calibration.gammas
-    fig, axes = plt.subplots(len(gam_list), len(eps_list), figsize=(2.6 * len(eps_list), 2.0 * len(gam_list)),
-                             sharex=True, squeeze=False)
-    for i, gamma in enumerate(gam_list):
-        for j, eps in enumerate(eps_list):
-            ax = axes[i][j]
-            sweep = calibration.sweeps[(eps, gamma, nbeta)]
-            k = len(sweep.steps) - 1 if step is None else int(np.flatnonzero(sweep.steps == step)[0])
-            r = sweep.results[k]
-            x = np.arange(1, r.llc_trace.shape[1] + 1)
-            for c in range(r.llc_trace.shape[0]):
-                flagged = c in r.diagnostics
-                ax.plot(x, r.llc_trace[c], lw=0.7, alpha=0.6, ls="--" if flagged else "-",
-                        color="tab:red" if flagged else "tab:gray")
-            ax.plot(x, r.llc_trace_mean, lw=1.8, color="black")
-            flags = sorted({f for fl in r.diagnostics.values() for f in fl})
-            ax.set_title(f"ε={eps:g}, γ={gamma:g}" + (f"\n{', '.join(flags)}" if flags else ""), fontsize=8,
-                         color="tab:red" if flags else "black")
-            finite = r.llc_trace[np.isfinite(r.llc_trace)]
-            if finite.size:
-                lo, hi = np.percentile(finite, [1, 99])
-                pad = 0.1 * (hi - lo + 1e-12)
-                ax.set_ylim(lo - pad, hi + pad)
-            if i == len(gam_list) - 1:
-                ax.set_xlabel("SGLD draw τ")
-            if j == 0:
-                ax.set_ylabel("online λ̂_τ (eq. 26)")
-    step_label = calibration.sweeps[(eps_list[0], gam_list[0], nbeta)].steps[-1 if step is None else 0]
-    fig.suptitle(f"LLC traces at checkpoint {step if step is not None else int(step_label)}", fontsize=10)
-    fig.tight_layout()
-    return fig

@@ -1,0 +1,96 @@
+"""The D.3.3 calibration: representative checkpoints, cell classes, the grid + long chain, figures."""
+
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stagewise.data.regression import RegressionTask, regression_loss, sample_batch
+from stagewise.llc import (CalibrationSettings, SGLDConfig, calibration_checkpoints, classify_estimate, estimate_llc,
+                           plot_calibration_region, plot_calibration_traces, plot_running_llc, sgld_calibration)
+from stagewise.llc.diagnostics import draws_from_trace
+from stagewise.models.regression import RegressionTransformer, RegressionTransformerConfig
+
+MODEL_FN = functools.partial(RegressionTransformer, RegressionTransformerConfig(n_layers=1, n_heads=2, d_embed=8, d_mlp=8))
+
+
+def test_calibration_checkpoints_early_peak_boundary_late():
+    steps = np.array([0, 10, 20, 50, 100, 200, 500, 1000, 2000])
+    llc = np.array([0.0, 1, 3, 9, 7, 6, 5, 4, 4.5])
+    picks = calibration_checkpoints(steps, llc, boundaries=[40, 150, 1800])
+    # middle of 10..2000 in log steps is ≈141: boundary 150, the step before it is 100
+    assert picks == {"early": 10, "peak": 50, "boundary": 100, "late": 2000}
+    assert list(picks.values()) == sorted(picks.values())
+    # a boundary whose neighbour is already taken adds nothing; no boundary: three checkpoints
+    assert calibration_checkpoints(steps, llc, boundaries=[60]) == {"early": 10, "peak": 50, "late": 2000}
+    assert calibration_checkpoints(steps, llc) == {"early": 10, "peak": 50, "late": 2000}
+    with pytest.raises(ValueError):
+        calibration_checkpoints([0], [1.0])
+
+
+def _quadratic(epsilon, nbeta, draws, burnin=0, gamma=1.0, centre=0.0):
+    cfg = SGLDConfig(epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_chains=2, num_draws=draws, num_burnin=burnin, seed=0)
+    return estimate_llc(lambda p, b: ((p["w"] - centre) ** 2).sum(), {"w": torch.zeros(10, dtype=torch.float64)}, cfg,
+                        progress=False)
+
+
+def test_cells_are_classified_by_their_failure_mode():
+    assert classify_estimate(_quadratic(1e-2, 10.0, 1000, 100)) == "good"
+    assert classify_estimate(_quadratic(0.3, 100.0, 100)) == "diverged"  # ε nβ K'' = 60 > 2: unstable
+    assert classify_estimate(_quadratic(1e-4, 10.0, 200)) == "stalled"  # relaxation ≈ 500 steps > 200 draws
+    # w* = 0 is not the minimum (centre 0.5) and γ is weak: the chains find lower loss
+    assert classify_estimate(_quadratic(1e-2, 10.0, 400, 100, gamma=0.1, centre=0.5)) == "escape"
+
+
+@pytest.fixture
+def calibration(tmp_cache):
+    states = {}
+    for step in (10, 20):
+        torch.manual_seed(step)
+        states[step] = {k: v.clone() for k, v in MODEL_FN().state_dict().items()}
+    b = sample_batch(RegressionTask(), 96, torch.Generator().manual_seed(1))
+    cfg = SGLDConfig(epsilon=1e-4, gamma=100.0, num_chains=2, num_draws=12, num_burnin=3, batch_size=32, seed=0)
+    settings = CalibrationSettings(epsilon_factors=(0.1, 1.0), nbeta_factors=(1.0, 3.0), num_draws=10, long_factor=3)
+    return sgld_calibration("toy", {"early": 10, "late": 20}, states, MODEL_FN, regression_loss, (b.tokens, b.ys), cfg,
+                            settings, progress=False)
+
+
+def test_sgld_calibration_grid_long_chain_and_record(calibration):
+    cal = calibration
+    cells = cal.cells
+    assert len(cells) == 2 * 2 * 2 and cells["is_profile"].sum() == 2  # 2 ε × 2 nβ × 2 checkpoints
+    assert set(cells["class"]) <= {"good", "stalled", "escape", "diverged"}
+    table = cal.long_table()
+    for step in (10, 20):
+        long, prof = cal.long[step], cal.profile[step]
+        assert long.llc_trace.shape == (1, 36)
+        # same seed: the long chain's first 12 draws are the profile's chain 0, so its running
+        # estimate at the profile's draw count is that chain's λ̂
+        assert long.llc_trace[0, 11] == pytest.approx(prof.llc_per_chain[0], rel=1e-9)
+        row = table.set_index("step").loc[step]
+        settled = draws_from_trace(long.llc_trace)[0, 18:].mean()
+        assert row["long_settled"] == pytest.approx(settled)
+        assert row["ratio"] == pytest.approx(prof.llc_mean / settled)
+    assert cal.adequate == bool(np.all(np.abs(table["ratio"] - 1) <= 0.05))
+    assert ("NOT adequate" in cal.sentence()) != cal.adequate
+    rec = json.loads(json.dumps(cal.to_record(), default=float))
+    assert rec["chosen"]["epsilon"] == 1e-4 and len(rec["cells"]) == 8 and rec["adequate"] == cal.adequate
+    assert {u["epsilon"] for u in rec["usable"]} <= {1e-5, 1e-4}
+
+
+def test_calibration_figures(calibration):
+    import matplotlib.pyplot as plt
+
+    fig = plot_calibration_traces(calibration)
+    assert len(fig.axes) == 4 and any(ax.get_title().startswith("profile") for ax in fig.axes)
+    fig2 = plot_calibration_region(calibration)
+    fig3 = plot_running_llc(calibration)
+    assert len(fig2.axes) == 2 and len(fig3.axes) == 2
+    plt.close("all")
+
+
+def test_settings_must_contain_the_profile_cell():
+    with pytest.raises(ValueError, match="1.0"):
+        CalibrationSettings(epsilon_factors=(0.5, 2.0))
