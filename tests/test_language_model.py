@@ -1,4 +1,4 @@
-"""Attention-only language models (App. D.1.1) and the language profiles (SPEC.md §4)."""
+"""Attention-only language models (App. D.1.1) and the language profiles."""
 
 import math
 

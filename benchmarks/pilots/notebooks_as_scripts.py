@@ -6,7 +6,7 @@ no Jupyter stack: each Jupytext ``notebooks/NN_*.py`` is executed in a fresh nam
 
 Writes ``notebooks_as_scripts.json`` under ``--out`` after every notebook: status, seconds, the
 device torch saw, the GPU memory high-water mark (0 when nothing ran there), and the headline JSON
-the notebook wrote (SPEC.md §0), so the numbers can be set beside a CPU run of the same profile.
+the notebook wrote, so the numbers can be set beside a CPU run of the same profile.
 """
 
 from __future__ import annotations

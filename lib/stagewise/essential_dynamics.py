@@ -1,8 +1,8 @@
 """Essential dynamics: PCA of model outputs over training and the geometry of the trajectory.
 
-[T] "The Developmental Landscape of In-Context Learning", §3.2 and Fig. 2; [E] the post's Fig. 9:
+[DL] §3.2 and Fig. 2; [E] Fig. 9 (citation keys: docs/index.md):
 
-* a_t = (f_{w_t}(x_i))_{i=1..n} ∈ ℝ^{mn}, the outputs on a fixed input set at checkpoint t (eq. 7 of [T]);
+* a_t = (f_{w_t}(x_i))_{i=1..n} ∈ ℝ^{mn}, the outputs on a fixed input set at checkpoint t (eq. 7 of [DL]);
   the checkpoints' a_t are stacked and PCA is fitted (jointly over several runs: on their union);
 * the developmental trajectory γ is the projection onto the top PCs, smoothed along training;
 * for each plane projection γ_{ij} (a pair of PCs): osculating circles (radius 1/|κ|), their
@@ -12,7 +12,8 @@
   (and lifted to output space) from the osculating centres there.
 
 How the trajectory is parametrised and smoothed, and when a vertex counts, is ours (the papers'
-§B.8 is not in ``shared/papers``); chosen once, before looking at any run's forms, for these reasons:
+§B.8, which says how, was not available to us); chosen once, before looking at any run's forms,
+for these reasons:
 
 * **Parametrised by log10(step + 1)**, the axis the LLC's stages are found on (stage boundaries
   are a factor apart, not a number of steps apart). The paper's checkpoints (100 linear + 90
@@ -105,7 +106,7 @@ class Cusp:
 
 @dataclass(frozen=True)
 class Form:
-    """A time at which every plane projection has a cusp (Def. in §3.2.1 of [T])."""
+    """A time at which every plane projection has a cusp (Def. in §3.2.1 of [DL])."""
 
     step: float
     index: int

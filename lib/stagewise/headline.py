@@ -1,8 +1,9 @@
-"""Headline numbers as data (SPEC.md §0): each notebook writes ``<figures folder>/<notebook>.json``.
+"""Headline numbers as data: each notebook writes ``<figures folder>/<notebook>.json``.
 
 The file is plain JSON (numbers never strings, keys in snake_case, NaN/inf written as ``null``),
 written atomically beside the notebook's figures, e.g. ``figures/02_regression_stages.json`` or
-``figures/long/01_lm_stages.json``. The README's result tables quote these files.
+``figures/long/01_lm_stages.json``. The docs' results pages and the README's verdict table are
+generated from these files.
 
 * :func:`stage_headline` — detected boundaries (with their intervals), stage directions and names,
   and the LLC at each boundary, from a :class:`stagewise.stages.StageResult`;

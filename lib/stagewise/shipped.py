@@ -1,4 +1,4 @@
-"""Training runs shipped with the repository (SPEC.md §0, "shipped runs at `long`").
+"""Training runs shipped with the repository, for the `long` profile.
 
 A run that a 2-core CPU cannot redo within a profile's budget (the regression model's 500k steps at
 `long`: ≈ 4–5 h on one core) lives in ``data/runs/<name>.pt`` (every checkpoint in fp32, the

@@ -46,7 +46,7 @@ class Stage:
     end: float
     direction: str  # "increase" (type A) or "decrease" (type B)
     duration: float
-    delta: float  # change of the smoothed curve over the stage (Δλ̂ in Tables 1–2 of [T])
+    delta: float  # change of the smoothed curve over the stage (Δλ̂ in Tables 1–2 of [DL])
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class StageResult:
         return np.log(steps + self.offset) if self.log_time else steps
 
     def summary(self):
-        """A pandas table in the style of Tables 1–2 of [T]: stage, start, end, type, Δλ̂."""
+        """A pandas table in the style of Tables 1–2 of [DL]: stage, start, end, type, Δλ̂."""
         import pandas as pd
 
         return pd.DataFrame(

@@ -1,4 +1,4 @@
-"""Run profiles: one code path, four presets (SPEC.md §0).
+"""Run profiles: one code path, four presets.
 
 * ``smoke`` — CI via nbmake: every cell runs and every figure is drawn; numbers are meaningless.
 * ``cpu``   — the default: the phenomena at reduced scale on a 2-core CPU (≤ 45 min a notebook).

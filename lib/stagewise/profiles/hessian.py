@@ -1,4 +1,4 @@
-"""Profiles for the Hessian comparison (notebook 05; SPEC.md §7)."""
+"""Profiles for the Hessian comparison (notebook 05)."""
 
 from __future__ import annotations
 
@@ -45,5 +45,5 @@ PROFILES = {
                             num_checkpoints=10, lanczos_tol=1e-2),
 }
 
-# long: nothing more to show than cpu (SPEC.md §0): the cpu settings under the long name
+# long: nothing more to show than cpu: the cpu settings under the long name
 PROFILES["long"] = replace(PROFILES["cpu"], name="long")

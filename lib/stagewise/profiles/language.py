@@ -1,4 +1,4 @@
-"""Profiles for the language-model setting (notebook 01 and the refined-LLC notebook; SPEC.md §4).
+"""Profiles for the language-model setting (notebook 01 and the refined-LLC notebook 04).
 
 The paper (App. D.1): attention-only transformers, L = 2 (and L = 1), d_model 256, 8 heads,
 context 1024, 5k vocabulary; AdamW lr 0.001, weight decay 0.05, betas (0.9, 0.999), batch 100,
@@ -68,7 +68,7 @@ class LanguageProfile:
     one_layer_steps: int = 50_000
     one_layer_analysis_checkpoints: int = 500
     seeds: tuple[int, ...] = (1, 2, 3, 4, 5)  # Fig. B.1a; the first is the main run (train.seed, data_seed)
-    # Analogue data (SPEC.md §0; `long` only): a share of the training contexts rewritten with repeated
+    # Analogue data (`long` only): a share of the training contexts rewritten with repeated
     # segments, and a context-length curriculum. Both default to the paper's plain text; the SGLD
     # data of the LLC get the same repeat_mix (the training distribution after the curriculum).
     repeat_mix: RepeatMix = field(default_factory=RepeatMix)
@@ -112,7 +112,7 @@ class LanguageProfile:
     @property
     def analogue(self) -> str:
         """The non-paper ingredients of this profile's data in words ("" for the paper's plain text):
-        every figure title, table and JSON of an analogue setting names them (SPEC.md §0)."""
+        every figure title, table and JSON of an analogue setting names them."""
         return describe_analogue(self.repeat_mix, self.curriculum)
 
     def data_record(self) -> dict:
@@ -162,7 +162,7 @@ PROFILES = {
                              # one epoch of >= 5.12B tokens as in the paper; $STAGEWISE_PAPER_CORPUS names the
                              # corpus (local shards or 'hub'); without it notebook 01 stops at once
                              corpus=paper_corpus(PAPER_TRAIN.num_steps * 100 * 1024)),
-    # cpu: chosen by measurement on this 2-core machine (README): the paper's architecture at context
+    # cpu: chosen by measurement on this 2-core machine (docs/profiles.md): the paper's architecture at context
     # 256 and batch 8 (2,048 tokens per step) trains at ~7k tokens/s on 2 threads of the first
     # machine (3.2-4.3k on one thread of the later AMD EPYCs), dominated by the 256 x 5000
     # unembedding, so 4,000 AdamW steps at the paper's lr (8.2M tokens) take ~20 min there (32-42 min
@@ -215,8 +215,8 @@ PROFILES = {
     ),
 }
 
-# long: LM3-LM4 on a CPU through an analogue of the paper's data (issue #30; SPEC.md §0), chosen by the
-# pilots in the README (*Induction-head pilots*): natural text in which half of the contexts repeat
+# long: LM3-LM4 on a CPU through an analogue of the paper's data (issue #30), chosen by the
+# induction-head pilots (docs/results/pilots.md): natural text in which half of the contexts repeat
 # two passages of their own text four times each at random offsets, and a context-length curriculum
 # (the first 3,000 steps on 32-token contexts whose passages repeat three times). Pilot s12_p6 (one
 # thread, fused AdamW) formed a layer-0 previous-token head, a layer-1 prefix-matching head and a

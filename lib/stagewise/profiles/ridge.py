@@ -1,4 +1,4 @@
-"""Profiles for the transient-ridge setting (notebook 03; Carroll et al., shared/transient-ridge.md).
+"""Profiles for the transient-ridge setting (notebook 03; [C]).
 
 One training run per task diversity M (the ``m_grid`` plus M = ∞), all with the same model,
 optimiser, batch and seed; only the task prior q_M changes. The nested task sets T_M are prefixes
@@ -141,5 +141,5 @@ PROFILES = {
     ),
 }
 
-# long: nothing more to show than cpu (SPEC.md §0): the cpu settings under the long name
+# long: nothing more to show than cpu: the cpu settings under the long name
 PROFILES["long"] = replace(PROFILES["cpu"], name="long")
