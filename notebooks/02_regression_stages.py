@@ -780,6 +780,44 @@ if cfg.model.residual != base.model.residual:
     print(pd.DataFrame(residual_comparison).T)
 
 # %% [markdown]
+# ## SGLD calibration (App. D.3.3)
+# Are the chains converged, and is the paper's (ε, nβ, γ) usable at this profile's budget? As in
+# App. D.3.3, at four representative checkpoints of seed 0's curve (the first, the LLC's peak, the
+# step before the boundary nearest the middle of the run, the last): a grid over ε × nβ of short
+# chains (γ kept), each classified as *diverged* (NaN, or λ̂ beyond d), *escape* (loss below
+# ℓ(w*)), *stalled* (the running estimate still drifts, or the chains disagree) or *good*; and, at
+# the profile's own setting, one chain five times as long with the same seed, whose first draws are
+# the profile's chain 0, so its running estimate at the profile's draw count is the profile's. The
+# profile's estimate is compared with that chain's settled value (the mean of its second half).
+# Then every estimate of the main sweeps that is flagged: *unconverged* (the running estimate moved
+# by more than 5%/3 over its last quarter, significantly, or the chains disagree by more than 5%
+# with split-R̂ > 1.1; `stagewise.llc.estimate_convergence`) or with a flagged chain.
+
+# %%
+from stagewise.llc import plot_calibration_region, plot_calibration_traces, plot_running_llc
+from stagewise.runs import regression_sgld_calibration
+
+t0 = time.perf_counter()
+calibration = regression_sgld_calibration(cfg.llc_profile(seed0), seed0, sweeps[seed0], stage_results[seed0].boundaries)
+timings["SGLD calibration"] = time.perf_counter() - t0
+for name, make in (("figD6_regression_sgld_grid", plot_calibration_traces),
+                   ("figD6_regression_sgld_region", plot_calibration_region),
+                   ("figD7_regression_running_llc", plot_running_llc)):
+    fig = make(calibration)
+    save_figure(fig, name, profile=cfg.name, directory=figure_dir)
+    plt.show()
+print(calibration.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
+print("usable (good at every calibration checkpoint), rows nβ, columns ε:")
+print(calibration.usable())
+for seed in cfg.llc_seeds:
+    flagged = sweeps[seed].flagged_checkpoints()
+    print(f"seed {seed}: {len(flagged)} of {len(sweeps[seed].steps)} estimates flagged "
+          f"({len(sweeps[seed].unconverged_steps)} unconverged)")
+    if len(flagged):
+        print(flagged.round(3).to_string(index=False))
+print(calibration.sentence())
+
+# %% [markdown]
 # ## Headline numbers as data
 # Written to `02_regression_stages.json` beside this profile's figures (SPEC.md §0): per seed with
 # an LLC curve, the detected boundaries with their intervals and the LLC there, the stages' names
@@ -803,6 +841,7 @@ for seed, res in stage_results.items():
     record["final_train_loss"] = float(runs[seed].smoothed_loss()[-1])
     record["llc_checkpoints"] = int(len(sw.steps))
     record["flagged_checkpoints"] = sorted(int(s) for s in sw.diagnostics)
+    record["convergence"] = sw.convergence_summary()
     # the curve itself, for comparisons across runs (the residual section) without the cache
     record["llc_curve"] = {"step": res.steps, "llc": sw.llc_mean[kept], "gp_mean": res.smoothed,
                            "gp_slope": res.slope, "gp_slope_std": res.slope_std}
@@ -827,6 +866,7 @@ for seed, res in stage_results.items():
         "settings": ed.settings}
     headline["seeds"][f"seed_{seed}"] = record
 headline["residual_comparison"] = residual_comparison
+headline["sgld_calibration"] = calibration.to_record(sweeps[seed0])
 headline["llc_boundaries_at_60_checkpoints"] = None if boundaries_60 is None else [float(b) for b in boundaries_60]
 path = write_headline("02_regression_stages", cfg.name, headline, wall_time_s=timings["total"],
                       directory=figure_dir)

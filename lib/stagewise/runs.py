@@ -128,6 +128,25 @@ def regression_llc(profile: RegressionProfile, seed: int, executor="serial", pro
     )
 
 
+def regression_sgld_calibration(profile: RegressionProfile, seed: int, sweep, boundaries=(), progress: bool = True,
+                                device=None):
+    """The SGLD calibration (App. D.3.3) of ``profile.sgld`` on ``regression_run(profile, seed)``:
+    :func:`stagewise.llc.sgld_calibration` at the checkpoints :func:`stagewise.llc.calibration_checkpoints`
+    picks from ``sweep`` (the seed's :func:`regression_llc`, whose estimates it reuses) and the
+    detected ``boundaries``, with ``profile.sgld_calibration``'s grid. Every chain is cached."""
+    from stagewise.hardware import resolve_device
+    from stagewise.llc import calibration_checkpoints, sgld_calibration
+
+    run = regression_run(profile, seed, progress=progress)
+    settings = profile.sgld_calibration
+    picks = calibration_checkpoints(sweep.steps, sweep.llc_mean, boundaries, settings.num_checkpoints)
+    return sgld_calibration(
+        "regression", picks, {s: run.checkpoint_path(s) for s in picks.values()},
+        partial(RegressionTransformer, profile.model), regression_sgld_loss(profile.sgld_loss),
+        sgld_dataset(profile.task, profile.num_sgld_samples), profile.sgld, settings, profile_sweep=sweep,
+        compute_dtype=profile.sgld_dtype, cuda_graph=None, device=str(resolve_device(device)), progress=progress)
+
+
 def regression_hessian(profile: RegressionProfile, hessian, seed: int, progress: bool = True, device="cpu"):
     """Hutchinson trace (± s.e.) and top Lanczos eigenvalue of ``regression_run(profile, seed)`` at
     ``hessian.num_checkpoints`` checkpoints, on one fixed batch of ``hessian.hessian_batch``

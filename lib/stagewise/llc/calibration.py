@@ -50,7 +50,8 @@ class CalibrationSettings:
     """The D.3.3 calibration of one setting (a profile field; the numbers behind it go in its comment).
 
     epsilon_factors / nbeta_factors: the grid, as multiples of the profile's ε and nβ (1 must be in
-    both: the profile's own cell). num_chains / num_burnin / num_draws: the grid's short chains.
+    both: the profile's own cell). num_chains / num_burnin / num_draws: the grid's short chains
+    (num_burnin None: the profile's, so the profile's cell sees the profile's burn-in).
     long_factor: the long chain runs this many times the profile's draws (same burn-in).
     num_checkpoints: how many representative checkpoints (:func:`calibration_checkpoints`, ≤ 4).
     """
@@ -58,7 +59,7 @@ class CalibrationSettings:
     epsilon_factors: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
     nbeta_factors: tuple[float, ...] = (0.3, 1.0, 3.0)
     num_chains: int = 1
-    num_burnin: int = 0
+    num_burnin: int | None = None  # None: the profile's burn-in
     num_draws: int = 200
     long_factor: int = 5
     num_checkpoints: int = 4
@@ -254,17 +255,17 @@ class SGLDCalibration:
         rec = {
             "setting": self.setting,
             "checkpoints": self.checkpoints,
-            "tried": {"epsilon": sorted({float(e) for e in cells["epsilon"]}),
-                      "nbeta": sorted({float(b) for b in cells["nbeta"]}), "gamma": self.config.gamma,
+            "tried": {"epsilon": sorted({_round(e) for e in cells["epsilon"]}),
+                      "nbeta": sorted({_round(b) for b in cells["nbeta"]}), "gamma": self.config.gamma,
                       "short_chain": {"chains": self.grid.sweeps[next(iter(self.grid.sweeps))].results[0].config.num_chains,
                                       "burnin": self.grid.sweeps[next(iter(self.grid.sweeps))].results[0].config.num_burnin,
                                       "draws": self.grid.sweeps[next(iter(self.grid.sweeps))].results[0].config.num_draws}},
             "chosen": {"epsilon": self.config.epsilon, "nbeta": self.nbeta, "gamma": self.config.gamma,
                        "chains": self.config.num_chains, "burnin": self.config.num_burnin,
                        "draws": self.config.num_draws, "batch_size": self.config.batch_size},
-            "cells": [{"epsilon": float(r.epsilon), "nbeta": float(r.nbeta), "step": int(r.step), "class": r["class"],
+            "cells": [{"epsilon": _round(r.epsilon), "nbeta": _round(r.nbeta), "step": int(r.step), "class": r["class"],
                        "llc": float(r.llc_mean), "drift": float(r.drift)} for _, r in cells.iterrows()],
-            "usable": [{"epsilon": float(e), "nbeta": float(b)} for b in usable.index for e in usable.columns
+            "usable": [{"epsilon": _round(e), "nbeta": _round(b)} for b in usable.index for e in usable.columns
                        if bool(usable.loc[b, e])],
             "long_chain": self.long_table().to_dict(orient="records"),
             "adequate": self.adequate,
@@ -274,6 +275,10 @@ class SGLDCalibration:
         if sweep is not None:
             rec["sweep"] = sweep.convergence_summary()
         return rec
+
+
+def _round(x: float) -> float:
+    return float(f"{float(x):.6g}")
 
 
 def sgld_calibration(
@@ -301,8 +306,8 @@ def sgld_calibration(
     """
     cks = [(int(s), states[int(s)]) for s in checkpoints.values()]
     nbeta = config.resolved_nbeta(has_data)
-    short = dataclasses.replace(config, num_chains=settings.num_chains, num_burnin=settings.num_burnin,
-                                num_draws=settings.num_draws)
+    burnin = config.num_burnin if settings.num_burnin is None else settings.num_burnin
+    short = dataclasses.replace(config, num_chains=settings.num_chains, num_burnin=burnin, num_draws=settings.num_draws)
     grid = calibrate_sgld(cks, model_fn, loss, data, short,
                           epsilons=[config.epsilon * f for f in settings.epsilon_factors],
                           nbetas=[nbeta * f for f in settings.nbeta_factors], **sweep_kwargs)
@@ -398,6 +403,7 @@ def plot_calibration_region(cal: SGLDCalibration):
         for _, r in sub.iterrows():
             grid[nb_list.index(min(nb_list, key=lambda b: abs(b - r.nbeta))),
                  eps_list.index(min(eps_list, key=lambda e: abs(e - r.epsilon)))] = CELL_CLASSES.index(r["class"])
+        ax.grid(False)
         ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(CELL_CLASSES) - 0.5, origin="lower", aspect="auto")
         pi = nb_list.index(min(nb_list, key=lambda b: abs(b - cal.nbeta)))
         pj = eps_list.index(min(eps_list, key=lambda e: abs(e - cal.config.epsilon)))

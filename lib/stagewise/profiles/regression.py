@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from stagewise.data.regression import RegressionTask
-from stagewise.llc import SGLDConfig
+from stagewise.llc import CalibrationSettings, SGLDConfig
 from stagewise.models.regression import RegressionTransformerConfig
 from stagewise.train import TrainConfig
 
@@ -43,6 +43,15 @@ class RegressionProfile:
     # machine runs bf16 faster (stagewise.llc.fast_bf16_support), else fp32 (resolve_compute_dtype)
     sgld_loss: str = "predictions_only"
     sgld_dtype: str = "auto"
+    # SGLD calibration (App. D.3.3; notebook 02's section, stagewise.llc.calibration): an ε × nβ grid
+    # of short chains at 4 representative checkpoints and one chain 5x the profile's draws at its
+    # setting. Default (paper, cpu, long): ε and nβ at 0.3x-10x and 0.3x-3x the profile's, one chain
+    # of (profile burn-in + 100) steps per cell. Cost at `cpu` (17.5 ms per chain-step at m = 256):
+    # 12 cells x 4 checkpoints x 200 steps ≈ 2.8 min, the long chains 4 x 1,100 steps ≈ 1.3 min.
+    # Not part of any cache key (each chain is cached by its own SGLD config).
+    sgld_calibration: CalibrationSettings = CalibrationSettings(epsilon_factors=(0.3, 1.0, 3.0, 10.0),
+                                                                nbeta_factors=(0.3, 1.0, 3.0), num_draws=100,
+                                                                long_factor=5, num_checkpoints=4)
     # a run shipped in data/runs/ for this profile's key (the `long` 500k steps) is loaded instead of
     # trained when the cache has none; False retrains and checks the result against the shipped one
     # (stagewise.runs.regression_run). Not part of any cache key.
@@ -142,5 +151,8 @@ PROFILES = {
         num_sgld_samples=256,
         llc_seeds=(0, 1),
         other_seeds_llc_checkpoints=9,  # 8 positive steps, the least stage detection takes
+        # the calibration's code path in seconds: 2 cells x 2 checkpoints, a 2x chain
+        sgld_calibration=CalibrationSettings(epsilon_factors=(1.0, 10.0), nbeta_factors=(1.0,), num_draws=10,
+                                             long_factor=2, num_checkpoints=2),
     ),
 }
