@@ -53,7 +53,29 @@ def load(root: Path = ROOT) -> dict[str, dict]:
         data[f"runs/{path.stem}"] = json.loads(path.read_text())
     for path in sorted((root / "benchmarks" / "results").glob("*.json")):
         data[f"bench/{path.stem}"] = json.loads(path.read_text())
+    for path in sorted((root / "benchmarks" / "results" / "pilots").glob("long-*/[0-9][0-9]_*.json")):
+        data[f"pilot/{path.parent.name}/{path.name[:2]}"] = json.loads(path.read_text())
+    data["derived"] = derived(data)
     return data
+
+
+PAPER_LM_TOKENS = 50_000 * 100 * 1024  # [H] App. D.2.3: 50k steps at batch 100 x context 1,024
+
+
+def derived(data: dict[str, dict]) -> dict:
+    """Numbers computed from the JSON (never typed): shares, worst errors, totals."""
+    out: dict = {}
+    if "cpu/01" in data:
+        out["paper_lm_tokens"] = PAPER_LM_TOKENS
+        for prof in ("cpu", "long"):
+            if f"{prof}/01" in data:
+                out[f"lm_token_share_{prof}"] = data[f"{prof}/01"]["tokens_seen"] / PAPER_LM_TOKENS
+    out["committed_pngs"] = sum(len(paths) for _, paths in committed_figures())
+    out["committed_figure_names"] = len(committed_figures())
+    if "cpu/05" in data:
+        toys = data["cpu/05"]["toy_potentials"]
+        out["toy_worst_abs_error"] = max(abs(t["llc_estimate"] - t["llc_exact"]) for t in toys)
+    return out
 
 
 def lookup(data: dict[str, dict], key: str):
@@ -450,7 +472,33 @@ def t_profiles(data: dict) -> str:
                    "`long`: the run that wrote `figures/long/` (`wall_time_s`)"], rows)
 
 
+def t_regression_pilots(data: dict) -> str:
+    """The regression schedule pilots' headline JSON beside `long`'s: boundaries and the LR3/LR4 collapses."""
+    runs = [(f"pilot/long-{n}/02", f"{int(n) // 1000}k steps (pilot)") for n in ("100000", "200000")
+            if f"pilot/long-{n}/02" in data]
+    runs.append(("long/02", "500k steps (`long`, the shipped run)"))
+    rows = []
+    for src, label in runs:
+        p = f"{src}:seeds.seed_0"
+        bounds = ", ".join(_hl(f"{p}.boundaries.{k}.step;int") for k in range(len(lookup(data, p + ".boundaries"))))
+        dirs = " ".join({"increase": "+", "decrease": "−"}.get(st["llc_direction"], "~") for st in lookup(data, p + ".stages"))
+        cells = []
+        for k in (7, 9):
+            q = f"{p}.signatures.{k}"
+            cells.append(_hl(q + ".step;int") if lookup(data, q + ".appears") else "✗")
+        rows.append([label, _hl(p + ".llc_checkpoints"), bounds, dirs, cells[0], cells[1],
+                     "no" if lookup(data, f"{p}.boundaries_vs_paper.2.detected") is None else "yes"])
+    return _table(["run (seed 0)", "LLC checkpoints", "LLC boundaries", "directions", "LR3: final LayerNorm collapse",
+                   "LR4: first attention LayerNorm", "LR3\\|LR4 resolved"], rows)
+
+
+def t_verdicts(data: dict) -> str:
+    return verdict_table(data)
+
+
 TABLES = {
+    "verdicts": t_verdicts,
+    "regression-pilots": t_regression_pilots,
     "regression-boundaries": t_regression_boundaries,
     "regression-stages": t_regression_stages,
     "regression-llc": t_regression_llc,

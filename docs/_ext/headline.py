@@ -139,20 +139,46 @@ def _escape_plain_text(app, what, name, obj, options, lines):
     lines[:] = out
 
 
-def _resolve_short_names(app, env, node, contnode):
-    """A docstring's :func:`estimate_llc` names a stagewise object by its last name: resolve it when
-    exactly one documented object has that name."""
+def _canonical(target: str, current_module: str | None) -> tuple[str, str] | None:
+    """(name, role) of what a reference into stagewise means: the object's defining module and
+    name when it is documented there, else the module that holds an undocumented constant."""
+    import importlib
+
+    target = target.lstrip("~.")
+    modules = [m for m in sorted(sys.modules) if m == "stagewise" or m.startswith("stagewise.")]
+    if "." in target and target.startswith("stagewise."):
+        owner, _, attr = target.rpartition(".")
+        candidates = [owner]
+    else:
+        attr = target.rsplit(".", 1)[-1]
+        candidates = ([current_module] if current_module else []) + modules
+    for name in candidates:
+        try:
+            module = importlib.import_module(name)
+        except Exception:
+            continue
+        if not hasattr(module, attr):
+            continue
+        obj = getattr(module, attr)
+        home = getattr(obj, "__module__", None)
+        if isinstance(home, str) and home.startswith("stagewise") and hasattr(obj, "__qualname__"):
+            return f"{home}.{obj.__qualname__}", "obj"
+        return name, "mod"  # a constant: link to the module that defines it
+    return None
+
+
+def _resolve_stagewise_refs(app, env, node, contnode):
+    """References the docstrings write through a package (``stagewise.llc.estimate_llc``, defined
+    in ``stagewise.llc.sampler``), by a bare name (``estimate_llc``), or to a module constant
+    without a docstring: resolve to the object's canonical page (or its module's)."""
     if node.get("refdomain") != "py":
         return None
-    target = node["reftarget"].lstrip("~.")
-    if "." in target:
+    found = _canonical(node["reftarget"], node.get("py:module"))
+    if found is None:
         return None
+    name, role = found
     domain = env.get_domain("py")
-    hits = [full for full in domain.objects if full.startswith("stagewise.") and full.rsplit(".", 1)[-1] == target]
-    if len(hits) != 1:
-        return None
-    return domain.resolve_any_xref(env, node["refdoc"], app.builder, hits[0], node, contnode)[0][1] \
-        if domain.resolve_any_xref(env, node["refdoc"], app.builder, hits[0], node, contnode) else None
+    return domain.resolve_xref(env, node["refdoc"], app.builder, role, name, node, contnode)
 
 
 def setup(app):
@@ -162,5 +188,5 @@ def setup(app):
     app.add_directive("committed-figures", CommittedFigures)
     app.connect("builder-inited", _notebook_pages)
     app.connect("autodoc-process-docstring", _escape_plain_text)
-    app.connect("missing-reference", _resolve_short_names)
+    app.connect("missing-reference", _resolve_stagewise_refs)
     return {"version": "1", "parallel_read_safe": True}
