@@ -103,7 +103,8 @@ def test_readme_example_runs_as_written():
     llc, stages, ed, steps = namespace["llc"], namespace["stages"], namespace["ed"], np.array(namespace["steps"])
     lam = np.array([r.llc_mean for r in llc])
     assert len(llc) == len(namespace["checkpoints"]) == 16 and np.all(np.isfinite(lam))
-    assert sum(bool(r.diagnostics) for r in llc) <= 2, "checkpoints past the first saddle must not be flagged"
+    flagged = sum(bool(r.diagnostics) or r.unconverged for r in llc)
+    assert flagged <= 2, f"{flagged} estimates flagged: checkpoints past the first saddle should not be"
     # λ̂ steps up with the rank the network has learned: rank 1 (to step ~210), 2 (~350-700), 3 (from ~1,200)
     rank1, rank2, rank3 = (lam[(steps >= a) & (steps <= b)].mean() for a, b in ((150, 211), (355, 709), (1191, 2000)))
     assert rank1 + 0.1 < rank2 < rank3, (rank1, rank2, rank3)
