@@ -466,6 +466,38 @@ if one_layer:
         ["paper stage", "signature", "appears", "step", "our stage", "effect"]])
 
 # %% [markdown]
+# ## SGLD calibration (App. D.3.3)
+# The LLC curve above rests on short chains (the profile's budget, far below the paper's 20 × 200
+# draws of 100 contexts). As in App. D.3.3, at representative checkpoints (the first, the LLC's
+# peak, the step before the boundary nearest the middle of the run in log steps): a grid over
+# ε × nβ of short chains (γ kept), each classified *diverged*, *escape*, *stalled* (still drifting
+# or chains disagreeing) or *good*; and at the profile's setting one chain five times as long with
+# the same seed, whose first draws are the profile's chain 0, against which the profile's estimate
+# is read (its settled value: the mean of its second half). Then the estimates of the main sweep
+# flagged *unconverged* or with a flagged chain (`stagewise.llc.estimate_convergence`).
+
+# %%
+from stagewise.llc import plot_calibration_region, plot_calibration_traces, plot_running_llc
+from stagewise.runs import language_sgld_calibration
+
+t0 = time.perf_counter()
+calibration = language_sgld_calibration(cfg, sweep, stages.boundaries, run=run)
+t_calibration = time.perf_counter() - t0
+for name, make in (("figD6_lm_sgld_grid", plot_calibration_traces), ("figD6_lm_sgld_region", plot_calibration_region),
+                   ("figD7_lm_running_llc", plot_running_llc)):
+    fig = make(calibration)
+    save_figure(fig, name, profile=cfg.name)
+    plt.show()
+print(calibration.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
+print("usable (good at every calibration checkpoint), rows nβ, columns ε:")
+print(calibration.usable())
+flagged = sweep.flagged_checkpoints()
+print(f"{len(flagged)} of {len(sweep.steps)} estimates of the LLC curve flagged ({len(sweep.unconverged_steps)} unconverged)")
+if len(flagged):
+    print(flagged.round(3).to_string(index=False))
+print(calibration.sentence(), f"({t_calibration:.0f} s)")
+
+# %% [markdown]
 # ## Headline numbers as data
 # Written to `01_lm_stages.json` beside this profile's figures (SPEC.md §0): tokens seen, the
 # detected boundaries with their intervals and the LLC there, the stages named after the paper's,
@@ -491,6 +523,7 @@ headline = {
     "tokens_seen": cfg.train.num_steps * cfg.tokens_per_step, "training_s": run.seconds,
     "stages": stage_headline(stages, t_llc, llc, ["+".join(lab) for lab in labels]),
     "flagged_checkpoints": sorted(int(s) for s in sweep.diagnostics),
+    "sgld_calibration": calibration.to_record(sweep),
     "signatures": [{"paper_stage": r["paper stage"], "signature": r["signature"], "appears": bool(r["appears"]),
                     "step": float(r["step"]) if r["appears"] else None, "our_stage": r["our stage name"]}
                    for _, r in signatures.iterrows()],

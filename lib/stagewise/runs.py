@@ -344,6 +344,25 @@ def language_llc(profile, run: TrainedRun | None = None, steps=None, executor="s
     )
 
 
+def language_sgld_calibration(profile, sweep, boundaries=(), run: TrainedRun | None = None, progress: bool = True,
+                              device=None):
+    """The SGLD calibration (App. D.3.3) of ``profile.sgld`` on ``language_run(profile)``, as
+    :func:`regression_sgld_calibration`: checkpoints picked from ``sweep`` (the profile's
+    :func:`language_llc`, whose estimates it reuses) and ``boundaries``, ``profile.sgld_calibration``'s
+    grid, the chains looped like the sweep's. Every chain is cached."""
+    from stagewise.hardware import resolve_device
+    from stagewise.llc import calibration_checkpoints, sgld_calibration
+
+    run = run or language_run(profile, progress=progress)
+    settings = profile.sgld_calibration
+    picks = calibration_checkpoints(sweep.steps, sweep.llc_mean, boundaries, settings.num_checkpoints)
+    model_fn, loss = language_sgld_model(profile)
+    return sgld_calibration(
+        "LM", picks, {s: run.checkpoint_path(s) for s in picks.values()}, model_fn, loss,
+        (language_sgld_contexts(profile),), profile.sgld, settings, profile_sweep=sweep,
+        compute_dtype=profile.sgld_dtype, chain_mode="loop", device=str(resolve_device(device)), progress=progress)
+
+
 SGLD_MIX_STEP = 0  # the RepeatMix 'step' that rewrites the SGLD contexts of an analogue profile (fixed)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from stagewise.cache import HASH_OMIT_DEFAULT
 from stagewise.data.corpus import CorpusConfig, paper_corpus
 from stagewise.data.language import ContextCurriculum, RepeatMix
-from stagewise.llc import SGLDConfig
+from stagewise.llc import CalibrationSettings, SGLDConfig
 from stagewise.models.language import LanguageModelConfig
 from stagewise.train import TrainConfig
 
@@ -73,6 +73,14 @@ class LanguageProfile:
     # data of the LLC get the same repeat_mix (the training distribution after the curriculum).
     repeat_mix: RepeatMix = field(default_factory=RepeatMix)
     curriculum: ContextCurriculum | None = None
+    # SGLD calibration (App. D.3.3; notebook 01's section, stagewise.llc.calibration): ε at 0.3x-3x
+    # and nβ at 1x and 3x the profile's (3x: 65), short
+    # chains of 40 draws at 3 representative checkpoints, one chain 5x the profile's draws at its
+    # setting (issue 35: at `cpu` 2 x 80 draws were ≈ 9% below a 1,000-draw chain's value, which
+    # settled after ≈ 500). Cost at `cpu` (131 ms per chain-step): 6 x 3 x 40 steps ≈ 1.6 min, the
+    # long chains 3 x 400 steps ≈ 2.6 min. Not part of any cache key.
+    sgld_calibration: CalibrationSettings = CalibrationSettings(epsilon_factors=(0.3, 1.0, 3.0), nbeta_factors=(1.0, 3.0),
+                                                                num_draws=40, long_factor=5, num_checkpoints=3)
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -212,6 +220,9 @@ PROFILES = {
         one_layer_steps=10,
         one_layer_analysis_checkpoints=10,
         seeds=(1,),
+        # the calibration's code path in seconds: 2 cells x 2 checkpoints, a 2x chain
+        sgld_calibration=CalibrationSettings(epsilon_factors=(1.0, 3.0), nbeta_factors=(1.0,), num_draws=4,
+                                             long_factor=2, num_checkpoints=2),
     ),
 }
 
