@@ -20,12 +20,13 @@ def test_calibration_checkpoints_early_peak_boundary_late():
     steps = np.array([0, 10, 20, 50, 100, 200, 500, 1000, 2000])
     llc = np.array([0.0, 1, 3, 9, 7, 6, 5, 4, 4.5])
     picks = calibration_checkpoints(steps, llc, boundaries=[40, 150, 1800])
-    # middle of 10..2000 in log steps is ≈141: boundary 150, the step before it is 100
-    assert picks == {"early": 10, "peak": 50, "boundary": 100, "late": 2000}
+    # early: first λ̂ ≥ 9/4 (step 20); middle of 10..2000 in log steps is ≈141: boundary 150, the
+    # step before it is 100
+    assert picks == {"early": 20, "peak": 50, "boundary": 100, "late": 2000}
     assert list(picks.values()) == sorted(picks.values())
     # a boundary whose neighbour is already taken adds nothing; no boundary: three checkpoints
-    assert calibration_checkpoints(steps, llc, boundaries=[60]) == {"early": 10, "peak": 50, "late": 2000}
-    assert calibration_checkpoints(steps, llc) == {"early": 10, "peak": 50, "late": 2000}
+    assert calibration_checkpoints(steps, llc, boundaries=[60]) == {"early": 20, "peak": 50, "late": 2000}
+    assert calibration_checkpoints(steps, llc) == {"early": 20, "peak": 50, "late": 2000}
     with pytest.raises(ValueError):
         calibration_checkpoints([0], [1.0])
 

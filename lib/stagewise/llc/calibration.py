@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 # The profile's estimate may differ from the long chain's settled value by this much: the 5% to
 # which the convergence diagnostic asks the running estimate to settle (diagnostics.SETTLE_TOLERANCE).
 ADEQUATE_TOLERANCE = 0.05
+# the 'early' calibration checkpoint: the first whose λ̂ reaches this fraction of the peak
+EARLY_FRACTION = 0.25
 CELL_CLASSES = ("good", "stalled", "escape", "diverged")
 _CELL_COLORS = {"good": "#4daf4a", "stalled": "#ffbf00", "escape": "#377eb8", "diverged": "#e41a1c"}
 
@@ -149,7 +151,8 @@ def calibrate_sgld(
 def calibration_checkpoints(steps, llc, boundaries=(), num: int = 4) -> dict[str, int]:
     """Representative checkpoints (D.3.3) from an LLC curve: {'early', 'peak', 'boundary', 'late'}.
 
-    early: the first positive step; peak: the step of the largest λ̂; late: the last step;
+    early: the first step whose λ̂ reaches ``EARLY_FRACTION`` of the peak (in the rise; at the very
+    first steps λ̂ ≈ 0 and a ratio to it means nothing); peak: the step of the largest λ̂; late: the last step;
     boundary: the step just before the boundary nearest the middle of the run in log steps (the
     one farthest from the others). Labels whose step another label already took are dropped; the
     first ``num`` of early, peak, late, boundary are kept (in step order)."""
@@ -159,7 +162,9 @@ def calibration_checkpoints(steps, llc, boundaries=(), num: int = 4) -> dict[str
     if not ok.any():
         raise ValueError("no positive step with a finite LLC")
     s, v = steps[ok], llc[ok]
-    picks = {"early": int(s[0]), "peak": int(s[np.argmax(v)]), "late": int(s[-1])}
+    peak = int(np.argmax(v))
+    early = int(np.flatnonzero(v[:peak + 1] >= EARLY_FRACTION * v[peak])[0]) if v[peak] > 0 else 0
+    picks = {"early": int(s[early]), "peak": int(s[peak]), "late": int(s[-1])}
     bounds = [b for b in np.asarray(boundaries, dtype=float) if s[0] < b < s[-1]]
     if bounds:
         mid = np.exp((np.log(s[0]) + np.log(s[-1])) / 2)
