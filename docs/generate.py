@@ -70,6 +70,24 @@ def derived(data: dict[str, dict]) -> dict:
         for prof in ("cpu", "long"):
             if f"{prof}/01" in data:
                 out[f"lm_token_share_{prof}"] = data[f"{prof}/01"]["tokens_seen"] / PAPER_LM_TOKENS
+    plan = ROOT / "docs" / "paper_plan.txt"
+    if plan.exists():
+        text = plan.read_text()
+        for nb, section in re.findall(r"^## (\d\d)_\w+.*?\n(.*?)(?=^## )", text, re.S | re.M):
+            m = re.search(r"total: this machine [^,]*, .*?\(model\) ([\d.]+ (?:d|h|min))", section)
+            if m:
+                out[f"paper_plan_gpu_model_{nb}"] = m.group(1)
+        total = text.split("## total", 1)[-1]
+        for line in total.splitlines()[1:]:
+            name, _, days = line.strip().rpartition(": ")
+            if days.endswith(" d"):
+                out["paper_plan_total_" + ("this_machine" if name == "this machine" else "gpu_model")] = float(days[:-2])
+                if name != "this machine":
+                    out["paper_plan_gpu_name"] = name
+    timings = data.get("bench/make_figures_cpu_timings")
+    if timings:
+        nb03 = next(n for n in timings["notebooks"] if n["notebook"].startswith("03"))
+        out["make_figures_03_running_s"] = nb03["seconds"] - timings["paused_seconds"]
     out["committed_pngs"] = sum(len(paths) for _, paths in committed_figures())
     out["committed_figure_names"] = len(committed_figures())
     if "cpu/05" in data:
@@ -148,6 +166,16 @@ def render_plain(text: str, data: dict[str, dict]) -> str:
 def render_spans(text: str, data: dict[str, dict]) -> str:
     """References replaced by tagged spans (what the Sphinx role writes)."""
     return ROLE.sub(lambda m: span(data, m.group(1)), text)
+
+
+_TABLE_DIRECTIVE = re.compile(r"```\{headline-table\}\s+(\S+)\s*\n```")
+
+
+def render_markdown(text: str, data: dict[str, dict], spans: bool = True) -> str:
+    """A page's markdown source with its headline tables expanded and its references rendered, as
+    the Sphinx build does (tagged spans), or as plain text (``spans=False``)."""
+    text = _TABLE_DIRECTIVE.sub(lambda m: TABLES[m.group(1)](data), text)
+    return render_spans(text, data) if spans else render_plain(text, data)
 
 
 def check_spans(page: str, data: dict[str, dict]) -> list[str]:
@@ -459,17 +487,37 @@ def t_profiles(data: dict) -> str:
     """Measured times: the JSON's own fields, labelled by what they are."""
     names = {"01": "01 LM stages", "02": "02 regression stages", "03": "03 transient ridge",
              "04": "04 refined LLC", "05": "05 Hessian vs LLC"}
-    rows = []
     timing = {n["notebook"][:2]: i for i, n in enumerate(lookup(data, "bench/make_figures_cpu_timings:notebooks"))}
+    rows = []
     for nb, name in names.items():
         row = [name]
-        row.append(_hl(f"bench/make_figures_cpu_timings:notebooks.{timing[nb]}.seconds;min") if nb in timing else "–")
+        if nb in timing:
+            cell = _hl(f"bench/make_figures_cpu_timings:notebooks.{timing[nb]}.seconds;min")
+            if nb == "03":  # the run's process tree was paused while 03 ran (the JSON's note)
+                cell += f" (running: {_hl('derived:make_figures_03_running_s;min')})"
+            row.append(cell)
+        else:
+            row.append("–")
         for prof in ("cpu", "long"):
-            row.append(_hl(f"{prof}/{nb}:wall_time_s;min"))
+            wall = lookup(data, f"{prof}/{nb}:wall_time_s")
+            cell = _hl(f"{prof}/{nb}:wall_time_s;min")
+            if wall < 120:
+                cell += " (a rerun from the cache)"
+            elif prof == "cpu" and nb == "03":
+                cell += " (includes the pause)"
+            row.append(cell)
+        training = []
+        for prof in ("cpu", "long"):
+            try:
+                lookup(data, f"{prof}/{nb}:training_s")
+                training.append(f"`{prof}` {_hl(f'{prof}/{nb}:training_s;min')}")
+            except KeyError:
+                pass
+        row.append(", ".join(training) or "–")
         rows.append(row)
-    return _table(["notebook", "`cpu`, empty cache, inside one `make figures` (runner's table)",
+    return _table(["notebook", "`cpu` from an empty cache, inside one `make figures` (runner's table)",
                    "`cpu`: the run that wrote `figures/` (`wall_time_s`)",
-                   "`long`: the run that wrote `figures/long/` (`wall_time_s`)"], rows)
+                   "`long`: the run that wrote `figures/long/` (`wall_time_s`)", "training (`training_s`)"], rows)
 
 
 def t_regression_pilots(data: dict) -> str:
