@@ -53,7 +53,8 @@ def calibration(tmp_cache):
         states[step] = {k: v.clone() for k, v in MODEL_FN().state_dict().items()}
     b = sample_batch(RegressionTask(), 96, torch.Generator().manual_seed(1))
     cfg = SGLDConfig(epsilon=1e-4, gamma=100.0, num_chains=2, num_draws=12, num_burnin=3, batch_size=32, seed=0)
-    settings = CalibrationSettings(epsilon_factors=(0.1, 1.0), nbeta_factors=(1.0, 3.0), num_draws=10, long_factor=3)
+    settings = CalibrationSettings(epsilon_factors=(0.1, 1.0), nbeta_factors=(1.0, 3.0), gamma_factors=(1.0, 3.0),
+                                   num_draws=10, long_factor=3)
     return sgld_calibration("toy", {"early": 10, "late": 20}, states, MODEL_FN, regression_loss, (b.tokens, b.ys), cfg,
                             settings, progress=False)
 
@@ -61,7 +62,8 @@ def calibration(tmp_cache):
 def test_sgld_calibration_grid_long_chain_and_record(calibration):
     cal = calibration
     cells = cal.cells
-    assert len(cells) == 2 * 2 * 2 and cells["is_profile"].sum() == 2  # 2 ε × 2 nβ × 2 checkpoints
+    assert len(cells) == 2 * 2 * 2 * 2 and cells["is_profile"].sum() == 2  # 2 ε × 2 nβ × 2 γ × 2 checkpoints
+    assert set(cells["gamma"]) == {100.0, 300.0}
     assert set(cells["class"]) <= {"good", "stalled", "escape", "diverged"}
     table = cal.long_table()
     for step in (10, 20):
@@ -77,7 +79,7 @@ def test_sgld_calibration_grid_long_chain_and_record(calibration):
     assert cal.adequate == bool(np.all(np.abs(table["ratio"] - 1) <= 0.05))
     assert ("NOT adequate" in cal.sentence()) != cal.adequate
     rec = json.loads(json.dumps(cal.to_record(), default=float))
-    assert rec["chosen"]["epsilon"] == 1e-4 and len(rec["cells"]) == 8 and rec["adequate"] == cal.adequate
+    assert rec["chosen"]["epsilon"] == 1e-4 and len(rec["cells"]) == 16 and rec["adequate"] == cal.adequate
     assert {u["epsilon"] for u in rec["usable"]} <= {1e-5, 1e-4}
 
 
@@ -85,7 +87,8 @@ def test_calibration_figures(calibration):
     import matplotlib.pyplot as plt
 
     fig = plot_calibration_traces(calibration)
-    assert len(fig.axes) == 4 and any(ax.get_title().startswith("profile") for ax in fig.axes)
+    assert len(fig.axes) == 8  # rows: the 4 (nβ, γ) pairs; columns: the 2 ε
+    assert sum(ax.get_title().startswith("profile") for ax in fig.axes) == 1
     fig2 = plot_calibration_region(calibration)
     fig3 = plot_running_llc(calibration)
     assert len(fig2.axes) == 2 and len(fig3.axes) == 2
@@ -95,3 +98,5 @@ def test_calibration_figures(calibration):
 def test_settings_must_contain_the_profile_cell():
     with pytest.raises(ValueError, match="1.0"):
         CalibrationSettings(epsilon_factors=(0.5, 2.0))
+    with pytest.raises(ValueError, match="1.0"):
+        CalibrationSettings(gamma_factors=(3.0,))

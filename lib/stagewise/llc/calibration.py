@@ -56,6 +56,8 @@ class CalibrationSettings:
     (num_burnin None: the profile's, so the profile's cell sees the profile's burn-in).
     long_factor: the long chain runs this many times the profile's draws (same burn-in).
     num_checkpoints: how many representative checkpoints (:func:`calibration_checkpoints`, ≤ 4).
+    gamma_factors: a third axis, γ as multiples of the profile's (escapes: D.3.3's smallest γ
+    without them); the figures' rows are the (nβ, γ) pairs.
     """
 
     epsilon_factors: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
@@ -65,11 +67,12 @@ class CalibrationSettings:
     num_draws: int = 200
     long_factor: int = 5
     num_checkpoints: int = 4
+    gamma_factors: tuple[float, ...] = (1.0,)
 
     def __post_init__(self):
-        if 1.0 not in self.epsilon_factors or 1.0 not in self.nbeta_factors:
-            raise ValueError("epsilon_factors and nbeta_factors must contain 1.0 (the profile's own setting)")
-        if any(f <= 0 for f in (*self.epsilon_factors, *self.nbeta_factors)):
+        if 1.0 not in self.epsilon_factors or 1.0 not in self.nbeta_factors or 1.0 not in self.gamma_factors:
+            raise ValueError("epsilon_factors, nbeta_factors and gamma_factors must contain 1.0 (the profile's own setting)")
+        if any(f <= 0 for f in (*self.epsilon_factors, *self.nbeta_factors, *self.gamma_factors)):
             raise ValueError("grid factors must be > 0")
         if self.long_factor < 2 or not 1 <= self.num_checkpoints <= 4 or self.num_draws < 1 or self.num_chains < 1:
             raise ValueError(f"bad calibration settings {self}")
@@ -201,12 +204,14 @@ class SGLDCalibration:
         df = self.grid.to_frame()
         labels = {v: k for k, v in self.checkpoints.items()}
         df.insert(0, "label", df["step"].map(labels))
-        df["is_profile"] = np.isclose(df["epsilon"], self.config.epsilon) & np.isclose(df["nbeta"], self.nbeta)
+        df["is_profile"] = (np.isclose(df["epsilon"], self.config.epsilon) & np.isclose(df["nbeta"], self.nbeta)
+                            & np.isclose(df["gamma"], self.config.gamma))
         return df
 
     def usable(self):
-        """[ε, nβ] table: True where the cell is 'good' at every calibration checkpoint."""
-        return self.cells.groupby(["nbeta", "epsilon"])["class"].apply(lambda c: bool((c == "good").all())).unstack()
+        """[(nβ, γ), ε] table: True where the cell is 'good' at every calibration checkpoint."""
+        return self.cells.groupby(["nbeta", "gamma", "epsilon"])["class"].apply(
+            lambda c: bool((c == "good").all())).unstack()
 
     def long_table(self):
         """Per calibration checkpoint: the profile's λ̂, the long chain's running estimate at the
@@ -261,17 +266,19 @@ class SGLDCalibration:
             "setting": self.setting,
             "checkpoints": self.checkpoints,
             "tried": {"epsilon": sorted({_round(e) for e in cells["epsilon"]}),
-                      "nbeta": sorted({_round(b) for b in cells["nbeta"]}), "gamma": self.config.gamma,
+                      "nbeta": sorted({_round(b) for b in cells["nbeta"]}),
+                      "gamma": sorted({_round(g) for g in cells["gamma"]}),
                       "short_chain": {"chains": self.grid.sweeps[next(iter(self.grid.sweeps))].results[0].config.num_chains,
                                       "burnin": self.grid.sweeps[next(iter(self.grid.sweeps))].results[0].config.num_burnin,
                                       "draws": self.grid.sweeps[next(iter(self.grid.sweeps))].results[0].config.num_draws}},
             "chosen": {"epsilon": self.config.epsilon, "nbeta": self.nbeta, "gamma": self.config.gamma,
                        "chains": self.config.num_chains, "burnin": self.config.num_burnin,
                        "draws": self.config.num_draws, "batch_size": self.config.batch_size},
-            "cells": [{"epsilon": _round(r.epsilon), "nbeta": _round(r.nbeta), "step": int(r.step), "class": r["class"],
+            "cells": [{"epsilon": _round(r.epsilon), "nbeta": _round(r.nbeta), "gamma": _round(r.gamma),
+                       "step": int(r.step), "class": r["class"],
                        "llc": float(r.llc_mean), "drift": float(r.drift)} for _, r in cells.iterrows()],
-            "usable": [{"epsilon": _round(e), "nbeta": _round(b)} for b in usable.index for e in usable.columns
-                       if bool(usable.loc[b, e])],
+            "usable": [{"epsilon": _round(e), "nbeta": _round(b), "gamma": _round(g)} for b, g in usable.index
+                       for e in usable.columns if bool(usable.loc[(b, g), e])],
             "long_chain": self.long_table().to_dict(orient="records"),
             "adequate": self.adequate,
             "tolerance": ADEQUATE_TOLERANCE,
@@ -315,7 +322,8 @@ def sgld_calibration(
     short = dataclasses.replace(config, num_chains=settings.num_chains, num_burnin=burnin, num_draws=settings.num_draws)
     grid = calibrate_sgld(cks, model_fn, loss, data, short,
                           epsilons=[config.epsilon * f for f in settings.epsilon_factors],
-                          nbetas=[nbeta * f for f in settings.nbeta_factors], **sweep_kwargs)
+                          nbetas=[nbeta * f for f in settings.nbeta_factors],
+                          gammas=[config.gamma * f for f in settings.gamma_factors], **sweep_kwargs)
     profile: dict[int, LLCResult] = {}
     if profile_sweep is not None:
         profile = {int(s): r for s, r in zip(profile_sweep.steps, profile_sweep.results) if int(s) in dict(cks)}
@@ -334,6 +342,11 @@ def sgld_calibration(
 # --------------------------------------------------------------------------------------------
 
 
+def _grid_rows(cal: SGLDCalibration) -> list[tuple[float, float]]:
+    """The (nβ, γ) pairs of the grid, increasing."""
+    return sorted((nb, g) for nb in cal.grid.nbetas for g in cal.grid.gammas)
+
+
 def plot_calibration_traces(cal: SGLDCalibration, step: int | None = None):
     """Fig. D.6 style: rows nβ, columns ε; per chain the draws' nβ(ℓ(w_t) − ℓ(w*)) (thin) and the
     running λ̂_τ (thick) at checkpoint ``step`` (default: the LLC's peak, else the first). The
@@ -347,11 +360,10 @@ def plot_calibration_traces(cal: SGLDCalibration, step: int | None = None):
         step = cal.checkpoints.get("peak", next(iter(cal.checkpoints.values())))
     label = {v: k for k, v in cal.checkpoints.items()}.get(step, "")
     eps_list = sorted(cal.grid.epsilons)
-    nb_list = sorted(cal.grid.nbetas)
-    gamma = cal.grid.gammas[0]
-    fig, axes = plt.subplots(len(nb_list), len(eps_list), figsize=(2.4 * len(eps_list), 1.9 * len(nb_list)),
+    rows = _grid_rows(cal)
+    fig, axes = plt.subplots(len(rows), len(eps_list), figsize=(2.4 * len(eps_list), 1.9 * len(rows)),
                              sharex=True, squeeze=False)
-    for i, nb in enumerate(nb_list[::-1]):
+    for i, (nb, gamma) in enumerate(rows[::-1]):
         for j, eps in enumerate(eps_list):
             ax = axes[i][j]
             sweep = cal.grid.sweeps[(eps, gamma, nb)]
@@ -368,18 +380,20 @@ def plot_calibration_traces(cal: SGLDCalibration, step: int | None = None):
                 pad = 0.1 * (hi - lo + 1e-12)
                 ax.set_ylim(lo - pad, hi + pad)
             ax.axhline(0, lw=0.5, color="black")
-            ax.set_title(f"ε={eps:.2g}, nβ={nb:.3g}\n{cls}", fontsize=7, color=_CELL_COLORS[cls])
-            if np.isclose(eps, cal.config.epsilon) and np.isclose(nb, cal.nbeta):
+            where = f"ε={eps:.2g}, nβ={nb:.3g}" + (f", γ={gamma:.3g}" if len(cal.grid.gammas) > 1 else "")
+            ax.set_title(f"{where}\n{cls}", fontsize=7, color=_CELL_COLORS[cls])
+            if np.isclose(eps, cal.config.epsilon) and np.isclose(nb, cal.nbeta) and np.isclose(gamma, cal.config.gamma):
                 for side in ax.spines.values():
                     side.set_linewidth(2.5)
                     side.set_edgecolor("black")
-                ax.set_title(f"profile: ε={eps:.2g}, nβ={nb:.3g}\n{cls}", fontsize=7, fontweight="bold",
+                ax.set_title(f"profile: {where}\n{cls}", fontsize=7, fontweight="bold",
                              color=_CELL_COLORS[cls])
-            if i == len(nb_list) - 1:
+            if i == len(rows) - 1:
                 ax.set_xlabel("SGLD draw t")
             if j == 0:
                 ax.set_ylabel("nβ(ℓ(w_t) − ℓ(w*))")
-    fig.suptitle(f"{cal.setting}: SGLD traces over ε × nβ at step {step} ({label}); γ = {gamma:g}; thick: running λ̂_τ",
+    gammas = f"γ = {cal.config.gamma:g}" if len(cal.grid.gammas) == 1 else "γ as titled"
+    fig.suptitle(f"{cal.setting}: SGLD traces over ε × nβ at step {step} ({label}); {gammas}; thick: running λ̂_τ",
                  fontsize=9)
     fig.tight_layout()
     return fig
@@ -397,27 +411,34 @@ def plot_calibration_region(cal: SGLDCalibration):
     apply_style()
     cells = cal.cells
     eps_list = sorted(cal.grid.epsilons)
-    nb_list = sorted(cal.grid.nbetas)
+    rows = _grid_rows(cal)
     n = len(cal.checkpoints)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n + 1.2, 2.6), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n + 1.2, 1.2 + 0.45 * len(rows) + 0.6), squeeze=False)
     cmap = ListedColormap([_CELL_COLORS[c] for c in CELL_CLASSES])
+
+    def row_of(nb, g):
+        return min(range(len(rows)), key=lambda k: abs(rows[k][0] - nb) / max(abs(nb), 1e-12)
+                   + abs(rows[k][1] - g) / max(abs(g), 1e-12))
+
+    def col_of(e):
+        return min(range(len(eps_list)), key=lambda k: abs(eps_list[k] - e) / e)
+
     for k, (label, step) in enumerate(cal.checkpoints.items()):
         ax = axes[0][k]
         sub = cells[cells["step"] == step]
-        grid = np.full((len(nb_list), len(eps_list)), np.nan)
+        grid = np.full((len(rows), len(eps_list)), np.nan)
         for _, r in sub.iterrows():
-            grid[nb_list.index(min(nb_list, key=lambda b: abs(b - r.nbeta))),
-                 eps_list.index(min(eps_list, key=lambda e: abs(e - r.epsilon)))] = CELL_CLASSES.index(r["class"])
+            grid[row_of(r.nbeta, r.gamma), col_of(r.epsilon)] = CELL_CLASSES.index(r["class"])
         ax.grid(False)
         ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(CELL_CLASSES) - 0.5, origin="lower", aspect="auto")
-        pi = nb_list.index(min(nb_list, key=lambda b: abs(b - cal.nbeta)))
-        pj = eps_list.index(min(eps_list, key=lambda e: abs(e - cal.config.epsilon)))
-        ax.scatter([pj], [pi], s=160, facecolors="none", edgecolors="black", linewidths=2)
+        ax.scatter([col_of(cal.config.epsilon)], [row_of(cal.nbeta, cal.config.gamma)], s=160, facecolors="none",
+                   edgecolors="black", linewidths=2)
         ax.set_xticks(range(len(eps_list)), [f"{e:.2g}" for e in eps_list], rotation=45, fontsize=7)
-        ax.set_yticks(range(len(nb_list)), [f"{b:.3g}" for b in nb_list], fontsize=7)
+        ax.set_yticks(range(len(rows)), [f"{b:.3g}" if len(cal.grid.gammas) == 1 else f"{b:.3g}, γ {g:.3g}"
+                                         for b, g in rows], fontsize=7)
         ax.set_xlabel("ε")
         if k == 0:
-            ax.set_ylabel("nβ")
+            ax.set_ylabel("nβ" if len(cal.grid.gammas) == 1 else "nβ, γ")
         ax.set_title(f"{label}: step {step}", fontsize=8)
     fig.legend(handles=[Patch(color=_CELL_COLORS[c], label=c) for c in CELL_CLASSES]
                + [Patch(facecolor="none", edgecolor="black", label="profile")],
