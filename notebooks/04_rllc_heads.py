@@ -382,6 +382,56 @@ if lm.model.n_layers > 1:
 pd.DataFrame(findings)
 
 # %% [markdown]
+# ## SGLD calibration (App. D.3.3)
+# Each per-head estimate rests on the profile's short chains (Wang et al.: 4 chains × 200 draws of
+# 100 contexts). As in App. D.3.3 (and Wang et al. App. F), for one head — the first induction head,
+# else the last layer's head with the largest final wrLLC — at three checkpoints of its curve (the
+# first reaching a quarter of its peak, the peak, the last): a grid over ε × γ of short chains of
+# that head's weights (nβ kept), each classified *diverged*, *escape* (loss below ℓ(w*)), *stalled*
+# (still drifting or chains disagreeing) or *good*; and at the profile's setting one chain five
+# times as long with the same seed, against which the profile's estimate is read. Once for the
+# wrLLC (training data) and once for the wdrLLC on the first head domain (nβ = 30): whether its
+# escapes go away with a larger γ (a calibration problem) or not (w* is no minimum of that loss).
+# Then every per-head estimate flagged *unconverged* or with a flagged chain.
+
+# %%
+from stagewise.headline import snake_case
+from stagewise.llc import convergence_summary, flagged_checkpoints, plot_calibration_region, plot_calibration_traces, plot_running_llc
+from stagewise.refined import head_sgld_calibration
+
+t0 = time.perf_counter()
+induction = [h for h in labels if classes[h] == "induction"]
+last = wr[(wr["layer"] == lm.model.n_layers - 1) & (wr["step"] == final)]
+cal_head = induction[0] if induction else str(last.sort_values("llc_mean")["head"].iloc[-1])
+states = {int(s): path for s, path in checkpoints}
+cal_domain = head_domains[0]
+calibrations = {}
+for name, frame, dataset, sgld in (("wrLLC", wr, data["train"], cfg.sgld),
+                                   (f"wdrLLC {cal_domain}", wdr[wdr["data"] == cal_domain], data[cal_domain], dr_cfg)):
+    cal = head_sgld_calibration(f"head {cal_head} {name}", cal_head, frame, states, model_fn, loss, dataset, sgld,
+                                cfg.sgld_calibration, compute_dtype=lm.sgld_dtype)
+    calibrations[name] = cal
+    tag = snake_case(name)
+    for fig_name, make in ((f"figD6_rllc_{tag}_sgld_grid", plot_calibration_traces),
+                           (f"figD6_rllc_{tag}_sgld_region", plot_calibration_region),
+                           (f"figD7_rllc_{tag}_running_llc", plot_running_llc)):
+        fig = make(cal)
+        stamp(fig)
+        save_figure(fig, fig_name, profile=cfg.name)
+        plt.show()
+    print(cal.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
+    print("usable (good at every calibration checkpoint), rows (nβ, γ), columns ε:")
+    print(cal.usable())
+    print(cal.sentence())
+print(f"calibration in {time.perf_counter() - t0:.0f} s")
+flagged_heads = flagged_checkpoints(heads_frame)
+head_convergence = convergence_summary(heads_frame)
+print(f"{len(flagged_heads)} of {len(heads_frame)} per-head estimates flagged "
+      f"({head_convergence['unconverged']} unconverged)")
+if len(flagged_heads):
+    print(flagged_heads.round(3).to_string(index=False))
+
+# %% [markdown]
 # ## Headline numbers as data
 # Written to `04_rllc_heads.json` beside this profile's figures (SPEC.md §0): per head its class
 # (probes at the final checkpoint), final scores and final wrLLC / wdrLLC; per layer the spread
@@ -415,6 +465,8 @@ headline = {
     "whole_model_drllc_final": {snake_case(name): float(g.set_index("step").loc[final, "llc_mean"])
                                 for name, g in whole.groupby("data")},
     "flagged_share": {snake_case(k): float(v) for k, v in flag_share.items()},
+    "sgld_calibration": {"head": cal_head, **{snake_case(k): c.to_record() for k, c in calibrations.items()},
+                         "sweep": head_convergence},
     "findings": [{"finding": f["finding"], "ours": f["ours"], "holds": f["holds"]} for f in findings],
 }
 print(f"headline numbers: {write_headline('04_rllc_heads', cfg.name, headline, time.perf_counter() - notebook_start)}")

@@ -38,7 +38,7 @@ from stagewise.llc import LLCResult, SGLDConfig, estimate_llc_sweep, resolve_com
 from stagewise.llc.sweep import _load_state
 
 __all__ = ["HEAD_PARAMS", "head_param_mask", "heads_param_mask", "head_labels", "parse_head", "head_llc_sweep",
-           "data_llc_sweep"]
+           "data_llc_sweep", "head_sgld_calibration"]
 
 log = logging.getLogger(__name__)
 
@@ -321,3 +321,35 @@ def data_llc_sweep(
     rows = [row for res, name in zip(results, datasets)
             for row in _frame_rows(steps, res, {"data": name, "head": "all", "layer": float("nan")})]
     return pd.DataFrame(rows).sort_values(["data", "step"], kind="stable", ignore_index=True)
+
+
+def head_sgld_calibration(
+    setting: str,
+    head: str,
+    frame: pd.DataFrame,
+    states: Mapping[int, Any],
+    model_fn: Callable[[], torch.nn.Module],
+    loss: Callable,
+    data,
+    config: SGLDConfig,
+    settings,
+    *,
+    compute_dtype: str | None = None,
+    progress: bool = True,
+):
+    """The SGLD calibration (App. D.3.3, :func:`stagewise.llc.sgld_calibration`) of one head's
+    refined LLC: checkpoints picked from that head's curve in ``frame`` (a :func:`head_llc_sweep`
+    frame, one data set) by :func:`stagewise.llc.calibration_checkpoints` (no boundaries: early,
+    peak, late), the chains moving only ``head``'s weights as in the sweep (chains looped)."""
+    from stagewise.llc import calibration_checkpoints, sgld_calibration
+
+    curve = frame[frame["head"] == head].sort_values("step")
+    if curve.empty:
+        raise ValueError(f"head {head!r} is not in the frame")
+    picks = calibration_checkpoints(curve["step"].to_numpy(), curve["llc_mean"].to_numpy(),
+                                    num=min(settings.num_checkpoints, 3))
+    probe = model_fn()
+    names, mask = heads_param_mask(probe, [parse_head(head, probe.cfg.n_layers, probe.cfg.n_heads)])
+    return sgld_calibration(setting, picks, states, model_fn, loss, data, config, settings, params_to_sample=names,
+                            param_mask=mask, compute_dtype=resolve_compute_dtype(compute_dtype), chain_mode="loop",
+                            progress=progress)

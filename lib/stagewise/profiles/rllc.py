@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from stagewise.data.domains import DomainConfig
-from stagewise.llc import SGLDConfig
+from stagewise.llc import CalibrationSettings, SGLDConfig
 from stagewise.profiles.language import PROFILES as LANGUAGE_PROFILES
 
 __all__ = ["RefinedLLCProfile", "PROFILES"]
@@ -43,6 +43,16 @@ class RefinedLLCProfile:
     induction_heads: tuple[str, ...] = ("1:6", "1:7")
     cluster_counts: tuple[int, ...] = (2, 3, 4)
     head_domains: tuple[str, ...] | None = None  # domains of the per-head wdrLLCs (None: all)
+    # SGLD calibration (App. D.3.3; notebook 04's section): for one head (the first induction head,
+    # else layer 1's largest final wrLLC), its wrLLC on the training data and its wdrLLC on the first
+    # head domain (nβ = data_refined_nbeta): ε at 0.3x-3x, γ at 1x and 3x the profile's (escapes:
+    # 68-76% of the `long` code estimates were flagged escape, issue 35), short chains of 40 draws
+    # at 3 checkpoints (early, the head's peak, late), one chain 5x the profile's draws. Cost at
+    # `cpu` (≈ 0.1 s per chain-step, measured on the 30-min sweep): 2 x (6 x 3 x 45 + 3 x 205)
+    # steps ≈ 4.7 min. Not part of any cache key.
+    sgld_calibration: CalibrationSettings = CalibrationSettings(epsilon_factors=(0.3, 1.0, 3.0), nbeta_factors=(1.0,),
+                                                                gamma_factors=(1.0, 3.0), num_draws=40, long_factor=5,
+                                                                num_checkpoints=3)
 
     def __post_init__(self):
         if self.num_checkpoints < 1:
@@ -85,7 +95,9 @@ PROFILES = {
                                         DomainConfig("corpus", corpus=LANGUAGE_PROFILES["smoke"].corpus,
                                                      corpus_source="austen", min_document_chars=0)),
                                domain_names=("code", "austen"), ablation_contexts=8, tokens_in_context=20,
-                               induction_heads=("1:0", "1:1"), cluster_counts=(2,)),
+                               induction_heads=("1:0", "1:1"), cluster_counts=(2,),
+                               sgld_calibration=CalibrationSettings(epsilon_factors=(1.0, 3.0), nbeta_factors=(1.0,),
+                                                                    num_draws=5, long_factor=2, num_checkpoints=2)),
 }
 
 # long: the cpu settings on the long language profile's checkpoints (the analogue-data run that forms
