@@ -238,6 +238,7 @@ def boundary_intervals(data: dict, src: str, base: str) -> str:
 
 
 def t_regression_boundaries(data: dict) -> str:
+    """The paper's boundaries beside `long`'s (190 and 60 checkpoints) and `cpu`'s five seeds."""
     seeds = sorted(lookup(data, "cpu/02:seeds"))
     header = ["boundary", "paper [H] §6", "`long` seed 0 (500k, 190 ckpts)", "`long`, 60 ckpts"] + [
         f"`cpu` {s.replace('_', ' ')} (10k)" for s in seeds]
@@ -762,6 +763,29 @@ def check_html(html_dir: Path, data: dict) -> list[str]:
         problems += [f"{page.relative_to(html_dir)}: {p}" for p in check_spans(text, data)]
     if spans == 0:
         problems.append(f"{html_dir}: no generated number found (not a stagewise docs build?)")
+    return problems + check_links(html_dir)
+
+
+_LINK = re.compile(r'(?:href|src)="([^"#?]+)[^"]*"')
+
+
+def check_links(html_dir: Path) -> list[str]:
+    """Every relative link and image of the built site points at a file of the site; nothing is
+    loaded from another host (the site must render offline)."""
+    problems = []
+    for page in sorted(html_dir.rglob("*.html")):
+        if page.relative_to(html_dir).parts[0].startswith("_"):
+            continue  # the theme's template fragments in _static/
+        text = page.read_text(errors="replace")
+        for target in _LINK.findall(text):
+            if re.match(r"(mailto:|https?:)", target):
+                continue
+            if target.startswith("//"):
+                problems.append(f"{page.relative_to(html_dir)}: protocol-relative link {target}")
+            elif not (page.parent / html.unescape(target)).exists():
+                problems.append(f"{page.relative_to(html_dir)}: broken link {target}")
+        for remote in re.findall(r'<(?:script|link|img)[^>]*(?:src|href)="(https?://[^"]+)"', text):
+            problems.append(f"{page.relative_to(html_dir)}: loads {remote} from another host")
     return problems
 
 

@@ -141,3 +141,12 @@ def test_own_model_example_runs_as_written(tmp_path):
     assert "LLC:" in out.stdout and "forms at" in out.stdout
     llcs = [float(v) for v in re.search(r"LLC: \[(.*?)\]", out.stdout, re.S).group(1).split()]
     assert llcs[0] < 0.5 < 1.0 < llcs[-1] < 3.0  # rises from ~0 to a plateau, as the page says
+
+
+def test_link_check_finds_broken_links_and_remote_assets(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "ok.html").write_text('<img src="a.png"><a href="ok.html#x">x</a><a href="https://arxiv.org">p</a>')
+    assert g.check_links(tmp_path) == []
+    (tmp_path / "bad.html").write_text('<img src="missing.png"><script src="https://cdn.example/x.js"></script>')
+    problems = g.check_links(tmp_path)
+    assert any("broken link missing.png" in p for p in problems) and any("another host" in p for p in problems)
