@@ -318,6 +318,34 @@ summary[cols].round(3)
 # then straight to ridge) and the LLC trend, not the numbers.
 
 # %% [markdown]
+# ## SGLD calibration (App. D.3.3)
+# The LLC of Fig. 3 rests on the profile's chains. As in App. D.3.3, at two representative models —
+# M = ∞ (ridge, the reference line) and the finite M of the largest λ̂ — each on its own q_M: a grid
+# over ε × nβ of short chains (γ kept), each classified *diverged*, *escape*, *stalled* (still
+# drifting or chains disagreeing) or *good*; and at the profile's setting one chain five times as
+# long with the same seed, against which the profile's estimate is read (its settled value: the
+# mean of its second half). Then the profile's estimates flagged *unconverged* or with a flagged chain.
+
+# %%
+from stagewise.llc import plot_calibration_region, plot_calibration_traces, plot_running_llc
+
+t0 = time.perf_counter()
+calibrations = TR.final_llc_calibration(cfg, runs, llc)
+timings["SGLD calibration"] = time.perf_counter() - t0
+for label, cal in calibrations.items():
+    tag = "inf" if label == "∞" else label
+    for fig_name, make in ((f"figD6_ridge_M{tag}_sgld_grid", plot_calibration_traces),
+                           (f"figD6_ridge_M{tag}_sgld_region", plot_calibration_region),
+                           (f"figD7_ridge_M{tag}_running_llc", plot_running_llc)):
+        fig = make(cal)
+        save_figure(fig, fig_name, profile=cfg.name)
+        plt.show()
+    print(cal.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
+    print(cal.sentence())
+print("estimates of Fig. 3 flagged unconverged or with a flagged chain:",
+      [m for m in llc.index if llc.loc[m, "unconverged"] or len(llc.loc[m, "flags"])] or "none")
+
+# %% [markdown]
 # ## Headline numbers as data
 # Written to `03_transient_ridge.json` beside this profile's figures (SPEC.md §0): the
 # task-diversity threshold, the transient and partially transient M, per M the critical time, the
@@ -335,6 +363,11 @@ headline = {
     "per_m": [{"m": str(m), **{c: summary.loc[m, c] for c in cols}, "llc": llc.loc[m, "llc_mean"],
                "llc_se": llc.loc[m, "llc_sem"]} for m in summary.index],
     "timings_s": {snake_case(k): v for k, v in timings.items()},
+    "sgld_calibration": {**{("m_inf" if k == "∞" else f"m_{k}"): c.to_record() for k, c in calibrations.items()},
+                         "sweep": {"estimates": len(llc), "unconverged": int(llc["unconverged"].sum()),
+                                   "share_unconverged": float(llc["unconverged"].mean()),
+                                   "share_with_flagged_chains": float(llc["flags"].map(len).gt(0).mean()),
+                                   "unconverged_m": [str(m) for m in llc.index[llc["unconverged"].astype(bool)]]}},
 }
 print(f"headline numbers: {write_headline('03_transient_ridge', cfg.name, headline, timings['total'])}")
 pd.Series(timings).round(1).rename("seconds")

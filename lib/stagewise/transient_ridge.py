@@ -336,7 +336,8 @@ def final_llcs(profile: TransientRidgeProfile, runs: dict[int | None, TrainedRun
                progress: bool = True) -> pd.DataFrame:
     """λ̂(w*_M) of each fully trained model on SGLD data from its own q_M (eq. 9), cached.
 
-    Returns one row per M: ``llc_mean``, ``llc_sem``, ``loss_init`` and the flagged chains' ``flags``.
+    Returns one row per M: ``llc_mean``, ``llc_sem``, ``loss_init``, the flagged chains' ``flags``,
+    and the estimate's ``drift`` and ``unconverged`` (:func:`stagewise.llc.estimate_convergence`).
     """
     rows = [_final_llc_row(profile, M, run, executor)
             for M, run in tqdm(runs.items(), desc="LLC of trained models", disable=not progress)]
@@ -357,7 +358,34 @@ def _final_llc_row(profile: TransientRidgeProfile, M: int | None, run: TrainedRu
         device=str(resolve_device(None)), cuda_graph=None)
     r = sweep.to_frame().iloc[0]
     return {"M": m_label(M), "m": math.inf if M is None else M, "llc_mean": r["llc_mean"],
-            "llc_sem": r["llc_sem"], "loss_init": r["loss_init"], "flags": r["flags"]}
+            "llc_sem": r["llc_sem"], "loss_init": r["loss_init"], "flags": r["flags"],
+            "drift": r["drift"], "unconverged": bool(r["unconverged"])}
+
+
+def final_llc_calibration(profile: TransientRidgeProfile, runs: dict[int | None, TrainedRun], llc: pd.DataFrame,
+                          progress: bool = True) -> dict:
+    """The SGLD calibration (App. D.3.3, :func:`stagewise.llc.sgld_calibration`) of ``profile.sgld``
+    at two representative fully trained models: M = ∞ (ridge, the reference LLC) and the finite M
+    of the largest λ̂ in ``llc`` (:func:`final_llcs`), each on its own q_M, with
+    ``profile.sgld_calibration``'s grid. Returns {M label: SGLDCalibration}; every chain is cached."""
+    from stagewise.hardware import resolve_device
+    from stagewise.llc import sgld_calibration
+
+    finite = llc[np.isfinite(llc["m"].astype(float)) & np.isfinite(llc["llc_mean"].astype(float))]
+    labels = ["∞"] + ([str(finite["llc_mean"].astype(float).idxmax())] if len(finite) else [])
+    by_label = {m_label(M): M for M in runs}
+    out = {}
+    for label in labels:
+        M = by_label[label]
+        run = runs[M]
+        final = int(run.checkpoint_steps[-1])
+        out[label] = sgld_calibration(
+            f"ridge M = {label}", {"final": final}, {final: run.checkpoint_path(final)},
+            partial(RegressionTransformer, profile.model), regression_sgld_loss(profile.sgld_loss),
+            partial(sgld_dataset, run_task(profile, M), profile.num_sgld_samples), profile.sgld,
+            profile.sgld_calibration, compute_dtype=profile.sgld_dtype, device=str(resolve_device(None)),
+            cuda_graph=None, progress=progress)
+    return out
 
 
 def llc_crossing(m, llc, llc_ridge: float) -> float | None:

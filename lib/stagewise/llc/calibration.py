@@ -250,12 +250,14 @@ class SGLDCalibration:
         budget = f"{cfg.num_chains} × ({cfg.num_burnin} + {cfg.num_draws})"
         long_draws = self.long[t["step"].iloc[0]].config.num_draws
         verdict = "adequate" if self.adequate else "NOT adequate"
-        return (f"{self.setting}: the profile's budget ({budget} steps, ε = {cfg.epsilon:g}, nβ = {self.nbeta:.3g}) is "
-                f"{verdict}: at the {len(t)} calibration checkpoints its estimate is {t['ratio'].min():.1%}–"
-                f"{t['ratio'].max():.1%} of a {long_draws}-draw chain's settled value (worst at step "
-                f"{int(worst['step'])}, {worst['label']}; tolerance ±{ADEQUATE_TOLERANCE:.0%}), and "
-                f"{int((self.cells.query('is_profile')['class'] == 'good').sum())} of {len(t)} short-chain cells at "
-                f"its setting are good.")
+        where = "at the calibration checkpoint" if len(t) == 1 else f"at the {len(t)} calibration checkpoints"
+        ratios = (f"{t['ratio'].iloc[0]:.1%}" if len(t) == 1
+                  else f"{t['ratio'].min():.1%}–{t['ratio'].max():.1%}")
+        good = int((self.cells.query("is_profile")["class"] == "good").sum())
+        return (f"{self.setting}: the profile's budget ({budget} steps, ε = {cfg.epsilon:g}, nβ = {self.nbeta:.3g}, "
+                f"γ = {cfg.gamma:.3g}) is {verdict}: {where} its estimate is {ratios} of a {long_draws}-draw chain's "
+                f"settled value (worst at step {int(worst['step'])}, {worst['label']}; tolerance "
+                f"±{ADEQUATE_TOLERANCE:.0%}), and {good} of {len(t)} short-chain cells at its setting are good.")
 
     def to_record(self, sweep: LLCSweep | None = None) -> dict:
         """The headline JSON's ``sgld_calibration``: settings tried, the chosen one, the convergence

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from stagewise.data.regression import RegressionTask
-from stagewise.llc import SGLDConfig
+from stagewise.llc import CalibrationSettings, SGLDConfig
 from stagewise.models.regression import RegressionTransformerConfig
 from stagewise.train import TrainConfig
 
@@ -69,6 +69,13 @@ class TransientRidgeProfile:
     sgld_dtype: str = "auto"
     smoothing: float = 1.0
     executor: str = "serial"  # how the notebook trains the runs: "serial" or "processes" (one per core)
+    # SGLD calibration (App. D.3.3; notebook 03's section, stagewise.transient_ridge.final_llc_calibration)
+    # at M = ∞ and the M of the largest LLC: ε at 0.3x-10x and nβ at 0.3x-3x the profile's, one chain
+    # of (burn-in + 100) steps per cell, one chain 5x the profile's draws. Cost at `cpu` (d = 32
+    # model, ~5 ms per chain-step): 2 x (12 x 200 + 1,600) steps ≈ 40 s. Not part of any cache key.
+    sgld_calibration: CalibrationSettings = CalibrationSettings(epsilon_factors=(0.3, 1.0, 3.0, 10.0),
+                                                                nbeta_factors=(0.3, 1.0, 3.0), num_draws=100,
+                                                                long_factor=5, num_checkpoints=1)
 
     def __post_init__(self):
         from stagewise.profiles.regression import _check_sgld_path
@@ -138,6 +145,8 @@ PROFILES = {
         pca_batch=16,
         sgld=SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=1, num_draws=10, num_burnin=5, batch_size=16),
         num_sgld_samples=128,
+        sgld_calibration=CalibrationSettings(epsilon_factors=(1.0, 10.0), nbeta_factors=(1.0,), num_draws=10,
+                                             long_factor=2, num_checkpoints=1),
     ),
 }
 
