@@ -116,7 +116,8 @@ DRIFT_THRESHOLD = 0.05 / 3
 # ... and the gap must be significant: more than this many standard errors (noise estimated on the
 # second half of the chains' mean d_t, τ by Geyer's initial positive sequence on the chains' pooled
 # autocorrelation).
-# Fixed once on synthetic chains (benchmarks/convergence_thresholds.py, 200 seeds per case; draws
+# Fixed once on synthetic chains (benchmarks/convergence_thresholds.py, 200 seeds per case, output in
+# benchmarks/results/convergence_thresholds.txt; draws
 # λ μ(t) + AR(1) noise, φ ∈ {0, 0.5, 0.9}, 1-4 chains, 40-2,000 draws, per-draw noise 10-30% of λ):
 # stationary chains get a drift flag in ≤ 1% of seeds wherever they hold ≳ 15 autocorrelation
 # times (every case with φ ≤ 0.5; φ = 0.9 from 300 draws), up to 9% with 2-4 (φ = 0.9, 40 draws);
