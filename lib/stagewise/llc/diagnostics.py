@@ -124,7 +124,8 @@ DRIFT_THRESHOLD = 0.05 / 3
 # 2 sigmas would give 6-27%. The LM case (2 × 80 draws, running estimate at 91% of the
 # settled value) is flagged in 100% of seeds with chains 1% apart, 81% at the LM's own noise
 # (chains 2-3% apart), 14% with per-chain errors of 6% (then the climb hides in the noise).
-# A chain stopped mid-climb (relaxation time = its length, 300 draws): 69-100%, by noise level.
+# A chain stopped mid-climb (relaxation time = its length, noise 30% of λ per draw): 300 draws
+# 69% (1 chain) and 100% (2 chains), 80 draws 18% and 79%: there the climb hides in the noise too.
 DRIFT_SIGMAS = 3.0
 # Between-chain agreement: split-R̂ (Gelman et al. 2013, BDA3 §11.4, on d_t) above the classical
 # 1.1 *and* a between-chain spread (sd of λ̂_c / λ̂) above 5%: chains that disagree by more than
