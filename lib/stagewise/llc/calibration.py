@@ -386,6 +386,7 @@ def plot_calibration_traces(cal: SGLDCalibration, step: int | None = None):
             ax.set_title(f"{where}\n{cls}", fontsize=7, color=_CELL_COLORS[cls])
             if np.isclose(eps, cal.config.epsilon) and np.isclose(nb, cal.nbeta) and np.isclose(gamma, cal.config.gamma):
                 for side in ax.spines.values():
+                    side.set_visible(True)
                     side.set_linewidth(2.5)
                     side.set_edgecolor("black")
                 ax.set_title(f"profile: {where}\n{cls}", fontsize=7, fontweight="bold",
