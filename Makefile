@@ -1,4 +1,4 @@
-# Two entry points (see README): `make figures` and `make test`. Both create/refresh .venv first.
+# Two entry points (README, Quick start): `make figures` and `make test`. Both create/refresh .venv first.
 PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -6,7 +6,7 @@ PROFILE ?= cpu
 ONLY    ?=
 # notebooks run at once by `make figures` (threads per job = cores // JOBS; 04 runs after 01 and 05
 # after 02 in the same job; 03, which spreads its runs over one process per core, runs first on all
-# cores): on 2 cores, 03 on both, then two single-thread jobs (README, *Measured times*)
+# cores): on 2 cores, 03 on both, then two single-thread jobs (docs/profiles.md)
 JOBS    ?= 2
 NBMAKE  := build/nbmake
 

@@ -2,7 +2,7 @@
 
 Ground truth: the published boundaries, LM 900 / 6.5k / 8.5k / 17k of 50k steps and regression
 1k / 40k / 126k / 320k of 500k steps (main paper §5–6), with each stage's LLC change Δλ̂ from
-Tables 1–2 of [T]. Each stage is a raised-cosine ramp in log t (slope exactly zero at the true
+Tables 1–2 of [DL]. Each stage is a raised-cosine ramp in log t (slope exactly zero at the true
 boundaries; flat before step 100), sampled on the papers' checkpoint schedules (LM: every 100 steps;
 regression: 190 = 100 linear + 90 log-spaced, duplicates merged), plus Gaussian noise of a given
 fraction of the curve's range. ``detect_stages`` runs with its defaults.

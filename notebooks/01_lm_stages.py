@@ -28,7 +28,7 @@
 # **Scale.** `paper` is the paper's run (context 1024, batch 100, 50k steps ≈ 5B tokens). The
 # `cpu` profile trains the same architecture at context 256 and batch 8 for a few thousand steps
 # (≈ 10M tokens, 500× fewer than the paper), which a 2-core CPU does in ~20 minutes: enough for LM1
-# and LM2, not for the induction circuit (the README records what we measured). Everything the
+# and LM2, not for the induction circuit (docs/results/pilots.md records what we measured). Everything the
 # paper computes is computed here at every profile; the stage-signature table at the end says which
 # signatures appear.
 #
@@ -36,7 +36,7 @@
 # induction head on a CPU (44M tokens). `long` trains the same model at context 128 on the same text,
 # half of whose contexts repeat two passages of their own text four times each at random places,
 # after a first 3,000 steps on 32-token contexts (a context-length curriculum): the recipe the
-# README's induction-head pilots found, which forms a layer-0 previous-token head and a layer-1
+# induction-head pilots (docs/results/pilots.md) found, which forms a layer-0 previous-token head and a layer-1
 # induction head at ~7M tokens. The probes and the ICL score read the plain validation text only;
 # the LLC's SGLD data carry the same repeats as training (the distribution the model is trained on).
 
@@ -75,7 +75,7 @@ notebook_start = time.perf_counter()
 profile = profile or default_profile()
 llc_executor = sweep_executor(dask_scheduler)  # 'serial', or a Client of that scheduler
 cfg = get_profile("language", profile, **({"seeds": tuple(seeds)} if seeds is not None else {}))
-# every title names the profile and, where the data are an analogue of the paper's (SPEC.md §0), that
+# every title names the profile and, where the data are an analogue of the paper's, that
 setting = f"{cfg.name} profile" + (f"\n{textwrap.fill(cfg.analogue, 110)}" if cfg.analogue else "")
 apply_style()
 n_params = sum(p.numel() for p in make_language_model(cfg.model).parameters())
@@ -292,7 +292,7 @@ signatures[["paper stage", "signature", "paper when", "appears", "step", "our st
 # %% [markdown]
 # ## The induction circuit judged by content, against the stage boundaries (LM3–LM4)
 # An induction score on `BOS + R + R` can be earned by a head that copies from a fixed distance
-# back (README, *the fixed-offset trap*), so the circuit is judged by three content-based probes:
+# back (docs/results/pilots.md, *the fixed-offset trap*), so the circuit is judged by three content-based probes:
 # the largest **layer-0 previous-token score** (App. B.4.3; threshold 0.4), the largest **layer-1
 # prefix-matching score** (App. B.4.4; threshold 0.3), and the **loss drop on a repeat at a random
 # offset** (a 20-token segment copied from a random place of the first half of 128 random tokens to
@@ -349,7 +349,7 @@ print(f"ICL score at formation {icl_before}, at the end {icl_end:.3f}")
 boundary_vs_heads
 
 # %% [markdown]
-# ## Essential dynamics: forms against the LLC's boundaries ([T] §3.2, Fig. 2a)
+# ## Essential dynamics: forms against the LLC's boundaries ([DL] §3.2, Fig. 2a)
 # The papers' second witness of stages. *Behavioural ED*: a_t = log p(next token) of every
 # checkpoint at every 4th position of 32 fixed validation contexts (2,048 numbers at context 256;
 # `stagewise.runs.language_outputs`), PCA over the checkpoints, the top 3 PCs smoothed along
@@ -499,7 +499,7 @@ print(calibration.sentence(), f"({t_calibration:.0f} s)")
 
 # %% [markdown]
 # ## Headline numbers as data
-# Written to `01_lm_stages.json` beside this profile's figures (SPEC.md §0): tokens seen, the
+# Written to `01_lm_stages.json` beside this profile's figures: tokens seen, the
 # detected boundaries with their intervals and the LLC there, the stages named after the paper's,
 # the step at which each named signature appears (null when absent), the first analysed step at
 # which a layer-0 head passes the previous-token threshold and a layer-1 head the induction

@@ -27,7 +27,7 @@
 #
 # *Profile scale.* `paper` is the paper's 500k steps; `cpu` is a shorter one-cycle schedule of the
 # same model and batch (10k steps, 5 seeds); `long` trains seed 0 on the paper's own 500k-step
-# schedule for the late stages LR3–LR5 (chosen by the pilots recorded in the README: about 6 min on
+# schedule for the late stages LR3–LR5 (chosen by the pilots in docs/results/pilots.md: about 6 min on
 # a GPU, where each step is replayed as a CUDA graph, and about 5 h on a 2-core CPU; resumable);
 # `smoke` only exercises the code.
 
@@ -263,9 +263,9 @@ else:
     print(f"{len(sweeps[seed0].steps)} LLC checkpoints: no subset to compare")
 
 # %% [markdown]
-# ## Essential dynamics: forms against the LLC's boundaries ([T] §3.2, Fig. 2)
+# ## Essential dynamics: forms against the LLC's boundaries ([DL] §3.2, Fig. 2)
 # The papers' second witness of stages. *Behavioural ED*: the predictions ŷ_k of every
-# checkpoint on 256 fixed sequences (2,048 numbers; eq. 7 of [T]), PCA over the checkpoints of one
+# checkpoint on 256 fixed sequences (2,048 numbers; eq. 7 of [DL]), PCA over the checkpoints of one
 # seed, the top 3 PCs smoothed along training, and the trajectory's geometry in each PC plane:
 # osculating circles (grey), their centres (the evolute, black), vertices. A *form* is a turning
 # point of the trajectory at which every PC plane has a vertex (cusp of the evolute).
@@ -693,7 +693,7 @@ per_seed
 # * **Cost** (2-core CPU, measured under the shared lock): training 190–310 s per seed (227 s in a
 #   clean from-scratch run), LLC 10.5–12.5 s per checkpoint for seed 0 (2 chains) and 7.0 s for the
 #   other seeds (1 chain), probes 0.25 s per checkpoint, the rest (figures) ≈ 35 s: ≈ 43–45 min
-#   from an empty cache, at the limit of SPEC §0's 45 min; ≈ 35 s with everything cached. On one
+#   from an empty cache, at the limit of its 45-min budget; ≈ 35 s with everything cached. On one
 #   thread of a slower 2-core AMD EPYC Zen 3 (inside `make figures`, beside notebook 01) it took
 #   70.5 min: training 350–382 s per seed, LLC 2,251 s, probes 120 s (the notebook's JSON has them).
 # * **What the late stages need.** The LR3|LR4 boundary, the LayerNorm and unembedding
@@ -819,7 +819,7 @@ print(calibration.sentence())
 
 # %% [markdown]
 # ## Headline numbers as data
-# Written to `02_regression_stages.json` beside this profile's figures (SPEC.md §0): per seed with
+# Written to `02_regression_stages.json` beside this profile's figures: per seed with
 # an LLC curve, the detected boundaries with their intervals and the LLC there, the stages' names
 # and directions, the paper's boundaries against ours, and the step at which each named signature
 # appears (null when it does not); the training and LLC costs; the notebook's wall time.

@@ -347,7 +347,7 @@ print("estimates of Fig. 3 flagged unconverged or with a flagged chain:",
 
 # %% [markdown]
 # ## Headline numbers as data
-# Written to `03_transient_ridge.json` beside this profile's figures (SPEC.md §0): the
+# Written to `03_transient_ridge.json` beside this profile's figures: the
 # task-diversity threshold, the transient and partially transient M, per M the critical time, the
 # OOD-loss minimum and final value, the dip/rise measures and the final model's LLC, the LLC
 # crossing, and the notebook's wall time.

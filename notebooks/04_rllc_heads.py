@@ -69,8 +69,8 @@ lm = get_profile("language", cfg.language)
 apply_style()
 print(cfg)
 print(lm.analogue or "the language profile's data: plain text (the paper's kind)")
-# every figure names the profile and, where the language model's data are an analogue of the paper's
-# (SPEC.md §0), that analogue
+# every figure names the profile and, where the language model's data are an analogue of the paper's,
+# that analogue
 setting = f"{cfg.name} profile" + (f"\n{textwrap.fill(lm.analogue, 110)}" if lm.analogue else "")
 
 
@@ -433,7 +433,7 @@ if len(flagged_heads):
 
 # %% [markdown]
 # ## Headline numbers as data
-# Written to `04_rllc_heads.json` beside this profile's figures (SPEC.md §0): per head its class
+# Written to `04_rllc_heads.json` beside this profile's figures: per head its class
 # (probes at the final checkpoint), final scores and final wrLLC / wdrLLC; per layer the spread
 # (CV) of the wrLLC curves at the first and last checkpoint; whether the clustering (shape method,
 # smallest c) puts the induction heads, if any, in a cluster of their own; the whole-model drLLC at

@@ -149,7 +149,7 @@ matches
 
 # %% [markdown]
 # ## Headline numbers as data
-# Written to `05_hessian_comparison.json` beside this profile's figures (SPEC.md §0): the toy
+# Written to `05_hessian_comparison.json` beside this profile's figures: the toy
 # potentials' exact and estimated LLCs beside their Hessian trace and rank, the boundaries of the
 # LLC, the trace and the top eigenvalue over the regression run, and which LLC boundaries curvature
 # finds (within the factor `match_factor`).

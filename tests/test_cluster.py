@@ -44,7 +44,7 @@ def test_unreachable_scheduler_is_an_error_naming_it(monkeypatch):
 
 @pytest.mark.slow
 def test_sweeps_run_on_an_existing_local_cluster_named_by_the_environment(monkeypatch, tmp_cache):
-    """The README's example on a LocalCluster: the scheduler's address in $STAGEWISE_DASK_SCHEDULER,
+    """The docs' Dask example (docs/scale.md) on a LocalCluster: the scheduler's address in $STAGEWISE_DASK_SCHEDULER,
     sweep_executor() connects, the sweep runs on the cluster's worker and equals the serial one; the
     notebook's process writes the cache."""
     from distributed import LocalCluster

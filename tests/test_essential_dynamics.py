@@ -1,4 +1,4 @@
-"""Essential dynamics ([T] §3.2): PCA of outputs, curvature, osculating circles, evolute cusps, forms."""
+"""Essential dynamics ([DL] §3.2): PCA of outputs, curvature, osculating circles, evolute cusps, forms."""
 
 import numpy as np
 import pytest

@@ -5,7 +5,7 @@ import pytest
 
 from stagewise.stages import boundary_positions, detect_stages, synthetic_stage_curve
 
-# A curve shaped like the papers' (rise, fall, rise, slow rise; Tables 1-2 of [T]) on 120
+# A curve shaped like the papers' (rise, fall, rise, slow rise; Tables 1-2 of [DL]) on 120
 # log-spaced checkpoints, small enough for a test to take well under a second.
 STEPS = np.unique(np.geomspace(10, 100_000, 120).round())
 TRUE_BOUNDARIES = np.array([200.0, 2_000.0, 15_000.0])

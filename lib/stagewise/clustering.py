@@ -1,4 +1,4 @@
-"""Clustering per-head rLLC curves (refined-LLC paper, App. F.5; shared/refined-llc.md item 5).
+"""Clustering per-head rLLC curves ([W] App. F.5).
 
 The paper clusters each head's curve over training — the per-head training-data drLLC and code
 drLLC concatenated, a 2T-dimensional vector — with Euclidean K-means, DTW K-means, hierarchical

@@ -116,7 +116,7 @@ def save_figure(fig, name: str, profile: str | None = None, directory: Path | No
 
 
 # ------------------------------------------------------------------------------------------------
-# The standard stage figure (Fig. 1, B.2, C.1) and the essential-dynamics figure ([T] Fig. 2)
+# The standard stage figure (Fig. 1, B.2, C.1) and the essential-dynamics figure ([DL] Fig. 2)
 
 
 def _stage_colors(stages) -> list[str]:
@@ -270,7 +270,7 @@ def plot_stages(result, steps, values, stds=None, loss=None, extra=None, axes=No
 
 def plot_essential_dynamics(ed, stages=None, pairs=None, extra_points=None, circles: bool = True,
                             max_radius: float | None = None, axes=None, title=None):
-    """Plane projections γ_ij of an :class:`stagewise.essential_dynamics.EssentialDynamics` ([T] Fig. 2).
+    """Plane projections γ_ij of an :class:`stagewise.essential_dynamics.EssentialDynamics` ([DL] Fig. 2).
 
     Raw PC scores (faint dots), the smoothed trajectory coloured by stage (``stages``: a StageResult,
     Fig. 1 colours) or by log-step, osculating circles (grey; radius clipped at ``max_radius``,

@@ -1,4 +1,4 @@
-"""Refined LLCs of attention heads (Wang et al., refined LLC; shared/refined-llc.md).
+"""Refined LLCs of attention heads ([W]).
 
 The estimator λ̂(w*; V, q') (§3.2: eq. 2 with the Gibbs posterior of eq. 6 over V, for the
 refined LLC of eqs. 4-5) is the LLC engine's SGLD with updates projected onto V and batches from q':

@@ -28,7 +28,7 @@ __all__ = ["RegressionRunKey", "regression_run", "regression_llc", "regression_h
            "language_sgld_model", "regression_outputs", "language_outputs", "ED_NUM_SEQUENCES", "ED_NUM_CONTEXTS",
            "ED_POSITION_STRIDE", "language_sgld_contexts", "language_offset_drops", "OFFSET_PROBE"]
 
-# Behavioural essential dynamics (stagewise.essential_dynamics; [T] §3.2 eq. 7): the outputs of
+# Behavioural essential dynamics (stagewise.essential_dynamics; [DL] §3.2 eq. 7): the outputs of
 # every checkpoint on one fixed input set, a few thousand numbers per checkpoint
 ED_NUM_SEQUENCES = 256  # regression: ŷ_k of 256 fixed sequences, K = 8 each (2,048 numbers)
 ED_NUM_CONTEXTS = 32  # LM: log p(next token) in 32 fixed validation contexts...
@@ -411,7 +411,7 @@ def _checkpoint_outputs(run: TrainedRun, kind: str, key: dict, fn, progress: boo
 
 def regression_outputs(profile: RegressionProfile, seed: int, num_sequences: int = ED_NUM_SEQUENCES,
                        progress: bool = True):
-    """Behavioural ED's a_t of the regression run (``[T]`` eq. 7): the predictions ŷ_k of every
+    """Behavioural ED's a_t of the regression run (``[DL]`` eq. 7): the predictions ŷ_k of every
     checkpoint on ``num_sequences`` fixed sequences (seed :data:`ED_INPUT_SEED`). Returns ``(steps
     [T], outputs [T, num_sequences, K])``, cached per run."""
     import torch

@@ -82,7 +82,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "sgld")
 SAMPLE_CORPUS = Path(__file__).resolve().parents[3] / "data" / "sample_corpus.jsonl"
 # An upper bound on the training tokens of the offline corpora: the registry build has 12.6M tokens,
-# 11.3M of them in the train split (README); the committed sample ~0.1M.
+# 11.3M of them in the train split (docs/guide/cache.md); the committed sample ~0.1M.
 OFFLINE_TRAIN_TOKENS_MAX = 20_000_000
 OFFLINE_SOURCES = ("registry", "sample")
 PAPER_CORPUS_ENV = "STAGEWISE_PAPER_CORPUS"

@@ -112,7 +112,7 @@ class RepeatMix:
     ``h = (n_ctx - 1) // 2`` tokens in ``S`` (an odd body leaves the context's last token in place).
     The repeat is always ``h`` positions back, so a layer-1 head can earn the induction score on
     ``BOS + R + R`` by attending to a fixed relative position (a positional copy head) without any
-    content-based matching: README, *Induction-head pilots*, "the fixed-offset trap".
+    content-based matching: docs/results/pilots.md, "the fixed-offset trap".
 
     ``layout = "segments"``: the body is cut into ``segments`` equal chunks; in each chunk one
     segment of length uniform in ``[min_length, max_length]`` is written at a random position and
@@ -340,7 +340,7 @@ class ContextCurriculum:
     first ``steps`` training steps on contexts of ``n_ctx`` tokens (as many tokens per step: the
     batch grows by the ratio of the lengths), each rewritten by ``repeat_mix``, then the profile's
     own data. Short contexts hold fewer distractors for an attention head to sort through, which
-    is what let the induction pilots form a layer-0 previous-token head at all (README,
+    is what let the induction pilots form a layer-0 previous-token head at all (docs/results/pilots.md,
     *Induction-head pilots*)."""
 
     steps: int

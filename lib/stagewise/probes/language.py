@@ -166,7 +166,7 @@ class LMProbeConfig:
 PROBE_VERSION = 2  # 2: icl_score.sem column, icl_window
 
 # Sizes per profile (the lead may move these into stagewise.profiles.language). `cpu` keeps one
-# checkpoint's probes at a few seconds on 2 cores (README); `paper` uses the paper's counts except
+# checkpoint's probes at a few seconds on 2 cores (docs/profiles.md); `paper` uses the paper's counts except
 # num_validation (the paper averages the ICL score over 100k rows; 2,000 x 1,024 tokens here).
 PROBE_PRESETS = {
     "paper": LMProbeConfig(),

@@ -1,4 +1,4 @@
-"""Profiles for the in-context linear-regression setting (notebooks 02 and 05; SPEC.md §3)."""
+"""Profiles for the in-context linear-regression setting (notebooks 02 and 05; docs/profiles.md)."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ PROFILES = {
     # Paper: 500k steps of batch 256, Adam 3e-3 one-cycle, 190 checkpoints, seeds 0-4 (Table D.2).
     # LLC in fp32, the paper's numerics (sgld_dtype="auto" would take bf16 on a recent GPU).
     "paper": RegressionProfile(name="paper", sgld_dtype="float32"),
-    # cpu: chosen by measurement (README): the paper's model and batch at a shorter one-cycle
+    # cpu: chosen by measurement (docs/results/pilots.md): the paper's model and batch at a shorter one-cycle
     # schedule, which compresses the stages in step count.
     "cpu": RegressionProfile(
         name="cpu",
@@ -123,7 +123,7 @@ PROFILES = {
         other_seeds_sgld=SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=1, num_draws=200, num_burnin=100,
                                                batch_size=256),
     ),
-    # long: the late stages LR3-LR5 (issue #16; pilots in the README): seed 0 at the paper's own
+    # long: the late stages LR3-LR5 (pilots: docs/results/pilots.md): seed 0 at the paper's own
     # schedule (500k steps of its model, batch and optimiser; 100k and 200k did not separate LR3 from
     # LR4), the cpu profile's chains at all 190 checkpoints, as the paper (issue #31; notebook 02 also
     # reports the boundaries of the 60-checkpoint subset it used before); resume state every 5k steps.

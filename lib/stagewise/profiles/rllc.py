@@ -1,4 +1,4 @@
-"""Profiles for the refined-LLC notebook (04; shared/refined-llc.md)."""
+"""Profiles for the refined-LLC notebook (04; [W])."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class RefinedLLCProfile:
 PROFILES = {
     # Wang et al.: step size 1e-3, γ = 200, 4 chains x 200 draws, nβ ≈ 23.
     "paper": RefinedLLCProfile(name="paper", language="paper"),
-    # cpu: sized by measurement to ~30 min on 2 cores (README): 16 heads x 6 checkpoints x {train,
+    # cpu: sized by measurement to ~30 min on 2 cores (docs/profiles.md): 16 heads x 6 checkpoints x {train,
     # code} x 2 chains x (5 + 40) SGLD steps of 4 contexts, the loss at every 4th position (the
     # language profile's sgld_stride); German only for the whole-model drLLC; 256 reference contexts
     # for mean ablation and tokens in context.
