@@ -367,7 +367,7 @@ def t_lm_signatures(data: dict) -> str:
         row = [sig["paper_stage"], sig["signature"]]
         for src in ("cpu/01", "long/01"):
             p = f"{src}:signatures.{i}"
-            row.append(f"{_hl(p + '.step;int')} (our stage {_hl(p + '.our_stage')})" if lookup(data, p + ".appears") else "✗")
+            row.append(f"{_hl(p + '.step;int')} (in {_hl(p + '.our_stage')})" if lookup(data, p + ".appears") else "✗")
         rows.append(row)
     return _table(["paper stage", "signature ([H] App. B)", "`cpu`", "`long`"], rows)
 
