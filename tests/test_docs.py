@@ -150,3 +150,36 @@ def test_link_check_finds_broken_links_and_remote_assets(tmp_path):
     (tmp_path / "bad.html").write_text('<img src="missing.png"><script src="https://cdn.example/x.js"></script>')
     problems = g.check_links(tmp_path)
     assert any("broken link missing.png" in p for p in problems) and any("another host" in p for p in problems)
+
+
+def test_notebook_pages_use_an_executed_copy_when_there_is_one(tmp_path, monkeypatch):
+    pytest.importorskip("docutils")  # the docs extra
+    import types
+
+    import jupytext
+    import nbformat
+
+    sys.path.insert(0, str(DOCS / "_ext"))
+    import headline
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "executed" / "cpu").mkdir(parents=True)
+    (tmp_path / "docs" / "notebooks").mkdir(parents=True)
+    for nb in headline.NOTEBOOKS:
+        shutil.copy(ROOT / "notebooks" / f"{nb}.py", tmp_path / "notebooks")
+    executed = jupytext.read(ROOT / "notebooks" / "05_hessian_comparison.py")
+    code = next(c for c in executed.cells if c.cell_type == "code")
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="an output as it was run\n")]
+    nbformat.write(executed, tmp_path / "executed" / "cpu" / "05_hessian_comparison.ipynb")
+    monkeypatch.setattr(headline.generate, "ROOT", tmp_path)
+    app = types.SimpleNamespace(srcdir=str(tmp_path / "docs"), config=types.SimpleNamespace(docs_mode="full"))
+    headline._notebook_pages(app)
+    pages = tmp_path / "docs" / "notebooks"
+    with_outputs = nbformat.read(pages / "05_hessian_comparison.ipynb", as_version=4)
+    assert any("an output as it was run" in str(c.get("outputs", "")) for c in with_outputs.cells)
+    without = nbformat.read(pages / "02_regression_stages.ipynb", as_version=4)
+    assert not any(c.get("outputs") for c in without.cells)
+    assert "committed-figures} 02" in without.cells[-1].source  # the committed figures close the page
+    app.config.docs_mode = "ci"  # CI mode: stubs of the same names, the notebooks gone
+    headline._notebook_pages(app)
+    assert sorted(p.name for p in pages.iterdir()) == [f"{nb}.md" for nb in headline.NOTEBOOKS]
