@@ -224,6 +224,7 @@ def _frame_rows(steps: Sequence[int], results: Sequence[LLCResult], extra: dict)
                      "loss_init": r.loss_init, "num_sampled": r.num_sampled, "nbeta": r.nbeta,
                      "excluded_chains": len(r.excluded_chains), "flags": ",".join(flags),
                      "drift": r.convergence["drift"], "drift_z": r.convergence["drift_z"],
+                     "half_drift": r.convergence["half_drift"],
                      "draws_to_settle": r.convergence["draws_to_settle"], "spread": r.convergence["spread"],
                      "rhat": r.convergence["rhat"], "unconverged": r.unconverged})
     return rows

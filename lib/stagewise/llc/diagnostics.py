@@ -113,19 +113,24 @@ SETTLE_TOLERANCE = 0.05
 # time constant τ_r ≪ T, λ̂_T is low by ≈ 3 × drift (λ̂_τ ≈ λ(1 − τ_r/τ)). So 0.05/3: the estimate
 # lies more than 5% from its own last quarter, i.e. is biased by more than ≈ 5%.
 DRIFT_THRESHOLD = 0.05 / 3
-# ... and the gap must be significant: more than this many standard errors (noise estimated on the
+# The same bias read off the halves: (mean of the second half − λ̂_T) / λ̂_T, i.e. half the change
+# between the halves; more draws per mean than the last quarter, so it sees a climb that ended
+# mid-chain (short calibration chains at a small ε) that the last quarter no longer shows.
+HALF_DRIFT_THRESHOLD = 0.05
+# ... and each gap must be significant: more than this many standard errors (noise estimated on the
 # second half of the chains' mean d_t, τ by Geyer's initial positive sequence on the chains' pooled
 # autocorrelation).
 # Fixed once on synthetic chains (benchmarks/convergence_thresholds.py, 200 seeds per case, output in
-# benchmarks/results/convergence_thresholds.txt; draws
-# λ μ(t) + AR(1) noise, φ ∈ {0, 0.5, 0.9}, 1-4 chains, 40-2,000 draws, per-draw noise 10-30% of λ):
-# stationary chains get a drift flag in ≤ 1% of seeds wherever they hold ≳ 15 autocorrelation
-# times (every case with φ ≤ 0.5; φ = 0.9 from 300 draws), up to 9% with 2-4 (φ = 0.9, 40 draws);
-# 2 sigmas would give 6-27%. The issue's LM case (2 × 80 draws, running estimate at 91% of the
-# settled value) is flagged in 100% of seeds with chains 1% apart, 81% at the LM's own noise
-# (chains 2-3% apart), 14% with per-chain errors of 6% (then the climb hides in the noise).
+# benchmarks/results/convergence_thresholds.txt; draws λ μ(t) + AR(1) noise, φ ∈ {0, 0.5, 0.9},
+# 1-4 chains, 40-2,000 draws, per-draw noise 10-30% of λ). Stationary chains (every flag a false
+# alarm): a drift flag in ≤ 1% of seeds where the chains hold ≳ 30 autocorrelation times, ≤ 3% at
+# ≈ 15, up to 10-24% with 2-4 (φ = 0.9, 40-80 draws: there the noise itself is not measurable);
+# where one chain's standard error is ≤ 2.5% of λ, any flag in ≤ 0.5%. The issue's LM case (2 × 80
+# draws, running estimate at 91% of the settled value) is flagged in 100% of seeds at the LM's own
+# noise (chains 2-3% apart), 30-64% when a chain's error is 3-6% (the climb hides in the noise).
 # A chain stopped mid-climb (relaxation time = its length, noise 30% of λ per draw): 300 draws
-# 69% (1 chain) and 100% (2 chains), 80 draws 18% and 79%: there the climb hides in the noise too.
+# 90% (1 chain) and 100% (2 chains), 80 draws 44% and 87%. 2 sigmas gave 3-6x the false alarms.
+# (The last-quarter test alone, before the halves' was added: LM case 81%, stopped chains 18-100%.)
 DRIFT_SIGMAS = 3.0
 # Between-chain agreement: split-R̂ (Gelman et al. 2013, BDA3 §11.4, on d_t) above the classical
 # 1.1 *and* a between-chain spread (sd of λ̂_c / λ̂) above 5%: chains that disagree by more than
@@ -200,11 +205,14 @@ def estimate_convergence(llc_trace: np.ndarray, excluded: list[int] | tuple[int,
     * ``draws_to_settle``: the draw after which λ̂_τ stays within ``SETTLE_TOLERANCE`` (5%) of its
       final value λ̂_T, and ``settle_fraction`` = that / T;
     * ``drift``: (λ̂_T − λ̂_{T−T/4}) / |λ̂_T|, the relative change over the last quarter (positive =
-      still climbing), and ``drift_z``: that change over its standard error;
+      still climbing), and ``drift_z``: that change over its standard error; ``half_drift`` (and
+      ``half_drift_z``): the second half's mean of d_t against λ̂_T, relative;
     * ``spread``: sd of the per-chain λ̂_c over |λ̂_T| (NaN with one chain), ``rhat``: split-R̂ of
       d_t (NaN with one chain), ``rel_se``: the noise-only standard error of λ̂_T over |λ̂_T|;
     * ``unconverged`` with ``reasons`` ⊆ {'drift', 'disagreement'}: |drift| > ``DRIFT_THRESHOLD``
-      and |drift_z| > ``DRIFT_SIGMAS``; or R̂ > ``RHAT_THRESHOLD`` and spread > ``SPREAD_THRESHOLD``.
+      and |drift_z| > ``DRIFT_SIGMAS``, or |half_drift| > ``HALF_DRIFT_THRESHOLD`` and |half_drift_z| >
+      ``DRIFT_SIGMAS`` (both: λ̂_T more than ≈ 5% from where the chain has got to); or R̂ >
+      ``RHAT_THRESHOLD`` and spread > ``SPREAD_THRESHOLD``.
 
     The per-chain ``not_converged`` flag (:func:`chain_diagnostics`) compares quarters 3 and 4 of
     each chain: it sees a climb that lasts to the end, not an early climb that still biases the
@@ -214,6 +222,7 @@ def estimate_convergence(llc_trace: np.ndarray, excluded: list[int] | tuple[int,
     T = llc_trace.shape[1]
     out = {"draws": int(T), "chains": len(keep), "final": float("nan"), "draws_to_settle": None,
            "settle_fraction": float("nan"), "drift": float("nan"), "drift_z": float("nan"),
+           "half_drift": float("nan"), "half_drift_z": float("nan"),
            "spread": float("nan"), "rhat": float("nan"), "rel_se": float("nan"),
            "unconverged": False, "reasons": []}
     if not keep or not np.all(np.isfinite(llc_trace[keep])):
@@ -241,8 +250,15 @@ def estimate_convergence(llc_trace: np.ndarray, excluded: list[int] | tuple[int,
             gap = 3 * (final - running[T - q - 1])
             out["drift_z"] = float(gap / se_gap) if se_gap > 0 else float("inf") * np.sign(gap)
             out["rel_se"] = float(np.sqrt(noise_var / T) / scale)
+            # the second half's mean against λ̂_T: Var = σ²τ/T for stationary draws (T even)
+            m = d.mean(axis=0)
+            half_gap = float(m[T - T // 2:].mean() - final)
+            se_half = np.sqrt(noise_var / T)
+            out["half_drift"] = half_gap / scale
+            out["half_drift_z"] = float(half_gap / se_half) if se_half > 0 else float("inf") * np.sign(half_gap)
     reasons = []
-    if abs(out["drift"]) > DRIFT_THRESHOLD and abs(out["drift_z"]) > DRIFT_SIGMAS:
+    if ((abs(out["drift"]) > DRIFT_THRESHOLD and abs(out["drift_z"]) > DRIFT_SIGMAS)
+            or (abs(out["half_drift"]) > HALF_DRIFT_THRESHOLD and abs(out["half_drift_z"]) > DRIFT_SIGMAS)):
         reasons.append("drift")
     if out["rhat"] > RHAT_THRESHOLD and out["spread"] > SPREAD_THRESHOLD:
         reasons.append("disagreement")

@@ -81,7 +81,7 @@ class LLCSweep:
 
     def to_frame(self):
         """One row per checkpoint: λ̂ and its errors, the per-chain ``flags`` and the estimate's
-        convergence (``draws_to_settle``, ``drift``, ``drift_z``, ``spread``, ``rhat``, ``unconverged``)."""
+        convergence (``draws_to_settle``, ``drift``, ``drift_z``, ``half_drift``, ``spread``, ``rhat``, ``unconverged``)."""
         import pandas as pd
 
         conv = [r.convergence for r in self.results]
@@ -99,7 +99,7 @@ class LLCSweep:
         return convergence_summary(self.to_frame())
 
 
-CONVERGENCE_COLUMNS = ("draws_to_settle", "drift", "drift_z", "spread", "rhat", "unconverged")
+CONVERGENCE_COLUMNS = ("draws_to_settle", "drift", "drift_z", "half_drift", "spread", "rhat", "unconverged")
 
 
 def flagged_checkpoints(frame):
@@ -107,7 +107,7 @@ def flagged_checkpoints(frame):
     ``unconverged`` or has a flagged chain, with the columns a reader needs to judge them."""
     flags = frame["flags"].map(lambda f: bool(len(f)) if not isinstance(f, str) else bool(f))
     rows = frame[frame["unconverged"].astype(bool) | flags]
-    cols = [c for c in ("step", "head", "data", "llc_mean", "llc_sem", "flags", "draws_to_settle", "drift", "drift_z",
+    cols = [c for c in ("step", "head", "data", "llc_mean", "llc_sem", "flags", "draws_to_settle", "drift", "half_drift",
                         "spread", "rhat", "unconverged") if c in rows.columns]
     return rows[cols].reset_index(drop=True)
 
