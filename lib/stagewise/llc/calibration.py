@@ -210,8 +210,9 @@ class SGLDCalibration:
 
     def usable(self):
         """[(nβ, γ), ε] table: True where the cell is 'good' at every calibration checkpoint."""
-        return self.cells.groupby(["nbeta", "gamma", "epsilon"])["class"].apply(
-            lambda c: bool((c == "good").all())).unstack()
+        cells = self.cells.assign(nbeta=lambda f: f["nbeta"].map(_round), gamma=lambda f: f["gamma"].map(_round),
+                                  epsilon=lambda f: f["epsilon"].map(_round))
+        return cells.groupby(["nbeta", "gamma", "epsilon"])["class"].apply(lambda c: bool((c == "good").all())).unstack()
 
     def long_table(self):
         """Per calibration checkpoint: the profile's λ̂, the long chain's running estimate at the
