@@ -489,7 +489,7 @@ for name, make in (("figD6_lm_sgld_grid", plot_calibration_traces), ("figD6_lm_s
     save_figure(fig, name, profile=cfg.name)
     plt.show()
 print(calibration.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
-print("usable (good at every calibration checkpoint), rows nβ, columns ε:")
+print("usable (good at every calibration checkpoint), rows (nβ, γ), columns ε:")
 print(calibration.usable())
 flagged = sweep.flagged_checkpoints()
 print(f"{len(flagged)} of {len(sweep.steps)} estimates of the LLC curve flagged ({len(sweep.unconverged_steps)} unconverged)")

@@ -807,7 +807,7 @@ for name, make in (("figD6_regression_sgld_grid", plot_calibration_traces),
     save_figure(fig, name, profile=cfg.name, directory=figure_dir)
     plt.show()
 print(calibration.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
-print("usable (good at every calibration checkpoint), rows nβ, columns ε:")
+print("usable (good at every calibration checkpoint), rows (nβ, γ), columns ε:")
 print(calibration.usable())
 for seed in cfg.llc_seeds:
     flagged = sweeps[seed].flagged_checkpoints()
