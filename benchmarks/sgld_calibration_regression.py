@@ -1,15 +1,18 @@
-"""SGLD calibration (App. D.3.3) of the regression `long` profile on its shipped 500k-step run, at
-four hand-picked checkpoints of its LLC curve (figures/long/02_regression_stages.json): in LR2's
-rise before the 6.3k boundary, at the LLC's peak, before the 300k boundary, and the last.
+"""SGLD calibration (App. D.3.3) of a regression profile's SGLD setting on its seed-0 run, at four
+checkpoints read off the profile's headline JSON (notebook 02's LLC curve and boundaries): in the
+rise (`long`: before the 6.3k boundary; `cpu`: nearest a quarter of the peak's step), at the LLC's
+peak, before the last boundary, and the last checkpoint. Without the full LLC sweep.
 
-    python benchmarks/sgld_calibration_regression.py  # ≈ 6 min on one CPU core, every chain cached
+    python benchmarks/sgld_calibration_regression.py [long|cpu]  # every chain cached
 
-Writes benchmarks/results/sgld_calibration/regression_long.{json,md} and the D.6-D.7 figures there.
+`long` loads the shipped 500k-step run; `cpu` needs its 10k-step run in the cache (notebook 02).
+Writes benchmarks/results/sgld_calibration/regression_<profile>.{json,md} and the D.6-D.7 figures.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -26,38 +29,42 @@ from stagewise.runs import regression_run
 from stagewise.train import analysis_steps
 
 OUT = Path(__file__).parent / "results" / "sgld_calibration"
+# the first (uncached) run's cost, as measured
+FIRST_RUN_S = {"long": "1,500 s on one CPU core shared with another job", "cpu": "1,268 s on one CPU core shared with another job (after training the run: 10k steps, ~12 min)"}
 
 
-def main():
-    profile = get_profile("regression", "long")
+def main(name: str = "long"):
+    profile = get_profile("regression", name)
     run = regression_run(profile, 0)
     steps = np.asarray(analysis_steps(run.checkpoint_steps, profile.num_analysis_checkpoints))
-    head = json.loads(Path("figures/long/02_regression_stages.json").read_text())["seeds"]["seed_0"]
+    folder = Path("figures") if name == "cpu" else Path("figures") / name
+    head = json.loads((folder / "02_regression_stages.json").read_text())["seeds"]["seed_0"]
 
     def before(x):
         return int(steps[max(np.searchsorted(steps, x) - 1, 0)])
 
     bounds = [b["step"] for b in head["boundaries"]]
-    picks = {"early": before(bounds[1]), "peak": int(head["llc_max_step"]), "boundary": before(bounds[3]),
-             "late": int(steps[-1])}
+    peak = int(head["llc_max_step"])
+    early = before(bounds[1]) if name == "long" else int(steps[np.argmin(np.abs(steps - peak / 4))])
+    picks = {"early": early, "peak": peak, "boundary": before(bounds[-1]), "late": int(steps[-1])}
     t0 = time.perf_counter()
-    cal = sgld_calibration("regression (long)", picks, {s: run.checkpoint_path(s) for s in picks.values()},
+    cal = sgld_calibration(f"regression ({name})", picks, {s: run.checkpoint_path(s) for s in picks.values()},
                            partial(RegressionTransformer, profile.model), regression_sgld_loss(profile.sgld_loss),
                            sgld_dataset(profile.task, profile.num_sgld_samples), profile.sgld, profile.sgld_calibration,
                            compute_dtype=profile.sgld_dtype)
     seconds = time.perf_counter() - t0
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, make in (("figD6_regression_long_sgld_grid", plot_calibration_traces),
-                       ("figD6_regression_long_sgld_region", plot_calibration_region),
-                       ("figD7_regression_long_running_llc", plot_running_llc)):
-        save_figure(make(cal), name, directory=OUT, formats=("png",))
+    for fig_name, make in ((f"figD6_regression_{name}_sgld_grid", plot_calibration_traces),
+                           (f"figD6_regression_{name}_sgld_region", plot_calibration_region),
+                           (f"figD7_regression_{name}_running_llc", plot_running_llc)):
+        save_figure(make(cal), fig_name, directory=OUT, formats=("png",))
     rec = cal.to_record()
-    rec["seconds"] = seconds  # 0-10 s when every chain is cached (the first run: 1,500 s on a shared core)
-    (OUT / "regression_long.json").write_text(json.dumps(to_json_value(rec), indent=1) + "\n")
+    rec["seconds"] = seconds  # 0-10 s when every chain is cached
+    (OUT / f"regression_{name}.json").write_text(json.dumps(to_json_value(rec), indent=1) + "\n")
     table = cal.long_table().drop(columns="profile_chains")
-    (OUT / "regression_long.md").write_text(
-        f"# SGLD calibration, regression `long` (shipped run)\n\nCompute: 1,500 s on one CPU core shared with "
-        f"another job (this run: {seconds:.0f} s, from the cache).\n\n" + table.round(3).to_markdown(index=False)
+    (OUT / f"regression_{name}.md").write_text(
+        f"# SGLD calibration, regression `{name}`, seed 0\n\nCompute: {FIRST_RUN_S[name]} (this run: {seconds:.0f} s"
+        ", 0-10 s when every chain is cached).\n\n" + table.round(3).to_markdown(index=False)
         + "\n\nusable (good at every checkpoint), rows (nβ, γ), columns ε:\n\n" + cal.usable().to_markdown()
         + f"\n\n{cal.sentence()}\n")
     print(table.round(3).to_string(index=False))
@@ -66,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:2])
