@@ -42,11 +42,26 @@ README_START, README_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
 # ----------------------------------------------------------------------------------- data
 
 
+def profile_folders(root: Path = ROOT) -> list[tuple[str, Path]]:
+    """(name, folder) of every committed profile: ``cpu`` (``figures/``), ``long``, then the runs
+    of a profile with a non-default model option, ``figures/<profile>-<option>/`` (e.g.
+    ``cpu-paper_code``: notebook 02 with ``residual="paper_code"``). Smoke output is never committed."""
+    out = [("cpu", root / "figures"), ("long", root / "figures" / "long")]
+    for folder in sorted((root / "figures").glob("*-*")):
+        if folder.is_dir() and not folder.name.startswith("smoke"):
+            out.append((folder.name, folder))
+    return out
+
+
+def variant_profiles(root: Path = ROOT) -> tuple[str, ...]:
+    return tuple(name for name, _ in profile_folders(root) if name not in ("cpu", "long"))
+
+
 def load(root: Path = ROOT) -> dict[str, dict]:
-    """Every headline JSON, keyed ``cpu/NN``, ``long/NN``; shipped-run manifests ``runs/NAME``;
-    benchmark results ``bench/NAME``."""
+    """Every headline JSON, keyed ``cpu/NN``, ``long/NN`` (and ``<variant>/NN``, see
+    :func:`profile_folders`); shipped-run manifests ``runs/NAME``; benchmark results ``bench/NAME``."""
     data: dict[str, dict] = {}
-    for profile, folder in (("cpu", root / "figures"), ("long", root / "figures" / "long")):
+    for profile, folder in profile_folders(root):
         for path in sorted(folder.glob("[0-9][0-9]_*.json")):
             data[f"{profile}/{path.name[:2]}"] = json.loads(path.read_text())
     for path in sorted((root / "data" / "runs").glob("*.json")):
@@ -545,10 +560,48 @@ def t_verdicts(data: dict) -> str:
     return verdict_table(data)
 
 
+def t_residual_comparison(data: dict) -> str:
+    """Each residual stream's boundaries, stage names, final loss and LLC-slope dips, per seed and
+    profile: the standard run (``cpu/02``, ``long/02``) beside its ``-paper_code`` twin."""
+    rows = []
+    for prof in ("cpu", "long"):
+        variant = f"{prof}-paper_code/02"
+        if variant not in data:
+            continue
+        ref = lookup(data, f"{variant}:residual_comparison")
+        for s in sorted(lookup(data, f"{variant}:seeds")):
+            for src, name in ((f"{prof}/02", "standard"), (variant, "paper_code")):
+                if s not in lookup(data, f"{src}:seeds"):
+                    continue
+                base = f"{src}:seeds.{s}"
+                n = len(lookup(data, f"{base}.boundaries"))
+                bounds = ", ".join(_hl(f"{base}.boundaries.{i}.step;int") for i in range(n)) or "none"
+                stages = lookup(data, f"{base}.stages")
+                names = " ".join(
+                    (_hl(f"{base}.stages.{i}.name") if st["name"] else "?")
+                    + ("↑" if st["llc_direction"] == "increase" else "↓") for i, st in enumerate(stages))
+                if src == variant:
+                    dips_key = f"{base}.slope_dips"
+                elif s == "seed_0" and ref is not None:
+                    dips_key = f"{variant}:residual_comparison.standard.slope_dips"
+                else:
+                    dips_key = None
+                if dips_key is None:
+                    dips = "–"
+                else:
+                    dips = ", ".join(f"{_hl(f'{dips_key}.{j}.step;int')} ({_hl(f'{dips_key}.{j}.relative;.2f')})"
+                                     for j in range(len(lookup(data, dips_key)))) or "none"
+                rows.append([f"`{prof}`", s.replace("_", " "), f"`{name}`", bounds, names,
+                             _hl(f"{base}.final_train_loss;.3f"), dips])
+    return _table(["profile", "seed", "residual", "LLC boundaries", "stages (LLC direction)", "final train loss",
+                   "slope dips in 40k-320k, rescaled (relative |slope|)"], rows)
+
+
 TABLES = {
     "verdicts": t_verdicts,
     "regression-pilots": t_regression_pilots,
     "regression-boundaries": t_regression_boundaries,
+    "residual-comparison": t_residual_comparison,
     "regression-stages": t_regression_stages,
     "regression-llc": t_regression_llc,
     "regression-signatures": t_regression_signatures,
@@ -615,25 +668,29 @@ def figure_sort_key(stem: str):
 def committed_figures(root: Path = ROOT) -> list[tuple[str, dict[str, Path]]]:
     """Every committed PNG as (stem, {profile: path}), by paper and figure number."""
     found: dict[str, dict[str, Path]] = {}
-    for profile, folder in (("cpu", root / "figures"), ("long", root / "figures" / "long")):
+    for profile, folder in profile_folders(root):
         for path in folder.glob("fig*.png"):
             found.setdefault(path.stem, {})[profile] = path
     return sorted(found.items(), key=lambda kv: figure_sort_key(kv[0]))
 
 
-def figure_table(prefix: str, notebook: str | None = None, root: Path = ROOT) -> str:
-    """A table of the committed figures, `cpu` and `long` side by side, one row per figure name, by
-    paper and figure number; image paths start with ``prefix`` (the way from the page to the
-    repository root)."""
+def figure_table(prefix: str, notebook: str | None = None, root: Path = ROOT,
+                 profiles: tuple[str, ...] = ("cpu", "long")) -> str:
+    """A table of the committed figures, one column per profile (`cpu` and `long` by default), one
+    row per figure name that one of them draws, by paper and figure number; image paths start with
+    ``prefix`` (the way from the page to the repository root)."""
     rows = []
     for stem, paths in committed_figures(root):
-        if notebook and notebook_of(stem) != notebook:
+        if (notebook and notebook_of(stem) != notebook) or not set(profiles) & set(paths):
             continue
         title = f"**{figure_label(stem)}**<br>`{stem}`" + ("" if notebook else f"<br>notebook {notebook_of(stem)}")
         cells = [f"![{stem}, {p}]({prefix}{paths[p].relative_to(root).as_posix()})" if p in paths else "–"
-                 for p in ("cpu", "long")]
-        rows.append(f"| {title} | {cells[0]} | {cells[1]} |")
-    return "| figure | `cpu` | `long` |\n|---|---|---|\n" + "\n".join(rows) + "\n" if rows else ""
+                 for p in profiles]
+        rows.append("| " + " | ".join([title, *cells]) + " |")
+    if not rows:
+        return ""
+    head = "| figure | " + " | ".join(f"`{p}`" for p in profiles) + " |\n|---|" + "---|" * len(profiles) + "\n"
+    return head + "\n".join(rows) + "\n"
 
 
 # -------------------------------------------------------------------------------- verdicts

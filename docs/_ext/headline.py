@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from docutils import nodes
-from docutils.parsers.rst import Directive
+from docutils.parsers.rst import Directive, directives
 from docutils.statemachine import StringList
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,12 +64,19 @@ class HeadlineTable(Directive):
 
 
 class CommittedFigures(Directive):
+    """``{committed-figures} [NN]`` with an optional ``:profiles:`` option (space-separated; default
+    ``cpu long``; ``variants`` = every ``figures/<profile>-<option>/`` folder)."""
+
     optional_arguments = 1
+    option_spec = {"profiles": directives.unchanged}
 
     def run(self):
         env = self.state.document.settings.env
         depth = env.docname.count("/") + 1  # from docs/<docname> up to the repository root
-        table = generate.figure_table("../" * depth, self.arguments[0] if self.arguments else None)
+        names = self.options.get("profiles", "cpu long").split()
+        profiles = generate.variant_profiles() if names == ["variants"] else tuple(names)
+        table = generate.figure_table("../" * depth, self.arguments[0] if self.arguments else None,
+                                      profiles=profiles)
         node = nodes.container(classes=["figure-table"])
         self.state.nested_parse(StringList(table.splitlines(), source="generated"), self.content_offset, node)
         return [node]
