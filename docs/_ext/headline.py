@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import sys
@@ -34,7 +36,36 @@ def _data() -> dict:
     return _DATA
 
 
+def _uses_data(env) -> None:
+    """Record that the page being read shows numbers or figures from the repository's data."""
+    if not hasattr(env, "stagewise_data_docs"):
+        env.stagewise_data_docs = set()
+    env.stagewise_data_docs.add(env.docname)
+
+
+def _data_digest() -> str:
+    """A digest of everything the generated numbers and figure tables are read from."""
+    payload = json.dumps(generate.load(), sort_keys=True, default=str)
+    figures = "\n".join(str(p) for _, paths in generate.committed_figures() for p in paths.values())
+    return hashlib.sha256((payload + figures).encode()).hexdigest()
+
+
+def _outdated_by_data(app, env, added, changed, removed):
+    """Pages whose JSON or figures changed are read again: Sphinx only sees their sources change,
+    so an incremental build would otherwise keep stale numbers (which --check-html then rejects)."""
+    digest = _data_digest()
+    if getattr(env, "stagewise_data_digest", None) == digest:
+        return []
+    env.stagewise_data_digest = digest
+    return sorted(d for d in getattr(env, "stagewise_data_docs", set()) if d in env.found_docs)
+
+
+def _purge(app, env, docname):
+    getattr(env, "stagewise_data_docs", set()).discard(docname)
+
+
 def hl_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    _uses_data(inliner.document.settings.env)
     try:
         html = generate.span(_data(), text)
     except KeyError as exc:
@@ -53,6 +84,7 @@ class HeadlineTable(Directive):
     required_arguments = 1
 
     def run(self):
+        _uses_data(self.state.document.settings.env)
         name = self.arguments[0]
         if name not in generate.TABLES:
             raise self.error(f"no headline table {name!r} (have {', '.join(generate.TABLES)})")
@@ -72,6 +104,7 @@ class CommittedFigures(Directive):
 
     def run(self):
         env = self.state.document.settings.env
+        _uses_data(env)
         depth = env.docname.count("/") + 1  # from docs/<docname> up to the repository root
         names = self.options.get("profiles", "cpu long").split()
         profiles = generate.variant_profiles() if names == ["variants"] else tuple(names)
@@ -194,6 +227,8 @@ def setup(app):
     app.add_directive("headline-table", HeadlineTable)
     app.add_directive("committed-figures", CommittedFigures)
     app.connect("builder-inited", _notebook_pages)
+    app.connect("env-get-outdated", _outdated_by_data)
+    app.connect("env-purge-doc", _purge)
     app.connect("autodoc-process-docstring", _escape_plain_text)
     app.connect("missing-reference", _resolve_stagewise_refs)
     return {"version": "1", "parallel_read_safe": True}
