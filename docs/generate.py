@@ -594,7 +594,7 @@ def t_residual_comparison(data: dict) -> str:
                 rows.append([f"`{prof}`", s.replace("_", " "), f"`{name}`", bounds, names,
                              _hl(f"{base}.final_train_loss;.3f"), dips])
     return _table(["profile", "seed", "residual", "LLC boundaries", "stages (LLC direction)", "final train loss",
-                   "slope dips in 40k-320k, rescaled (relative |slope|)"], rows)
+                   "LLC-slope dips in 40k–320k, rescaled (step, relative slope)"], rows)
 
 
 TABLES = {
