@@ -18,19 +18,11 @@ import itertools
 
 import numpy as np
 
-from stagewise.llc.diagnostics import estimate_convergence
+from stagewise.llc.diagnostics import estimate_convergence, synthetic_llc_trace
 
 
 def chains(rng, C, T, phi, s, tau_r=None, lam=100.0):
-    a = np.empty((C, T))
-    a[:, 0] = rng.standard_normal(C)
-    innov = rng.standard_normal((C, T)) * np.sqrt(1 - phi**2)
-    for t in range(1, T):
-        a[:, t] = phi * a[:, t - 1] + innov[:, t]
-    t = np.arange(1, T + 1)
-    mu = np.ones(T) if tau_r is None else 1 - np.exp(-t / tau_r)
-    d = lam * mu + s * lam * a
-    return np.cumsum(d, axis=1) / t
+    return synthetic_llc_trace(rng, C, T, phi=phi, noise=s, tau_r=tau_r, lam=lam)
 
 
 def rate(seeds, **kw):

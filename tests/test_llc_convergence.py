@@ -7,24 +7,14 @@ import torch
 
 from stagewise.llc import LLCResult, SGLDConfig, estimate_llc
 from stagewise.llc.diagnostics import (DRIFT_THRESHOLD, SETTLE_TOLERANCE, draws_from_trace, estimate_convergence,
-                                       split_rhat)
+                                       split_rhat, synthetic_llc_trace)
 
 SEEDS = range(6)  # every claim below holds for each of these noise seeds, not for one
 
 
-def _trace(seed, C, T, phi=0.5, noise=0.1, tau_r=None, lam=100.0, offsets=None):
-    """Running estimates λ̂_τ [C, T] of draws d_t = λ μ(t) + noise λ a_t, a_t a unit AR(1)(φ);
-    μ = 1 (converged) or 1 − exp(−t/τ_r) (a chain whose mean still relaxes from w*)."""
-    rng = np.random.default_rng(seed)
-    a = np.empty((C, T))
-    a[:, 0] = rng.standard_normal(C)
-    innov = rng.standard_normal((C, T)) * np.sqrt(1 - phi**2)
-    for t in range(1, T):
-        a[:, t] = phi * a[:, t - 1] + innov[:, t]
-    t = np.arange(1, T + 1)
-    mu = np.ones(T) if tau_r is None else 1 - np.exp(-t / tau_r)
-    level = lam * (1 + np.asarray(offsets if offsets is not None else np.zeros(C)))[:, None]
-    return np.cumsum(level * mu + noise * lam * a, axis=1) / t
+def _trace(seed, C, T, **kwargs):
+    """Running estimates λ̂_τ [C, T] with a known answer (``synthetic_llc_trace``), seeded."""
+    return synthetic_llc_trace(np.random.default_rng(seed), C, T, **kwargs)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -29,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-__all__ = ["FLAGS", "ESTIMATE_FLAGS", "chain_diagnostics", "estimate_convergence", "split_rhat", "draws_from_trace"]
+__all__ = ["FLAGS", "ESTIMATE_FLAGS", "chain_diagnostics", "estimate_convergence", "split_rhat", "draws_from_trace",
+           "synthetic_llc_trace"]
 
 FLAGS = ("nan", "divergence", "not_converged", "escape")
 # per estimate (all chains together), in LLCResult.convergence, not in the per-chain diagnostics
@@ -265,3 +266,21 @@ def estimate_convergence(llc_trace: np.ndarray, excluded: list[int] | tuple[int,
     out["reasons"] = reasons
     out["unconverged"] = bool(reasons)
     return out
+
+
+def synthetic_llc_trace(rng: np.random.Generator, num_chains: int, num_draws: int, phi: float = 0.5,
+                        noise: float = 0.1, tau_r: float | None = None, lam: float = 100.0,
+                        offsets=None) -> np.ndarray:
+    """Running estimates λ̂_τ [C, T] with a known answer, for tests and for fixing the thresholds
+    above (``benchmarks/convergence_thresholds.py``): draws d_t = λ_c μ(t) + noise · λ · a_t with
+    a_t a unit-variance AR(1)(φ) per chain, μ = 1 (converged) or 1 − exp(−t/τ_r) (a chain whose mean
+    still relaxes from w*), λ_c = λ (1 + offsets[c]) (chains that disagree)."""
+    a = np.empty((num_chains, num_draws))
+    a[:, 0] = rng.standard_normal(num_chains)
+    innov = rng.standard_normal((num_chains, num_draws)) * np.sqrt(1 - phi**2)
+    for t in range(1, num_draws):
+        a[:, t] = phi * a[:, t - 1] + innov[:, t]
+    t = np.arange(1, num_draws + 1)
+    mu = np.ones(num_draws) if tau_r is None else 1 - np.exp(-t / tau_r)
+    level = lam * (1 + np.asarray(offsets if offsets is not None else np.zeros(num_chains)))[:, None]
+    return np.cumsum(level * mu + noise * lam * a, axis=1) / t
