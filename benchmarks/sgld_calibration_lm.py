@@ -2,12 +2,17 @@
 table (306, 1,288, 4,000 steps; the nearest checkpoints), without the full LLC sweep.
 
     python benchmarks/sgld_calibration_lm.py  # trains the `cpu` LM first if the cache has none (~21 min)
+    python benchmarks/sgld_calibration_lm.py --burnin 0  # the profile's former budget (no burn-in)
 
-Writes benchmarks/results/sgld_calibration/lm_cpu.{json,md} and the D.6-D.7 figures there.
+Writes benchmarks/results/sgld_calibration/lm_cpu.{json,md} and the D.6-D.7 figures there, or
+lm_cpu_burnin<N>.* with another burn-in than the profile's. The .md adds the long chain's draws in
+blocks of 40 (block mean / settled value): where the chain is still leaving w*.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,16 +20,44 @@ from pathlib import Path
 import numpy as np
 
 from stagewise.headline import to_json_value
+from stagewise.llc.diagnostics import draws_from_trace
 from stagewise.llc import plot_calibration_region, plot_calibration_traces, plot_running_llc, sgld_calibration
 from stagewise.plotting import save_figure
 from stagewise.profiles import get_profile
 from stagewise.runs import language_run, language_sgld_contexts, language_sgld_model
 
 OUT = Path(__file__).parent / "results" / "sgld_calibration"
+# compute of the first (uncached) run per burn-in; a rerun finds every chain in the cache
+FIRST_RUN_S = {0: "358 s (2 threads)", 40: "742 s (one core; the other core training)"}
+BLOCK = 40
+
+
+def block_table(cal):
+    """The long chain's draws d_t in blocks of ``BLOCK``: block mean / settled value, per checkpoint."""
+    import pandas as pd
+
+    rows = {}
+    for label, step in cal.checkpoints.items():
+        d = draws_from_trace(cal.long[step].llc_trace)[0]
+        settled = d[len(d) // 2:].mean()
+        rows[f"{label} ({step})"] = {f"{i + 1}-{i + BLOCK}": d[i:i + BLOCK].mean() / settled
+                                     for i in range(0, len(d) - BLOCK + 1, BLOCK)}
+    return pd.DataFrame(rows).T
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--burnin", type=int, default=None, help="SGLD burn-in steps (default: the profile's)")
+    args = parser.parse_args()
     profile = get_profile("language", "cpu")
+    if args.burnin is not None and args.burnin != profile.sgld.num_burnin:
+        if args.burnin < 0:
+            parser.error(f"--burnin must be >= 0, got {args.burnin}")
+        profile = dataclasses.replace(profile, sgld=dataclasses.replace(profile.sgld, num_burnin=args.burnin))
+        tag = f"lm_cpu_burnin{args.burnin}"
+    else:
+        tag = "lm_cpu"
+    burnin = profile.sgld.num_burnin
     run = language_run(profile)
     steps = np.asarray(run.checkpoint_steps)
     picks = {label: int(steps[np.argmin(np.abs(steps - s))]) for label, s in
@@ -36,18 +69,24 @@ def main():
                            compute_dtype=profile.sgld_dtype, chain_mode="loop")
     seconds = time.perf_counter() - t0
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, make in (("figD6_lm_cpu_sgld_grid", plot_calibration_traces),
-                       ("figD6_lm_cpu_sgld_region", plot_calibration_region),
-                       ("figD7_lm_cpu_running_llc", plot_running_llc)):
+    for name, make in ((f"figD6_{tag}_sgld_grid", plot_calibration_traces),
+                       (f"figD6_{tag}_sgld_region", plot_calibration_region),
+                       (f"figD7_{tag}_running_llc", plot_running_llc)):
         save_figure(make(cal), name, directory=OUT, formats=("png",))
     rec = cal.to_record()
-    rec["seconds"] = seconds
-    (OUT / "lm_cpu.json").write_text(json.dumps(to_json_value(rec), indent=1) + "\n")
+    rec["seconds"] = seconds  # a few seconds when every chain is cached
+    blocks = block_table(cal)
+    rec["long_chain_blocks"] = {label: [float(x) for x in row] for label, row in zip(cal.checkpoints, blocks.to_numpy())}
+    rec["long_chain_block_draws"] = BLOCK
+    (OUT / f"{tag}.json").write_text(json.dumps(to_json_value(rec), indent=1) + "\n")
     table = cal.long_table().drop(columns="profile_chains")
-    (OUT / "lm_cpu.md").write_text(
-        f"# SGLD calibration, LM `cpu`, {seconds:.0f} s\n\n" + table.round(3).to_markdown(index=False)
+    first = FIRST_RUN_S.get(burnin, "not recorded")
+    (OUT / f"{tag}.md").write_text(
+        f"# SGLD calibration, LM `cpu`, burn-in {burnin}\n\nCompute: {first} (this run: {seconds:.0f} s)\n\n"
+        + table.round(3).to_markdown(index=False)
         + "\n\nusable (good at every checkpoint), rows (nβ, γ), columns ε:\n\n" + cal.usable().to_markdown()
-        + f"\n\n{cal.sentence()}\n")
+        + f"\n\nthe long chain's draws in blocks of {BLOCK}, block mean / settled value:\n\n"
+        + blocks.round(3).to_markdown() + f"\n\n{cal.sentence()}\n")
     print(table.round(3).to_string(index=False))
     print(cal.usable())
     print(cal.sentence())
