@@ -3,9 +3,10 @@ table (306, 1,288, 4,000 steps; the nearest checkpoints), without the full LLC s
 
     python benchmarks/sgld_calibration_lm.py  # trains the `cpu` LM first if the cache has none (~21 min)
     python benchmarks/sgld_calibration_lm.py --burnin 0  # the profile's former budget (no burn-in)
+    python benchmarks/sgld_calibration_lm.py --layers 1  # the one-layer model (App. B.5) at 100 / 300 / 1,000
 
 Writes benchmarks/results/sgld_calibration/lm_cpu.{json,md} and the D.6-D.7 figures there, or
-lm_cpu_burnin<N>.* with another burn-in than the profile's. The .md adds the long chain's draws in
+lm_cpu_burnin<N>.* with another burn-in than the profile's (lm1_cpu* for the one-layer model). The .md adds the long chain's draws in
 blocks of 40 (block mean / settled value): where the chain is still leaving w*.
 """
 
@@ -28,7 +29,7 @@ from stagewise.runs import language_run, language_sgld_contexts, language_sgld_m
 
 OUT = Path(__file__).parent / "results" / "sgld_calibration"
 # compute of the first (uncached) run per burn-in; a rerun finds every chain in the cache
-FIRST_RUN_S = {0: "358 s (2 threads)", 40: "742 s (one core; the other core training)"}
+FIRST_RUN_S = {("lm", 0): "358 s (2 threads)", ("lm", 40): "742 s (one core; the other core training)"}
 BLOCK = 40
 
 
@@ -48,23 +49,28 @@ def block_table(cal):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--burnin", type=int, default=None, help="SGLD burn-in steps (default: the profile's)")
+    parser.add_argument("--layers", type=int, default=2, choices=(1, 2), help="the two-layer model or the one-layer one")
     args = parser.parse_args()
     profile = get_profile("language", "cpu")
+    name, targets = "lm", (("early", 306), ("middle", 1288), ("late", 4000))
+    if args.layers == 1:
+        profile = profile.one_layer()
+        name, targets = "lm1", (("early", 100), ("middle", 300), ("late", 1000))
     if args.burnin is not None and args.burnin != profile.sgld.num_burnin:
         if args.burnin < 0:
             parser.error(f"--burnin must be >= 0, got {args.burnin}")
         profile = dataclasses.replace(profile, sgld=dataclasses.replace(profile.sgld, num_burnin=args.burnin))
-        tag = f"lm_cpu_burnin{args.burnin}"
+        tag = f"{name}_cpu_burnin{args.burnin}"
     else:
-        tag = "lm_cpu"
+        tag = f"{name}_cpu"
     burnin = profile.sgld.num_burnin
     run = language_run(profile)
     steps = np.asarray(run.checkpoint_steps)
-    picks = {label: int(steps[np.argmin(np.abs(steps - s))]) for label, s in
-             (("early", 306), ("middle", 1288), ("late", 4000))}
+    picks = {label: int(steps[np.argmin(np.abs(steps - s))]) for label, s in targets}
     model_fn, loss = language_sgld_model(profile)
     t0 = time.perf_counter()
-    cal = sgld_calibration("LM (cpu)", picks, {s: run.checkpoint_path(s) for s in picks.values()}, model_fn, loss,
+    setting = "LM (cpu)" if args.layers == 2 else "one-layer LM (cpu)"
+    cal = sgld_calibration(setting, picks, {s: run.checkpoint_path(s) for s in picks.values()}, model_fn, loss,
                            (language_sgld_contexts(profile),), profile.sgld, profile.sgld_calibration,
                            compute_dtype=profile.sgld_dtype, chain_mode="loop")
     seconds = time.perf_counter() - t0
@@ -80,9 +86,9 @@ def main():
     rec["long_chain_block_draws"] = BLOCK
     (OUT / f"{tag}.json").write_text(json.dumps(to_json_value(rec), indent=1) + "\n")
     table = cal.long_table().drop(columns="profile_chains")
-    first = FIRST_RUN_S.get(burnin, "not recorded")
+    first = FIRST_RUN_S.get((name, burnin), "not recorded")
     (OUT / f"{tag}.md").write_text(
-        f"# SGLD calibration, LM `cpu`, burn-in {burnin}\n\nCompute: {first} (this run: {seconds:.0f} s)\n\n"
+        f"# SGLD calibration, {'LM' if args.layers == 2 else 'one-layer LM'} `cpu`, burn-in {burnin}\n\nCompute: {first} (this run: {seconds:.0f} s)\n\n"
         + table.round(3).to_markdown(index=False)
         + "\n\nusable (good at every checkpoint), rows (nβ, γ), columns ε:\n\n" + cal.usable().to_markdown()
         + f"\n\nthe long chain's draws in blocks of {BLOCK}, block mean / settled value:\n\n"
