@@ -597,8 +597,54 @@ def t_residual_comparison(data: dict) -> str:
                    "LLC-slope dips in 40k–320k, rescaled (step, relative slope)"], rows)
 
 
+def _calibration_records(data: dict) -> list[tuple[str, str, str]]:
+    """(profile, notebook, JSON path) of every SGLD calibration record in the headline JSON: the
+    ``sgld_calibration`` of notebooks 01 and 02, and each of the records under it in 03 and 04."""
+    out = []
+    for src in sorted(data):
+        profile, _, nb = src.partition("/")
+        if profile in ("runs", "bench", "pilot", "derived") or not isinstance(data[src], dict):
+            continue
+        cal = data[src].get("sgld_calibration")
+        if not isinstance(cal, dict):
+            continue
+        if "long_chain" in cal:
+            out.append((profile, nb, "sgld_calibration"))
+        else:
+            out += [(profile, nb, f"sgld_calibration.{k}") for k, v in cal.items()
+                    if isinstance(v, dict) and "long_chain" in v]
+    return out
+
+
+def t_sgld_calibration(data: dict) -> str:
+    """Per notebook, profile and setting: the profile's SGLD budget, its estimate against the long
+    chain's settled value at each calibration checkpoint (ratio; * = flagged unconverged), the
+    usable grid cells, the verdict (±5%), and the share of the notebook's sweep flagged unconverged."""
+    rows = []
+    for profile, nb, path in _calibration_records(data):
+        src = f"{profile}/{nb}"
+        rec = lookup(data, f"{src}:{path}")
+        ch = rec["chosen"]
+        budget = (f"{ch['chains']} × ({ch['burnin']} + {ch['draws']}), ε {_hl(f'{src}:{path}.chosen.epsilon;.2g')}, "
+                  f"nβ {_hl(f'{src}:{path}.chosen.nbeta;.3g')}, γ {_hl(f'{src}:{path}.chosen.gamma;.3g')}")
+        ratios = ", ".join(f"{r['label']} {_hl(f'{src}:{path}.long_chain.{i}.step;int')}: "
+                           f"{_hl(f'{src}:{path}.long_chain.{i}.ratio;.3f')}" + ("*" if r["profile_unconverged"] else "")
+                           for i, r in enumerate(rec["long_chain"]))
+        tried = len({(c["epsilon"], c["nbeta"], c["gamma"]) for c in rec["cells"]})
+        sweep_path = f"{path}.sweep" if "sweep" in rec else (
+            "sgld_calibration.sweep" if "sweep" in data[src]["sgld_calibration"] else None)
+        sweep = (f"{_hl(f'{src}:{sweep_path}.share_unconverged;pct')} of {_hl(f'{src}:{sweep_path}.estimates;int')}"
+                 if sweep_path else "–")
+        rows.append([f"`{profile}`", nb, _hl(f"{src}:{path}.setting"), budget, ratios,
+                     f"{len(rec['usable'])} of {tried}", _hl(f"{src}:{path}.adequate"), sweep])
+    return _table(["profile", "notebook", "setting", "profile's budget (chains × (burn-in + draws))",
+                   "profile / long chain at the calibration checkpoints (* unconverged)", "usable grid cells",
+                   "adequate (±5%)", "sweep's estimates unconverged"], rows)
+
+
 TABLES = {
     "verdicts": t_verdicts,
+    "sgld-calibration": t_sgld_calibration,
     "regression-pilots": t_regression_pilots,
     "regression-boundaries": t_regression_boundaries,
     "residual-comparison": t_residual_comparison,
