@@ -478,6 +478,7 @@ if one_layer:
 
 # %%
 from stagewise.llc import plot_calibration_region, plot_calibration_traces, plot_running_llc
+from stagewise.plotting import stamp_setting
 from stagewise.runs import language_sgld_calibration
 
 t0 = time.perf_counter()
@@ -486,6 +487,7 @@ t_calibration = time.perf_counter() - t0
 for name, make in (("figD6_lm_sgld_grid", plot_calibration_traces), ("figD6_lm_sgld_region", plot_calibration_region),
                    ("figD7_lm_running_llc", plot_running_llc)):
     fig = make(calibration)
+    stamp_setting(fig, setting)  # the profile, and the analogue data where the profile has them
     save_figure(fig, name, profile=cfg.name)
     plt.show()
 print(calibration.long_table().drop(columns="profile_chains").round(3).to_string(index=False))

@@ -795,6 +795,7 @@ if cfg.model.residual != base.model.residual:
 
 # %%
 from stagewise.llc import plot_calibration_region, plot_calibration_traces, plot_running_llc
+from stagewise.plotting import stamp_setting
 from stagewise.runs import regression_sgld_calibration
 
 t0 = time.perf_counter()
@@ -804,6 +805,7 @@ for name, make in (("figD6_regression_sgld_grid", plot_calibration_traces),
                    ("figD6_regression_sgld_region", plot_calibration_region),
                    ("figD7_regression_running_llc", plot_running_llc)):
     fig = make(calibration)
+    stamp_setting(fig, f"{cfg.name} profile, seed {seed0}, residual={cfg.model.residual}")
     save_figure(fig, name, profile=cfg.name, directory=figure_dir)
     plt.show()
 print(calibration.long_table().drop(columns="profile_chains").round(3).to_string(index=False))

@@ -328,6 +328,7 @@ summary[cols].round(3)
 
 # %%
 from stagewise.llc import plot_calibration_region, plot_calibration_traces, plot_running_llc
+from stagewise.plotting import stamp_setting
 
 t0 = time.perf_counter()
 calibrations = TR.final_llc_calibration(cfg, runs, llc)
@@ -338,6 +339,7 @@ for label, cal in calibrations.items():
                            (f"figD6_ridge_M{tag}_sgld_region", plot_calibration_region),
                            (f"figD7_ridge_M{tag}_running_llc", plot_running_llc)):
         fig = make(cal)
+        stamp_setting(fig, f"{cfg.name} profile")
         save_figure(fig, fig_name, profile=cfg.name)
         plt.show()
     print(cal.long_table().drop(columns="profile_chains").round(3).to_string(index=False))

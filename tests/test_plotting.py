@@ -88,3 +88,18 @@ def test_pilot_dir_is_outside_the_profiles_figures():
     for bad in ("", "a/b", "a b"):
         with pytest.raises(ValueError, match="pilot name"):
             pilot_dir(bad)
+
+
+def test_stamp_setting_keeps_the_title_and_adds_the_setting_under_it():
+    from stagewise.plotting import stamp_setting
+
+    fig = plt.figure()
+    fig.suptitle("LM: usable SGLD region")
+    stamp_setting(fig, "long profile\nanalogue data: repeats")
+    assert fig.get_suptitle() == "LM: usable SGLD region\nlong profile\nanalogue data: repeats"
+    bare = plt.figure()
+    stamp_setting(bare, "cpu profile")
+    assert bare.get_suptitle() == "cpu profile"
+    with pytest.raises(ValueError, match="setting"):
+        stamp_setting(bare, "")
+    plt.close("all")

@@ -20,6 +20,7 @@ __all__ = [
     "apply_style",
     "figures_dir",
     "pilot_dir",
+    "stamp_setting",
     "plot_essential_dynamics",
     "plot_ed_over_training",
     "plot_over_training",
@@ -113,6 +114,15 @@ def save_figure(fig, name: str, profile: str | None = None, directory: Path | No
         fig.savefig(path, format=fmt, metadata=metadata)
         paths.append(path)
     return paths
+
+
+def stamp_setting(fig, setting: str) -> None:
+    """Name ``setting`` (the profile, and any non-paper ingredient) under the figure's title, or as its
+    title: above the figure's top edge (saved with a tight bounding box), never over the panels' titles."""
+    if not setting:
+        raise ValueError("setting must name the profile (and any non-paper ingredient), got an empty string")
+    old = fig.get_suptitle()
+    fig.suptitle(f"{old}\n{setting}" if old else setting, fontsize=8, y=1.0, va="bottom")
 
 
 # ------------------------------------------------------------------------------------------------
