@@ -382,6 +382,28 @@ if lm.model.n_layers > 1:
 pd.DataFrame(findings)
 
 # %% [markdown]
+# ### Are the clusters resolved by the SGLD budget?
+# Each per-head estimate averages the profile's chains. Clustering each chain's curves alone (shape
+# method, the smallest c, the same data sets) and comparing with the clustering of the mean says
+# whether the partition survives the chains' noise: an adjusted Rand index (ARI) of 1 is the same
+# partition, ~0 chance. The chains share their minibatches, so this is a lower bound on the noise.
+
+# %%
+from stagewise.clustering import chain_split_clusters
+
+chain_split = {}
+for layer in range(lm.model.n_layers):
+    row = smallest_shape_row(layer)
+    if row is None or cfg.sgld.num_chains < 2:
+        continue
+    split = chain_split_clusters(heads_frame, int(row.n_clusters), data=cluster_data, layer=layer)
+    chain_split[f"layer_{layer}"] = {"n_clusters": int(row.n_clusters), "agreement": split["agreement"],
+                                     "same_partition": split["same_partition"]}
+    print(f"layer {layer}, c = {int(row.n_clusters)}: ARI of each chain's partition against the mean's:",
+          ", ".join(f"{a:.2f}" for a in split["agreement"]))
+    display(pd.DataFrame({"mean": split["mean"], **{f"chain {c}": lab for c, lab in enumerate(split["chains"])}}).T)
+
+# %% [markdown]
 # ## SGLD calibration (App. D.3.3)
 # Each per-head estimate rests on the profile's short chains (Wang et al.: 4 chains × 200 draws of
 # 100 contexts). As in App. D.3.3 (and Wang et al. App. F), for one head — the first induction head,
@@ -449,7 +471,8 @@ for layer in range(lm.model.n_layers):
         continue
     cluster_summary[f"layer_{layer}"] = {"n_clusters": int(row.n_clusters), "silhouette": float(row.get("silhouette", np.nan)),
                                          "clusters": {f"head_{h.replace(':', '_')}": c for h, c in layer_members(row, layer).items()},
-                                         "induction_heads_in_own_cluster": induction_in_own_cluster(layer)}
+                                         "induction_heads_in_own_cluster": induction_in_own_cluster(layer),
+                                         "chain_split": chain_split.get(f"layer_{layer}")}
 final_llc = heads_frame[heads_frame.step == final].pivot_table(index="head", columns="data", values="llc_mean")
 headline = {
     "language_profile": lm.name, **lm.data_record(),

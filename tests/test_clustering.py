@@ -120,3 +120,42 @@ def test_bad_inputs():
         cluster_curves(np.where(curves > 0.5, np.nan, curves), 2)
     with pytest.raises(ValueError, match="segments"):
         znormalise(curves, segments=[10, 10])
+
+
+def _chain_frame(chain_curves: list[np.ndarray]) -> pd.DataFrame:
+    """A head-sweep frame (one data set, layer 1) whose chains have the given curves [heads, steps]."""
+    rows = []
+    n_heads, n_steps = chain_curves[0].shape
+    for h in range(n_heads):
+        for i in range(n_steps):
+            per_chain = [c[h, i] for c in chain_curves]
+            rows.append({"step": 10 * (i + 1), "head": f"1:{h}", "layer": 1, "data": "train",
+                         "llc_mean": float(np.mean(per_chain)),
+                         **{f"llc_chain_{k}": float(v) for k, v in enumerate(per_chain)}})
+    return pd.DataFrame(rows)
+
+
+def test_chain_split_clusters_agree_when_every_chain_resolves_the_families():
+    from stagewise.clustering import chain_split_clusters
+
+    a, shape, _ = _families(scales=[1.0, 1.05, 0.95, 1.1], noise=0.03, seed=1)
+    b, _, _ = _families(scales=[1.0, 1.05, 0.95, 1.1], noise=0.03, seed=2)
+    out = chain_split_clusters(_chain_frame([a, b]), 2)
+    assert out["same_partition"] == [True, True] and out["agreement"] == [1.0, 1.0]
+    assert adjusted_rand_score(shape, list(out["mean"].values())) == 1.0
+
+
+def test_chain_split_clusters_flag_a_chain_that_puts_a_head_in_the_other_family():
+    from stagewise.clustering import chain_split_clusters
+
+    a, shape, _ = _families(scales=[1.0, 1.05, 0.95, 1.1], noise=0.03, seed=1)
+    b = a.copy()
+    b[0] = a[-1]  # chain 1 sees head 0 (a rise) as a bump; the mean of the three chains is still a rise
+    c = a.copy()
+    out = chain_split_clusters(_chain_frame([a, b, c]), 2)
+    assert out["chains"][1]["1:0"] == out["chains"][1]["1:7"]  # chain 1: head 0 with the bumps
+    assert out["chains"][0]["1:0"] != out["chains"][0]["1:7"]
+    assert out["same_partition"][0] and out["same_partition"][2] and not out["same_partition"][1]
+    assert out["agreement"][1] < 1.0
+    with pytest.raises(ValueError, match="llc_chain_0"):
+        chain_split_clusters(_chain_frame([a]).drop(columns=["llc_chain_0"]), 2)

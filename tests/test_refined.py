@@ -138,6 +138,7 @@ def test_head_sweep_matches_direct_estimates_and_is_cached_per_head(tmp_cache, m
                                  param_mask=mask, progress=False)
     row = frame[(frame["head"] == "1:3") & (frame.data == "code") & (frame.step == 50)].iloc[0]
     assert row.llc_mean == direct.llc_mean and row.loss_init == direct.loss_init
+    assert [row.llc_chain_0, row.llc_chain_1] == direct.llc_per_chain.tolist()  # per chain, for chain_split_clusters
     other = frame[(frame["head"] == "1:3") & (frame.data == "train") & (frame.step == 50)].iloc[0]
     assert other.loss_init != row.loss_init  # the data refinement really changes the data
 

@@ -42,6 +42,7 @@ __all__ = [
     "clustering_scores",
     "cluster_table",
     "curve_matrix",
+    "chain_split_clusters",
 ]
 
 METHODS = ("kmeans", "ward", "shape")
@@ -199,3 +200,33 @@ def curve_matrix(frame: pd.DataFrame, data: Sequence[str] | None = None, value: 
     if out.isna().any().any():
         raise ValueError("some (head, data, step) values are missing or NaN; every head needs every checkpoint")
     return out, lengths
+
+
+def chain_split_clusters(frame: pd.DataFrame, n_clusters: int, data: Sequence[str] | None = None,
+                         layer: int | None = None, method: str = "shape", seed: int = 0) -> dict:
+    """Is a clustering of per-head curves resolved by the SGLD budget? Cluster the curves of each
+    chain alone (columns ``llc_chain_<c>`` of a :func:`stagewise.refined.head_llc_sweep` frame) and
+    compare the partitions with the one of the chains' mean (``llc_mean``).
+
+    Returns ``{"mean": labels, "chains": [labels per chain], "agreement": [adjusted Rand index of
+    each chain's partition against the mean's], "same_partition": [bool per chain]}`` (labels: head
+    -> cluster, canonical). An adjusted Rand index of 1 is the same partition; ~0 is chance. The
+    chains share their minibatches, so their disagreement is a lower bound on the estimates' noise.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    chains = sorted(c for c in frame.columns if c.startswith("llc_chain_"))
+    if len(chains) < 2:
+        raise ValueError(f"the frame needs per-chain columns llc_chain_0, llc_chain_1, ... (2 or more chains), "
+                         f"got {chains or 'none'}")
+    curves, segments = curve_matrix(frame, data=data, layer=layer)
+    mean = cluster_curves(curves.to_numpy(), n_clusters, method, seed=seed, segments=segments)
+    out: dict = {"mean": dict(zip(curves.index, map(int, mean))), "chains": [], "agreement": [], "same_partition": []}
+    for col in chains:
+        c_curves, _ = curve_matrix(frame, data=data, value=col, layer=layer)
+        c_curves = c_curves.loc[curves.index]
+        labels = cluster_curves(c_curves.to_numpy(), n_clusters, method, seed=seed, segments=segments)
+        out["chains"].append(dict(zip(curves.index, map(int, labels))))
+        out["agreement"].append(float(adjusted_rand_score(mean, labels)))
+        out["same_partition"].append(bool(np.array_equal(mean, labels)))
+    return out

@@ -226,7 +226,8 @@ def _frame_rows(steps: Sequence[int], results: Sequence[LLCResult], extra: dict)
                      "drift": r.convergence["drift"], "drift_z": r.convergence["drift_z"],
                      "half_drift": r.convergence["half_drift"],
                      "draws_to_settle": r.convergence["draws_to_settle"], "spread": r.convergence["spread"],
-                     "rhat": r.convergence["rhat"], "unconverged": r.unconverged})
+                     "rhat": r.convergence["rhat"], "unconverged": r.unconverged,
+                     **{f"llc_chain_{c}": float(v) for c, v in enumerate(r.llc_per_chain)}})
     return rows
 
 
