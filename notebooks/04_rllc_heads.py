@@ -51,7 +51,7 @@ from stagewise.cluster import sweep_executor
 from stagewise.clustering import cluster_table, curve_matrix
 from stagewise.data.domains import load_domain_contexts
 from stagewise.data.language import load_contexts, load_token_stream
-from stagewise.plotting import apply_style, plot_over_training, save_figure
+from stagewise.plotting import apply_style, plot_over_training, save_figure, stamp_setting
 from stagewise.probes.ablation import (cached_per_head_icl_scores, cached_tokens_in_context, classify_tokens_in_context,
                                        pattern_fractions, vocabulary_strings)
 from stagewise.probes.language import (bigram_distribution, classify_heads, composition_at, head_scores_at,
@@ -76,9 +76,7 @@ setting = f"{cfg.name} profile" + (f"\n{textwrap.fill(lm.analogue, 110)}" if lm.
 
 def stamp(fig):
     """Add the setting under the figure's title (or as its title)."""
-    old = fig.get_suptitle()
-    # above the figure's top edge (saved with a tight bounding box), never over the panels' titles
-    fig.suptitle(f"{old}\n{setting}" if old else setting, fontsize=8, y=1.0, va="bottom")
+    stamp_setting(fig, setting)
 
 # %% [markdown]
 # ## The trained model, checkpoints and data sets
