@@ -197,14 +197,16 @@ PROFILES = {
         # every position). The burn-in by calibration (benchmarks/results/sgld_calibration/lm_cpu.md):
         # a 400-draw chain climbs only during its first ~40 draws (their mean 79-83% of the settled
         # value, every later 40-draw block 95-103%), so 80 draws with no burn-in read 89-90% of the
-        # settled value and were flagged unconverged; 80 draws after a 50-step burn-in read 98.7-100%.
-        # +50% cost (~5 min over 30 checkpoints at `cpu`).
+        # settled value and were flagged unconverged; with the 40-step burn-in they read 99.1-99.7%,
+        # none flagged (notebook 01 at `cpu`: 0 of 30 unconverged). +50% cost: the 30-checkpoint sweep
+        # took 1,345 s on one Zen 3 core in fp32 (187 ms per chain-step there).
         sgld=SGLDConfig(epsilon=1e-3, gamma=100.0, nbeta=100 / math.log(100), num_chains=2, num_draws=80,
                         num_burnin=40, batch_size=4, seed=0),
         sgld_stride=4,
         # the one-layer model's (the paper's ε = 0.003, γ = 300): no burn-in needed, by calibration
         # (benchmarks/results/sgld_calibration/lm1_cpu.md): 98.7-99.3% of a 400-draw chain's settled
-        # value at 102 / 299 / 1,000 steps, none flagged; the larger ε leaves w* within ~10 draws
+        # value at 102 / 299 / 1,000 steps, none flagged; with the larger ε the first 40 draws are already
+        # within 5% of it
         one_layer_sgld=SGLDConfig(epsilon=3e-3, gamma=300.0, nbeta=100 / math.log(100), num_chains=2, num_draws=80,
                                   num_burnin=0, batch_size=4, seed=0),
         one_layer_steps=1_000,
