@@ -82,9 +82,11 @@ PROFILES = {
     # for mean ablation and tokens in context.
     # Calibration (notebook 04 at `cpu`, head 1:3): this budget is NOT adequate for single heads — the
     # wrLLC reads 83.5-87.0% of a 200-draw chain's settled value and 31% of the 192 per-head estimates
-    # are flagged unconverged (a climb in the first ~20 draws, then per-draw noise of about half of
-    # λ̂); ±5% would take ~4x the draws (over an hour more here). Not raised yet; the head clusters
-    # are read as provisional (notebook 04's chain-split check). On code, γ = 600 removes the escapes.
+    # are flagged unconverged. Against a 1,000-draw chain (benchmarks/results/sgld_calibration/
+    # rllc_heads_cpu.md: heads 1:3 and 0:6 at steps 171 and 4,000) it reads 90.2-97.5%; a 20-step
+    # burn-in, 2 x (20 + 40), reads 97.2-107.9% (+11% of the steps), and more draws do not narrow
+    # that. Not raised yet (the sweeps must be re-run); the head clusters are read as provisional
+    # (notebook 04's chain-split check). On code, γ = 600 removes the escapes.
     "cpu": RefinedLLCProfile(name="cpu", language="cpu",
                              sgld=SGLDConfig(epsilon=1e-3, gamma=200.0, nbeta=23.0, num_chains=2, num_draws=40,
                                              num_burnin=5, batch_size=4, seed=0),
