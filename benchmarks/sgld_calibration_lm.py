@@ -22,8 +22,7 @@ import numpy as np
 
 from stagewise.headline import to_json_value
 from stagewise.llc.diagnostics import draws_from_trace
-from stagewise.llc import plot_calibration_region, plot_calibration_traces, plot_running_llc, sgld_calibration
-from stagewise.plotting import save_figure
+from stagewise.llc import save_calibration_figures, sgld_calibration
 from stagewise.profiles import get_profile
 from stagewise.runs import language_run, language_sgld_contexts, language_sgld_model
 
@@ -39,9 +38,10 @@ def block_table(cal):
     import pandas as pd
 
     rows = {}
+    settled_at = cal.long_table().set_index("step")["long_settled"]
     for label, step in cal.checkpoints.items():
         d = draws_from_trace(cal.long[step].llc_trace)[0]
-        settled = d[len(d) // 2:].mean()
+        settled = settled_at[step]
         rows[f"{label} ({step})"] = {f"{i + 1}-{i + BLOCK}": d[i:i + BLOCK].mean() / settled
                                      for i in range(0, len(d) - BLOCK + 1, BLOCK)}
     return pd.DataFrame(rows).T
@@ -76,10 +76,7 @@ def main():
                            compute_dtype=profile.sgld_dtype, chain_mode="loop")
     seconds = time.perf_counter() - t0
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, make in ((f"figD6_{tag}_sgld_grid", plot_calibration_traces),
-                       (f"figD6_{tag}_sgld_region", plot_calibration_region),
-                       (f"figD7_{tag}_running_llc", plot_running_llc)):
-        save_figure(make(cal), name, directory=OUT, formats=("png",))
+    save_calibration_figures(cal, tag, directory=OUT, formats=("png",))
     rec = cal.to_record()
     rec["seconds"] = seconds  # a few seconds when every chain is cached
     blocks = block_table(cal)

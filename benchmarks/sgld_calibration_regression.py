@@ -21,9 +21,8 @@ import numpy as np
 
 from stagewise.data.regression import regression_sgld_loss, sgld_dataset
 from stagewise.headline import to_json_value
-from stagewise.llc import plot_calibration_region, plot_calibration_traces, plot_running_llc, sgld_calibration
+from stagewise.llc import save_calibration_figures, sgld_calibration
 from stagewise.models.regression import RegressionTransformer
-from stagewise.plotting import save_figure
 from stagewise.profiles import get_profile
 from stagewise.runs import regression_run
 from stagewise.train import analysis_steps
@@ -54,10 +53,7 @@ def main(name: str = "long"):
                            compute_dtype=profile.sgld_dtype)
     seconds = time.perf_counter() - t0
     OUT.mkdir(parents=True, exist_ok=True)
-    for fig_name, make in ((f"figD6_regression_{name}_sgld_grid", plot_calibration_traces),
-                           (f"figD6_regression_{name}_sgld_region", plot_calibration_region),
-                           (f"figD7_regression_{name}_running_llc", plot_running_llc)):
-        save_figure(make(cal), fig_name, directory=OUT, formats=("png",))
+    save_calibration_figures(cal, f"regression_{name}", directory=OUT, formats=("png",))
     rec = cal.to_record()
     rec["seconds"] = seconds  # 0-10 s when every chain is cached
     (OUT / f"regression_{name}.json").write_text(json.dumps(to_json_value(rec), indent=1) + "\n")

@@ -477,19 +477,15 @@ if one_layer:
 # flagged *unconverged* or with a flagged chain (`stagewise.llc.estimate_convergence`).
 
 # %%
-from stagewise.llc import plot_calibration_region, plot_calibration_traces, plot_running_llc
-from stagewise.plotting import stamp_setting
+from stagewise.llc import save_calibration_figures
 from stagewise.runs import language_sgld_calibration
 
 t0 = time.perf_counter()
 calibration = language_sgld_calibration(cfg, sweep, stages.boundaries, run=run)
 t_calibration = time.perf_counter() - t0
-for name, make in (("figD6_lm_sgld_grid", plot_calibration_traces), ("figD6_lm_sgld_region", plot_calibration_region),
-                   ("figD7_lm_running_llc", plot_running_llc)):
-    fig = make(calibration)
-    stamp_setting(fig, setting)  # the profile, and the analogue data where the profile has them
-    save_figure(fig, name, profile=cfg.name)
-    plt.show()
+# the figures name the profile, and the analogue data where the profile has them
+save_calibration_figures(calibration, "lm", setting, profile=cfg.name)
+plt.show()
 print(calibration.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
 print("usable (good at every calibration checkpoint), rows (nβ, γ), columns ε:")
 print(calibration.usable())

@@ -794,20 +794,15 @@ if cfg.model.residual != base.model.residual:
 # with split-R̂ > 1.1; `stagewise.llc.estimate_convergence`) or with a flagged chain.
 
 # %%
-from stagewise.llc import plot_calibration_region, plot_calibration_traces, plot_running_llc
-from stagewise.plotting import stamp_setting
+from stagewise.llc import save_calibration_figures
 from stagewise.runs import regression_sgld_calibration
 
 t0 = time.perf_counter()
 calibration = regression_sgld_calibration(cfg.llc_profile(seed0), seed0, sweeps[seed0], stage_results[seed0].boundaries)
 timings["SGLD calibration"] = time.perf_counter() - t0
-for name, make in (("figD6_regression_sgld_grid", plot_calibration_traces),
-                   ("figD6_regression_sgld_region", plot_calibration_region),
-                   ("figD7_regression_running_llc", plot_running_llc)):
-    fig = make(calibration)
-    stamp_setting(fig, f"{cfg.name} profile, seed {seed0}, residual={cfg.model.residual}")
-    save_figure(fig, name, profile=cfg.name, directory=figure_dir)
-    plt.show()
+save_calibration_figures(calibration, "regression", f"{cfg.name} profile, seed {seed0}, residual={cfg.model.residual}",
+                         profile=cfg.name, directory=figure_dir)
+plt.show()
 print(calibration.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
 print("usable (good at every calibration checkpoint), rows (nβ, γ), columns ε:")
 print(calibration.usable())

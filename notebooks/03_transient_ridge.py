@@ -327,21 +327,15 @@ summary[cols].round(3)
 # mean of its second half). Then the profile's estimates flagged *unconverged* or with a flagged chain.
 
 # %%
-from stagewise.llc import plot_calibration_region, plot_calibration_traces, plot_running_llc
-from stagewise.plotting import stamp_setting
+from stagewise.llc import save_calibration_figures
 
 t0 = time.perf_counter()
 calibrations = TR.final_llc_calibration(cfg, runs, llc)
 timings["SGLD calibration"] = time.perf_counter() - t0
 for label, cal in calibrations.items():
     tag = "inf" if label == "∞" else label
-    for fig_name, make in ((f"figD6_ridge_M{tag}_sgld_grid", plot_calibration_traces),
-                           (f"figD6_ridge_M{tag}_sgld_region", plot_calibration_region),
-                           (f"figD7_ridge_M{tag}_running_llc", plot_running_llc)):
-        fig = make(cal)
-        stamp_setting(fig, f"{cfg.name} profile")
-        save_figure(fig, fig_name, profile=cfg.name)
-        plt.show()
+    save_calibration_figures(cal, f"ridge_M{tag}", f"{cfg.name} profile", profile=cfg.name)
+    plt.show()
     print(cal.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
     print(cal.sentence())
 print("estimates of Fig. 3 flagged unconverged or with a flagged chain:",

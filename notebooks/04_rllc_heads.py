@@ -416,7 +416,7 @@ for layer in range(lm.model.n_layers):
 
 # %%
 from stagewise.headline import snake_case
-from stagewise.llc import convergence_summary, flagged_checkpoints, plot_calibration_region, plot_calibration_traces, plot_running_llc
+from stagewise.llc import convergence_summary, flagged_checkpoints, save_calibration_figures
 from stagewise.refined import head_sgld_calibration
 
 t0 = time.perf_counter()
@@ -431,14 +431,8 @@ for name, frame, dataset, sgld in (("wrLLC", wr, data["train"], cfg.sgld),
     cal = head_sgld_calibration(f"head {cal_head} {name}", cal_head, frame, states, model_fn, loss, dataset, sgld,
                                 cfg.sgld_calibration, compute_dtype=lm.sgld_dtype)
     calibrations[name] = cal
-    tag = snake_case(name)
-    for fig_name, make in ((f"figD6_rllc_{tag}_sgld_grid", plot_calibration_traces),
-                           (f"figD6_rllc_{tag}_sgld_region", plot_calibration_region),
-                           (f"figD7_rllc_{tag}_running_llc", plot_running_llc)):
-        fig = make(cal)
-        stamp(fig)
-        save_figure(fig, fig_name, profile=cfg.name)
-        plt.show()
+    save_calibration_figures(cal, f"rllc_{snake_case(name)}", setting, profile=cfg.name)
+    plt.show()
     print(cal.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
     print("usable (good at every calibration checkpoint), rows (nβ, γ), columns ε:")
     print(cal.usable())

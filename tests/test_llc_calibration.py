@@ -95,6 +95,19 @@ def test_calibration_figures(calibration):
     plt.close("all")
 
 
+def test_save_calibration_figures_names_and_stamps_the_three(calibration, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from stagewise.llc import save_calibration_figures
+
+    out = tmp_path / "figures"
+    figs = save_calibration_figures(calibration, "toy", "cpu profile, seed 0", directory=out, formats=("png",))
+    assert sorted(p.name for p in out.iterdir()) == ["figD6_toy_sgld_grid.png", "figD6_toy_sgld_region.png",
+                                                           "figD7_toy_running_llc.png"]
+    assert all(f.get_suptitle().endswith("\ncpu profile, seed 0") for f in figs)
+    plt.close("all")
+
+
 def test_settings_must_contain_the_profile_cell():
     with pytest.raises(ValueError, match="1.0"):
         CalibrationSettings(epsilon_factors=(0.5, 2.0))

@@ -36,6 +36,7 @@ from stagewise.llc.calibration import (  # noqa: E402 (after the sweep it builds
     plot_calibration_traces,
     plot_llc_traces,
     plot_running_llc,
+    save_calibration_figures,
     sgld_calibration,
 )
 
@@ -69,4 +70,5 @@ __all__ = [
     "plot_calibration_traces",
     "plot_calibration_region",
     "plot_running_llc",
+    "save_calibration_figures",
 ]

@@ -34,7 +34,8 @@ from stagewise.llc.sweep import Checkpoint, LLCSweep, estimate_llc_sweep
 
 __all__ = ["CalibrationSettings", "CalibrationResult", "SGLDCalibration", "ADEQUATE_TOLERANCE", "CELL_CLASSES",
            "calibrate_sgld", "calibration_checkpoints", "classify_estimate", "sgld_calibration",
-           "plot_llc_traces", "plot_calibration_traces", "plot_calibration_region", "plot_running_llc"]
+           "plot_llc_traces", "plot_calibration_traces", "plot_calibration_region", "plot_running_llc",
+           "save_calibration_figures"]
 
 log = logging.getLogger(__name__)
 
@@ -532,3 +533,23 @@ def plot_llc_traces(calibration: CalibrationResult, step: int | None = None, nbe
     fig.suptitle(f"LLC traces at checkpoint {step if step is not None else int(step_label)}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def save_calibration_figures(cal: SGLDCalibration, tag: str, setting: str | None = None, **save_kwargs) -> list:
+    """Draw and save the three calibration figures of ``cal`` as ``figD6_<tag>_sgld_grid``,
+    ``figD6_<tag>_sgld_region`` and ``figD7_<tag>_running_llc``, each with ``setting`` (the profile
+    and any non-paper ingredient) under its title; ``save_kwargs`` go to
+    :func:`stagewise.plotting.save_figure` (profile, directory, formats). Returns the figures, left
+    open so that a notebook shows them."""
+    from stagewise.plotting import save_figure, stamp_setting
+
+    figures = []
+    for name, make in ((f"figD6_{tag}_sgld_grid", plot_calibration_traces),
+                       (f"figD6_{tag}_sgld_region", plot_calibration_region),
+                       (f"figD7_{tag}_running_llc", plot_running_llc)):
+        fig = make(cal)
+        if setting is not None:
+            stamp_setting(fig, setting)
+        save_figure(fig, name, **save_kwargs)
+        figures.append(fig)
+    return figures
