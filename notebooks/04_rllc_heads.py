@@ -395,8 +395,7 @@ for layer in range(lm.model.n_layers):
     if row is None or cfg.sgld.num_chains < 2:
         continue
     split = chain_split_clusters(heads_frame, int(row.n_clusters), data=cluster_data, layer=layer)
-    chain_split[f"layer_{layer}"] = {"n_clusters": int(row.n_clusters), "agreement": split["agreement"],
-                                     "same_partition": split["same_partition"]}
+    chain_split[f"layer_{layer}"] = {"n_clusters": int(row.n_clusters), "agreement": split["agreement"]}
     print(f"layer {layer}, c = {int(row.n_clusters)}: ARI of each chain's partition against the mean's:",
           ", ".join(f"{a:.2f}" for a in split["agreement"]))
     display(pd.DataFrame({"mean": split["mean"], **{f"chain {c}": lab for c, lab in enumerate(split["chains"])}}).T)

@@ -209,24 +209,23 @@ def chain_split_clusters(frame: pd.DataFrame, n_clusters: int, data: Sequence[st
     compare the partitions with the one of the chains' mean (``llc_mean``).
 
     Returns ``{"mean": labels, "chains": [labels per chain], "agreement": [adjusted Rand index of
-    each chain's partition against the mean's], "same_partition": [bool per chain]}`` (labels: head
-    -> cluster, canonical). An adjusted Rand index of 1 is the same partition; ~0 is chance. The
+    each chain's partition against the mean's]}`` (labels: head -> cluster, canonical). An adjusted
+    Rand index of 1 is the same partition; ~0 is chance. The
     chains share their minibatches, so their disagreement is a lower bound on the estimates' noise.
     """
     from sklearn.metrics import adjusted_rand_score
 
-    chains = sorted(c for c in frame.columns if c.startswith("llc_chain_"))
+    chains = sorted((c for c in frame.columns if c.startswith("llc_chain_")), key=lambda c: int(c.rsplit("_", 1)[1]))
     if len(chains) < 2:
         raise ValueError(f"the frame needs per-chain columns llc_chain_0, llc_chain_1, ... (2 or more chains), "
                          f"got {chains or 'none'}")
     curves, segments = curve_matrix(frame, data=data, layer=layer)
     mean = cluster_curves(curves.to_numpy(), n_clusters, method, seed=seed, segments=segments)
-    out: dict = {"mean": dict(zip(curves.index, map(int, mean))), "chains": [], "agreement": [], "same_partition": []}
+    out: dict = {"mean": dict(zip(curves.index, map(int, mean))), "chains": [], "agreement": []}
     for col in chains:
         c_curves, _ = curve_matrix(frame, data=data, value=col, layer=layer)
         c_curves = c_curves.loc[curves.index]
         labels = cluster_curves(c_curves.to_numpy(), n_clusters, method, seed=seed, segments=segments)
         out["chains"].append(dict(zip(curves.index, map(int, labels))))
         out["agreement"].append(float(adjusted_rand_score(mean, labels)))
-        out["same_partition"].append(bool(np.array_equal(mean, labels)))
     return out
