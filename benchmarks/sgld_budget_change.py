@@ -2,8 +2,10 @@
 (before the change) against the working tree's (after re-running them), at `cpu` and `long`.
 
     python benchmarks/sgld_budget_change.py --before 6fe2f66  # the revision before the LM's burn-in
+    python benchmarks/sgld_budget_change.py --before 95f450e --notebooks 04 --name sgld_budget_change_heads
+                                                            # before the per-head burn-in
 
-Writes benchmarks/results/sgld_budget_change.{json,md}: the LM's stage boundaries (step, interval,
+Writes benchmarks/results/<name>.{json,md} (default sgld_budget_change): the LM's stage boundaries (step, interval,
 LLC there) and the LLC's first / peak / last value; the one-layer model's boundaries; notebook 04's
 whole-model drLLCs, the share of per-head estimates flagged, the layer-1 clustering and findings.
 A notebook whose JSON is the same before and after (not re-run) is reported as such.
@@ -50,10 +52,29 @@ def lm_summary(d: dict) -> dict:
     return out
 
 
+def _partition(clusters: dict | None) -> str | None:
+    """Heads grouped by cluster, e.g. '1:0 1:4; 1:1 1:2' (cluster numbers are arbitrary)."""
+    if not clusters:
+        return None
+    groups: dict = {}
+    for head, c in clusters.items():
+        groups.setdefault(c, []).append(head.removeprefix("head_").replace("_", ":"))
+    return "; ".join(sorted(" ".join(sorted(g)) for g in groups.values()))
+
+
 def rllc_summary(d: dict) -> dict:
     layer1 = d["clustering"].get("layer_1", {})
+    cal = (d.get("sgld_calibration") or {})
+    wrllc = cal.get("wrllc") or {}
+    split = {layer: (c.get("chain_split") or {}).get("agreement") for layer, c in d["clustering"].items()}
     return {"whole_model_drllc_final": d["whole_model_drllc_final"], "flagged_share": d["flagged_share"],
-            "layer_1_clusters": layer1.get("n_clusters"), "layer_1_silhouette": layer1.get("silhouette"),
+            "per_head_unconverged_share": (cal.get("sweep") or {}).get("share_unconverged"),
+            "calibration_ratios": [round(r["ratio"], 3) for r in wrllc.get("long_chain", [])] or None,
+            "final_wrllc_train": {h: v["llc_train"]
+                                  for h, v in d["heads"].items() if v.get("llc_train") is not None},
+            "layer_0_clusters": _partition(d["clustering"].get("layer_0", {}).get("clusters")),
+            "layer_1_clusters": _partition(layer1.get("clusters")), "layer_1_silhouette": layer1.get("silhouette"),
+            "chain_split_agreement": {k: v for k, v in split.items() if v is not None} or None,
             "induction_heads_in_own_cluster": layer1.get("induction_heads_in_own_cluster"),
             "findings_holding": sum(bool(f.get("holds")) for f in d.get("findings", [])),
             "findings": len(d.get("findings", []))}
@@ -65,14 +86,37 @@ def _fmt_boundaries(bs: list[dict] | None) -> str:
     return ", ".join(f"{b['step']:,.0f} [{b['interval'][0]:,.0f}–{b['interval'][1]:,.0f}] λ̂ {b['llc']:.1f}" for b in bs)
 
 
+def _fmt_value(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, list):
+        return " ".join(_fmt_value(x) for x in v)
+    if isinstance(v, dict):
+        return _fmt_mapping(v)
+    return str(v)
+
+
+def _fmt_mapping(m: dict) -> str:
+    def name(k: str) -> str:  # head_1_3 -> 1:3
+        return k.removeprefix("head_").replace("_", ":") if k.startswith("head_") else k
+    return ", ".join(f"{name(k)} {_fmt_value(v)}" for k, v in m.items())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git revision of the JSON before the change")
+    parser.add_argument("--notebooks", nargs="+", choices=sorted(NOTEBOOKS), default=sorted(NOTEBOOKS),
+                        help="which notebooks to compare (default: all)")
+    parser.add_argument("--name", default="sgld_budget_change", help="output file stem under benchmarks/results/")
     args = parser.parse_args()
     record: dict = {"before_revision": args.before}
     md = [f"# SGLD budget change: headline JSON at `{args.before}` (before) and now (after)\n"]
     for profile, folder in FOLDERS.items():
         for nb, stem in NOTEBOOKS.items():
+            if nb not in args.notebooks:
+                continue
             path = f"{folder}/{stem}.json"
             before, after = _json_at(args.before, path), _json_at(None, path)
             if before is None or after is None:
@@ -87,18 +131,13 @@ def main():
                 fb, fa = b[key], a.get(key)
                 if "boundaries" in key:
                     fb, fa = _fmt_boundaries(fb), _fmt_boundaries(fa)
-                elif key.endswith("_step") and isinstance(fb, (int, float)):
-                    fb, fa = f"{fb:,.0f}", (f"{fa:,.0f}" if isinstance(fa, (int, float)) else fa)
-                elif isinstance(fb, float):
-                    fb, fa = f"{fb:.3g}", (f"{fa:.3g}" if isinstance(fa, float) else fa)
-                elif isinstance(fb, dict):
-                    fb = ", ".join(f"{k} {v:.3g}" for k, v in fb.items())
-                    fa = ", ".join(f"{k} {v:.3g}" for k, v in (fa or {}).items())
-                elif isinstance(fb, list):
-                    fb, fa = " ".join(map(str, fb)), " ".join(map(str, fa or []))
+                elif key.endswith("_step"):
+                    fb, fa = (f"{v:,.0f}" if isinstance(v, (int, float)) else _fmt_value(v) for v in (fb, fa))
+                else:
+                    fb, fa = _fmt_value(fb), _fmt_value(fa)
                 md.append(f"| {key} | {fb} | {fa} |")
-    (OUT / "sgld_budget_change.json").write_text(json.dumps(to_json_value(record), indent=1) + "\n")
-    (OUT / "sgld_budget_change.md").write_text("\n".join(md) + "\n")
+    (OUT / f"{args.name}.json").write_text(json.dumps(to_json_value(record), indent=1) + "\n")
+    (OUT / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -48,8 +48,8 @@ class RefinedLLCProfile:
     # head domain (nβ = data_refined_nbeta): ε at 0.3x-3x, γ at 1x and 3x the profile's (escapes:
     # 68-76% of the `long` code estimates were flagged escape, issue 35), short chains of 40 draws
     # at 3 checkpoints (early, the head's peak, late), one chain 5x the profile's draws. Cost at
-    # `cpu` (≈ 0.1 s per chain-step, measured on the 30-min sweep): 2 x (6 x 3 x 45 + 3 x 205)
-    # steps ≈ 4.7 min. Not part of any cache key.
+    # `cpu` (≈ 0.08 s per chain-step, measured on the 31-min sweep): 2 x (6 x 3 x 60 + 3 x 220)
+    # steps ≈ 4.6 min. Not part of any cache key.
     sgld_calibration: CalibrationSettings = CalibrationSettings(epsilon_factors=(0.3, 1.0, 3.0), nbeta_factors=(1.0,),
                                                                 gamma_factors=(1.0, 3.0), num_draws=40, long_factor=5,
                                                                 num_checkpoints=3)
@@ -76,20 +76,22 @@ class RefinedLLCProfile:
 PROFILES = {
     # Wang et al.: step size 1e-3, γ = 200, 4 chains x 200 draws, nβ ≈ 23.
     "paper": RefinedLLCProfile(name="paper", language="paper"),
-    # cpu: sized by measurement to ~30 min on 2 cores (docs/profiles.md): 16 heads x 6 checkpoints x {train,
-    # code} x 2 chains x (5 + 40) SGLD steps of 4 contexts, the loss at every 4th position (the
-    # language profile's sgld_stride); German only for the whole-model drLLC; 256 reference contexts
-    # for mean ablation and tokens in context.
-    # Calibration (notebook 04 at `cpu`, head 1:3): this budget is NOT adequate for single heads — the
-    # wrLLC reads 83.5-87.0% of a 200-draw chain's settled value and 31% of the 192 per-head estimates
-    # are flagged unconverged. Against a 1,000-draw chain (benchmarks/results/sgld_calibration/
-    # rllc_heads_cpu.md: heads 1:3 and 0:6 at steps 171 and 4,000) it reads 90.2-97.5%; a 20-step
-    # burn-in, 2 x (20 + 40), reads 97.2-107.9% (+11% of the steps), and more draws do not narrow
-    # that. Not raised yet (the sweeps must be re-run); the head clusters are read as provisional
-    # (notebook 04's chain-split check). On code, γ = 600 removes the escapes.
+    # cpu: sized by measurement (docs/profiles.md): 16 heads x 6 checkpoints x {train, code} x 2 chains
+    # x (20 + 40) SGLD steps of 4 contexts, the loss at every 4th position (the language profile's
+    # sgld_stride); German only for the whole-model drLLC; 256 reference contexts for mean ablation
+    # and tokens in context.
+    # Budget chosen by calibration (benchmarks/results/sgld_calibration/rllc_heads_cpu.md: heads 1:3
+    # and 0:6 at steps 171 and 4,000 against one chain of 20 + 1,000 draws): 2 x (5 + 40) read
+    # 90.2-97.5% of the settled wrLLC — the chain still leaving w* — and notebook 04 flagged 31% of
+    # its 192 per-head estimates unconverged; a 20-step burn-in, 2 x (20 + 40), reads 97.2-107.9%,
+    # and up to 4x more draws do not narrow that spread. With it, notebook 04 at `cpu` (2,079 s,
+    # per-head sweeps 1,866 s on one Zen 3 core): 101% of a 200-draw chain at step 4,000, 22%
+    # unconverged, most at steps 1-42 (at step 1 no short chain settles: no minimum there). On code
+    # every (eps, gamma) cell escapes at step 4,000, gamma = 600 included: w* is not a minimum of
+    # the code loss, so gamma stays [W]'s 200 and negative wdrLLCs are reported.
     "cpu": RefinedLLCProfile(name="cpu", language="cpu",
                              sgld=SGLDConfig(epsilon=1e-3, gamma=200.0, nbeta=23.0, num_chains=2, num_draws=40,
-                                             num_burnin=5, batch_size=4, seed=0),
+                                             num_burnin=20, batch_size=4, seed=0),
                              num_checkpoints=6, ablation_contexts=256, tokens_in_context=200,
                              head_domains=("code",)),
     "smoke": RefinedLLCProfile(name="smoke", language="smoke",
