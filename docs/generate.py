@@ -6,7 +6,8 @@ Every number on a results page is written in the page source as a reference, nev
     {hl}`cpu/05:toy_potentials.potential=quadratic_3d.llc_estimate;.3f` -> 1.548
 
 ``cpu/NN`` is ``figures/NN_*.json``, ``long/NN`` is ``figures/long/NN_*.json``, ``runs/NAME`` a
-shipped run's manifest ``data/runs/NAME.json`` and ``bench/NAME`` ``benchmarks/results/NAME.json``.
+shipped run's manifest ``data/runs/NAME.json``, ``bench/NAME`` ``benchmarks/results/NAME.json`` and
+``bench/pilots/NAME`` ``benchmarks/results/pilots/NAME.json``.
 A path is dot-separated: dictionary keys, list indices, or ``field=value`` (the list element whose
 ``field`` is ``value``). After ``;`` comes a format: a Python format spec, or one of ``int``
 (rounded, thousands separator), ``min`` (seconds as minutes), ``h`` (seconds as h min), ``pct``
@@ -59,7 +60,7 @@ def variant_profiles(root: Path = ROOT) -> tuple[str, ...]:
 
 def load(root: Path = ROOT) -> dict[str, dict]:
     """Every headline JSON, keyed ``cpu/NN``, ``long/NN`` (and ``<variant>/NN``, see
-    :func:`profile_folders`); shipped-run manifests ``runs/NAME``; benchmark results ``bench/NAME``."""
+    :func:`profile_folders`); shipped-run manifests ``runs/NAME``; benchmark results ``bench/NAME`` (pilots' ``bench/pilots/NAME``)."""
     data: dict[str, dict] = {}
     for profile, folder in profile_folders(root):
         for path in sorted(folder.glob("[0-9][0-9]_*.json")):
@@ -68,6 +69,8 @@ def load(root: Path = ROOT) -> dict[str, dict]:
         data[f"runs/{path.stem}"] = json.loads(path.read_text())
     for path in sorted((root / "benchmarks" / "results").glob("*.json")):
         data[f"bench/{path.stem}"] = json.loads(path.read_text())
+    for path in sorted((root / "benchmarks" / "results" / "pilots").glob("*.json")):
+        data[f"bench/pilots/{path.stem}"] = json.loads(path.read_text())
     for path in sorted((root / "benchmarks" / "results" / "pilots").glob("long-*/[0-9][0-9]_*.json")):
         data[f"pilot/{path.parent.name}/{path.name[:2]}"] = json.loads(path.read_text())
     data["derived"] = derived(data)
