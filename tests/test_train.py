@@ -124,7 +124,9 @@ def test_diverging_training_stops_with_the_step(tmp_path):
 
 @pytest.mark.parametrize("kwargs,name", [({"num_steps": 0}, "num_steps"), ({"lr": -1.0}, "lr"),
                                          ({"optimizer": "sgd"}, "optimizer"), ({"pct_start": 1.5}, "pct_start"),
-                                         ({"schedule": "cosine"}, "schedule")])
+                                         ({"schedule": "cosine"}, "schedule"), ({"div_factor": 0.5}, "div_factor"),
+                                         ({"final_div_factor": 0}, "final_div_factor"),
+                                         ({"div_factor": "25"}, "div_factor")])
 def test_bad_training_config_raises(kwargs, name):
     with pytest.raises(ValueError, match=name):
         TrainConfig(**kwargs)
@@ -152,6 +154,27 @@ def test_onecycle_keeps_betas_and_peaks_at_max_lr(tmp_path):
     assert set(betas) == {(0.9, 0.999)}
 
 
+def test_onecycle_start_and_end_follow_the_divisors():
+    # the authors' regression code: div_factor = final_div_factor = num_steps / 2 - 1
+    from stagewise.train import _make_optimizer
+
+    def lrs(cfg):
+        opt, sched = _make_optimizer(torch.nn.Linear(2, 2), cfg)
+        out = []
+        for _ in range(cfg.num_steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return np.array(out)
+
+    default = lrs(TrainConfig(num_steps=100, lr=0.003))
+    assert default[0] == pytest.approx(0.003 / 25) and default[-1] == pytest.approx(0.003 / 25 / 1e4)
+    authors = lrs(TrainConfig(num_steps=100, lr=0.003, div_factor=49, final_div_factor=49))
+    assert authors[0] == pytest.approx(0.003 / 49) and authors[-1] == pytest.approx(0.003 / 49 / 49)
+    assert authors.max() == pytest.approx(0.003) and int(np.argmax(authors)) in (49, 50)
+    assert np.all(authors[:49] < default[:49])  # a lower start, the same peak
+
+
 def test_analysis_steps_spread_in_log_time_and_keep_the_ends():
     from stagewise.train import analysis_steps
 
@@ -173,6 +196,8 @@ def test_cache_keys_of_existing_configs_are_unchanged():
 
     assert config_hash(TrainConfig()) == "cdd57da1b4e0c062"
     assert config_hash(TrainConfig(num_steps=100_000, resume_every=5_000)) == "0db074f51420ef91"
+    assert config_hash(TrainConfig(div_factor=25.0, final_div_factor=1e4)) == "cdd57da1b4e0c062"
+    assert config_hash(TrainConfig(div_factor=249_999, final_div_factor=249_999)) != "cdd57da1b4e0c062"
     assert config_hash(TrainConfig(compute_dtype="bfloat16")) != config_hash(TrainConfig())
 
 

@@ -66,6 +66,11 @@ class TrainConfig:
     # update with other rounding (so hashed when on), 4x cheaper per step on the CPU (LM at 1 x 256:
     # 26 -> 6 ms of a ~100 ms step; benchmarks/results/lm_induction_pilots.md).
     fused_optimizer: bool = field(default=False, metadata=HASH_OMIT_DEFAULT)
+    # the one-cycle schedule's start (max lr / div_factor) and end (start / final_div_factor): torch's
+    # defaults, 25 and 1e4. The authors' regression code (timaeus-research/icl, icl/config.py) sets
+    # both to num_steps / 2 - 1 (249,999 at 500k steps): the rate starts at ~1.2e-8, not 1.2e-4.
+    div_factor: float = field(default=25.0, metadata=HASH_OMIT_DEFAULT)
+    final_div_factor: float = field(default=1e4, metadata=HASH_OMIT_DEFAULT)
 
     def __post_init__(self):
         _positive("num_steps", self.num_steps)
@@ -86,6 +91,11 @@ class TrainConfig:
         if self.checkpoint_every == 0 and self.num_linear + self.num_log < 2:
             raise ValueError("num_linear + num_log must be >= 2 when checkpoint_every is 0")
         _positive("resume_every", self.resume_every)
+        for name in ("div_factor", "final_div_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
+                raise ValueError(f"{name} must be a number >= 1 (the one-cycle schedule's start and end divisors), "
+                                 f"got {value!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
 
@@ -174,7 +184,8 @@ def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig, capturable: bool =
         # cycle_momentum=False keeps Adam's β1 at the paper's 0.9 (torch would otherwise cycle it).
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=cfg.lr, total_steps=cfg.num_steps, pct_start=cfg.pct_start,
-            anneal_strategy="linear", cycle_momentum=False,
+            anneal_strategy="linear", cycle_momentum=False, div_factor=float(cfg.div_factor),
+            final_div_factor=float(cfg.final_div_factor),
         )
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
