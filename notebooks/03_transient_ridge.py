@@ -36,8 +36,10 @@
 profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 executor = None  # "serial" or "processes" (one run per core) for training; None keeps the profile's
 dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
+residual = None  # "standard" (the paper's text) or "paper_code" (the regression authors' doubled residual stream); None keeps the profile's
 
 # %%
+import dataclasses
 import math
 import time
 
@@ -57,11 +59,16 @@ timings = {}
 profile = profile or default_profile()
 llc_executor = sweep_executor(dask_scheduler)  # 'serial', or a Client of that scheduler
 cfg = get_profile("ridge", profile)
+if residual is not None and residual != cfg.model.residual:
+    # the same model with the other residual stream (notebook 02's option): its own runs (cached by
+    # their config), its own figures folder figures/<profile>-<residual>/, the residual in every title
+    cfg = dataclasses.replace(get_profile("ridge", profile, model=dataclasses.replace(cfg.model, residual=residual)),
+                              name=f"{profile}-{residual}")
 apply_style()
 D, K = cfg.task.task_size, cfg.task.max_examples
 print(f"profile {cfg.name}: D = {D}, K = {K}, σ² = {cfg.task.noise_variance}, M ∈ {cfg.m_grid} ∪ {{∞}}")
 print(f"model: {cfg.model.n_layers} layers, d = {cfg.model.d_embed}, {cfg.model.n_heads} heads, d_mlp = {cfg.model.d_mlp}: "
-      f"{count_parameters(RegressionTransformer(cfg.model)):,} parameters")
+      f"{count_parameters(RegressionTransformer(cfg.model)):,} parameters, residual stream: {cfg.model.residual}")
 t = cfg.train
 print(f"training: {t.num_steps:,} steps x batch {cfg.batch_size}, Adam, max lr {t.lr} ({t.schedule}, pct_start {t.pct_start}), "
       f"{len(t.checkpoint_steps())} checkpoints; seed {cfg.seed} for every M")
@@ -353,7 +360,7 @@ from stagewise.headline import snake_case, write_headline
 
 timings["total"] = time.perf_counter() - notebook_start
 headline = {
-    "task_size": D, "max_examples": K, "steps": cfg.train.num_steps,
+    "task_size": D, "max_examples": K, "steps": cfg.train.num_steps, "residual": cfg.model.residual,
     "task_diversity_threshold": {k: threshold[k] for k in ("last_dmmse", "first_ridge", "threshold")},
     "transient_m": transient, "partially_transient_m": partial, "llc_crossing_m": crossing, "llc_ridge": llc_ridge,
     "per_m": [{"m": str(m), **{c: summary.loc[m, c] for c in cols}, "llc": llc.loc[m, "llc_mean"],
