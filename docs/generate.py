@@ -11,7 +11,7 @@ shipped run's manifest ``data/runs/NAME.json``, ``bench/NAME`` ``benchmarks/resu
 A path is dot-separated: dictionary keys, list indices, or ``field=value`` (the list element whose
 ``field`` is ``value``). After ``;`` comes a format: a Python format spec, or one of ``int``
 (rounded, thousands separator), ``min`` (seconds as minutes), ``h`` (seconds as h min), ``pct``
-(a fraction as a percentage), ``yesno``.
+(a fraction as a percentage), ``yesno``, ``len`` (how many items a list or mapping has).
 
 The Sphinx extension (``docs/_ext/headline.py``) renders each reference as
 ``<span class="hl" data-key="KEY">TEXT</span>``; ``--check-html`` re-reads the JSON and fails on any
@@ -143,6 +143,8 @@ def fmt(value, spec: str | None = None) -> str:
         return "yes" if value else "no"
     if isinstance(value, str):
         return value
+    if spec == "len" and isinstance(value, (list, dict)):
+        return f"{len(value):,}"
     if isinstance(value, list):
         return ", ".join(fmt(v, spec) for v in value)
     if spec == "yesno":

@@ -91,6 +91,7 @@ def test_the_known_drifts_come_out_as_the_json_says():
 def test_format_rules():
     assert g.fmt(7201.4986) == "7,201" and g.fmt(1.5475, ".3f") == "1.548" and g.fmt(None) == "–"
     assert g.fmt(0.0016, ".2%") == "0.16%" and g.fmt(3776.4, "int") == "3,776" and g.fmt(15328, "h") == "4 h 15 min"
+    assert g.fmt([10_101, 303_030], "len") == "2" and g.fmt([10_101, 303_030], "int") == "10,101, 303,030"
     assert g.lookup(DATA, "cpu/05:toy_potentials.potential=lau.llc_exact") == 0.25
     with pytest.raises(KeyError):
         g.lookup(DATA, "cpu/05:toy_potentials.potential=nonesuch.llc_exact")
