@@ -3,14 +3,16 @@ import pandas as pd
 import pytest
 
 from stagewise.profiles import get_profile
-from stagewise.runs import regression_hessian, regression_run
+from stagewise.runs import regression_hessian, regression_run, regression_run_directory
 
 
 def test_regression_run_is_cached_and_hessian_curve_is_cached_per_checkpoint(tmp_cache, monkeypatch):
     reg = get_profile("regression", "smoke")
     hess = get_profile("hessian", "smoke", num_checkpoints=3, num_probes=2)
+    untrained = regression_run_directory(reg, 0)
     run = regression_run(reg, 0, progress=False)
-    assert run.directory.is_relative_to(tmp_cache)
+    assert run.directory.is_relative_to(tmp_cache) and run.directory == untrained
+    assert regression_run_directory(reg, 1) != untrained
     first = regression_hessian(reg, hess, 0, progress=False)
     assert list(first.index) == sorted(first.index) and len(first) == 3
     assert np.all(np.isfinite(first[["trace", "trace_se", "top_eig"]].to_numpy()))

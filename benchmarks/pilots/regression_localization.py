@@ -35,7 +35,7 @@ from stagewise.llc import SGLDConfig, estimate_llc_sweep, resolve_compute_dtype 
 from stagewise.models.regression import RegressionTransformer  # noqa: E402
 from stagewise.plotting import apply_style, stamp_setting  # noqa: E402
 from stagewise.profiles import get_profile  # noqa: E402
-from stagewise.runs import regression_run, regression_sgld_loss, sgld_dataset  # noqa: E402
+from stagewise.runs import regression_run, regression_run_directory, regression_sgld_loss, sgld_dataset  # noqa: E402
 from stagewise.stages import detect_stages, slope_dips  # noqa: E402
 from stagewise.train import analysis_steps  # noqa: E402
 
@@ -73,9 +73,7 @@ def main():
         written = set(int(s) for s in full)
         path_of = run.checkpoint_path
     else:  # a run still training: the checkpoints written so far, read from its run folder
-        from stagewise.cache import artifact_dir
-        from stagewise.runs import _regression_key
-        folder = artifact_dir("regression_runs", _regression_key(cfg, 0)) / "checkpoints"
+        folder = regression_run_directory(cfg, 0) / "checkpoints"
         written = {int(s) for s in full if (folder / f"step_{int(s):08d}.pt").exists()}
 
         def path_of(step):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from stagewise.profiles.regression import RegressionProfile
 from stagewise.shipped import run_identity
 from stagewise.train import TrainConfig, TrainedRun, train_cached
 
-__all__ = ["RegressionRunKey", "regression_run", "regression_llc", "regression_hessian", "LanguageRunKey",
+__all__ = ["RegressionRunKey", "regression_run", "regression_run_directory", "regression_llc", "regression_hessian", "LanguageRunKey",
            "language_run", "regression_probe_batch", "regression_probes", "language_analysis_steps", "language_llc",
            "language_sgld_model", "regression_outputs", "language_outputs", "ED_NUM_SEQUENCES", "ED_NUM_CONTEXTS",
            "ED_POSITION_STRIDE", "language_sgld_contexts", "language_offset_drops", "OFFSET_PROBE"]
@@ -53,6 +54,14 @@ def _regression_key(profile: RegressionProfile, seed: int) -> RegressionRunKey:
     return RegressionRunKey(profile.task, profile.model, replace(profile.train, seed=seed), profile.batch_size, seed)
 
 
+def regression_run_directory(profile: RegressionProfile, seed: int) -> Path:
+    """Where ``regression_run(profile, seed)`` keeps its run folder in the artifact cache (checkpoints,
+    ``config.json``, ``resume.pt``), whether or not it is trained yet: to read a run still training."""
+    from stagewise.cache import artifact_dir
+
+    return artifact_dir("regression_runs", _regression_key(profile, seed))
+
+
 def regression_run(profile: RegressionProfile, seed: int, progress: bool = True, device=None,
                    cuda_graph: bool | None = None) -> TrainedRun:
     """Train (or load) the ``profile``'s regression transformer with training seed ``seed``.
@@ -69,11 +78,10 @@ def regression_run(profile: RegressionProfile, seed: int, progress: bool = True,
     (:func:`stagewise.shipped.check_against_manifest`: bit for bit on the same platform).
     """
     from stagewise import shipped
-    from stagewise.cache import artifact_dir
 
     key = _regression_key(profile, seed)
     model_fn = partial(RegressionTransformer, profile.model)
-    if profile.use_shipped_run and not (artifact_dir("regression_runs", key) / "done.json").exists():
+    if profile.use_shipped_run and not (regression_run_directory(profile, seed) / "done.json").exists():
         run = shipped.load_shipped("regression_runs", key, model_fn)
         if run is not None:
             return run
