@@ -114,3 +114,22 @@ def test_no_manifest_for_other_keys(setting):
     other = _regression_key(profile, 1)
     assert shipped.find_manifest("regression_runs", other) is None
     assert shipped.find_manifest("language_runs", _regression_key(profile, 0)) is None
+
+
+def test_the_pack_command_packs_the_named_residual_with_the_given_seconds(tmp_cache, tmp_path, monkeypatch):
+    from stagewise.cache import config_hash
+
+    monkeypatch.setenv(shipped.ENV_VAR, str(tmp_path / "runs"))
+    base = get_profile("regression", "smoke")
+    doubled = dataclasses.replace(base, model=dataclasses.replace(base.model, residual="paper_code"))
+    regression_run(doubled, 0, progress=False)
+    args = ["pack", "--profile", "smoke", "--seed", "0", "--name", "doubled"]
+    with pytest.raises(SystemExit, match="--seconds must be > 0"):
+        shipped.main([*args, "--residual", "paper_code", "--seconds", "-1"])
+    with pytest.raises(SystemExit, match="train it first"):  # the profile's own (standard) run was not trained
+        shipped.main(args)
+    shipped.main([*args, "--residual", "paper_code", "--seconds", "123.5"])
+    manifest = json.loads((tmp_path / "runs" / "doubled.json").read_text())
+    assert manifest["config"]["model"]["residual"] == "paper_code"
+    assert manifest["config_hash"] == config_hash(_regression_key(doubled, 0)) != config_hash(_regression_key(base, 0))
+    assert manifest["trained_on"]["seconds"] == 123.5 and "given" in manifest["trained_on"]["seconds_from"]

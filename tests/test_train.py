@@ -68,8 +68,14 @@ def test_killed_run_resumes_bit_identical(tmp_path):
         _train(tmp_path / "resumed", cfg, dying)
     assert (tmp_path / "resumed" / "resume.pt").exists()
     assert not (tmp_path / "resumed" / "done.json").exists()
+    first_piece = torch.load(tmp_path / "resumed" / "resume.pt", weights_only=False)["seconds"]
+    assert first_piece > 0
     resumed = _train(tmp_path / "resumed", cfg)
-    assert json.loads((tmp_path / "resumed" / "done.json").read_text())["resumed_from"] > 0
+    done = json.loads((tmp_path / "resumed" / "done.json").read_text())
+    assert done["resumed_from"] > 0
+    # the training time adds the pieces: the first up to its last resume point, then the second
+    assert done["seconds"] == pytest.approx(first_piece + done["seconds_last_piece"])
+    assert resumed.seconds == done["seconds"] > done["seconds_last_piece"]
     for step in reference.checkpoint_steps:
         a, b = reference.load_state(step), resumed.load_state(step)
         assert all(torch.equal(a[k], b[k]) for k in a), f"checkpoint {step} differs after resume"
@@ -359,3 +365,25 @@ def test_capturable_schedule_fills_the_same_lr_tensor_in_place():
     assert now is lr and now.data_ptr() == ptr
     assert float(now) == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-6)
     assert float(now) > 10 * cfg.lr / 25  # moved well past the one-cycle start (max_lr / 25)
+
+
+def test_resume_point_without_a_clock_gives_unknown_training_time(tmp_path):
+    """A resume.pt written before the clock was kept across pieces: the whole run's time is unknown
+    (null, NaN on the run), not the last piece's alone."""
+    cfg = TrainConfig(num_steps=120, lr=3e-3, num_linear=7, num_log=5, resume_every=1)
+    data = RegressionBatches(TASK, 32, 0)
+
+    def dying(step):
+        if step == 77:
+            raise _Killed("simulated kill")
+        return data(step)
+
+    with pytest.raises(_Killed):
+        _train(tmp_path / "r", cfg, dying)
+    state = torch.load(tmp_path / "r" / "resume.pt", weights_only=False)
+    del state["seconds"]
+    torch.save(state, tmp_path / "r" / "resume.pt")
+    run = _train(tmp_path / "r", cfg)
+    done = json.loads((tmp_path / "r" / "done.json").read_text())
+    assert done["seconds"] is None and done["seconds_last_piece"] > 0
+    assert np.isnan(run.seconds)

@@ -111,10 +111,11 @@ def find_manifest(kind: str, key: Any, directory: Path | None = None) -> tuple[d
 
 
 def pack_run(run_dir: Path, kind: str, key: Any, name: str, out_dir: Path | None = None, trained_on: dict | None = None,
-             note: str = "") -> Path:
+             note: str = "", seconds: float | None = None) -> Path:
     """Write ``<out_dir>/<name>.pt`` (all checkpoints stacked per parameter, fp32; the loss history;
     done.json) and its manifest ``<name>.json`` from the finished run in ``run_dir``. Returns the
-    manifest's path."""
+    manifest's path. The manifest's training ``seconds`` are done.json's, or ``seconds`` where given
+    (a resumed run whose record lacks the earlier pieces' time); the manifest says which."""
     run_dir = Path(run_dir)
     out_dir = shipped_dir() if out_dir is None else Path(out_dir)
     done = json.loads((run_dir / "done.json").read_text())
@@ -140,7 +141,9 @@ def pack_run(run_dir: Path, kind: str, key: Any, name: str, out_dir: Path | None
         "first_step": steps[0], "last_step": steps[-1],
         "checkpoint_digests": {str(s): state_digest(st) for s, st in zip(steps, states)},
         "final_loss_mean_last_1pct": float(payload["loss"][-max(1, len(payload["loss"]) // 100):].mean()),
-        "trained_on": {**(trained_on or platform_info()), "seconds": done.get("seconds")},
+        "trained_on": {**(trained_on or platform_info()),
+                       "seconds": done.get("seconds") if seconds is None else float(seconds),
+                       "seconds_from": "the run's done.json" if seconds is None else "given when packed (pack_run's seconds)"},
         "packed": time.strftime("%Y-%m-%d"), "note": note,
     }
     path = out_dir / f"{name}.json"
@@ -251,6 +254,7 @@ def main(argv=None) -> None:
     """``python -m stagewise.shipped pack --setting regression --profile long --seed 0 --name NAME``:
     pack the cached trained run of that profile and seed into data/runs/."""
     import argparse
+    from dataclasses import replace
 
     from stagewise.profiles import get_profile
     from stagewise.runs import _regression_key
@@ -263,10 +267,19 @@ def main(argv=None) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--device", default="cpu", help="where the run was trained (for the manifest)")
     p.add_argument("--threads", type=int, default=None, help="threads it was trained with (default: this process's)")
+    p.add_argument("--residual", default=None, choices=("standard", "paper_code"),
+                   help="the run's residual stream (default: the profile's)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="training time in seconds for the manifest, where the run's own record lacks it (a run "
+                        "resumed from a resume point older than the clock kept across pieces): the pieces' sum")
     p.add_argument("--note", default="")
     args = ap.parse_args(argv)
+    if args.seconds is not None and not args.seconds > 0:
+        raise SystemExit(f"--seconds must be > 0, got {args.seconds}")
     logging.basicConfig(level=logging.INFO)
     profile = get_profile("regression", args.profile)
+    if args.residual is not None:
+        profile = replace(profile, model=replace(profile.model, residual=args.residual))
     key = _regression_key(profile, args.seed)
     run_dir = artifact_dir("regression_runs", key)
     if not (run_dir / "done.json").exists():
@@ -274,7 +287,7 @@ def main(argv=None) -> None:
     info = platform_info(args.device)
     if args.threads is not None:
         info["threads"] = args.threads
-    print(pack_run(run_dir, "regression_runs", key, args.name, trained_on=info, note=args.note))
+    print(pack_run(run_dir, "regression_runs", key, args.name, trained_on=info, note=args.note, seconds=args.seconds))
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ class TrainedRun:
         self.checkpoint_steps = np.asarray(meta["checkpoint_steps"], dtype=np.int64)
         history = load_artifact(self.directory / "history.pt")
         self.train_loss = history["loss"].numpy()
-        self.seconds = float(meta.get("seconds", float("nan")))
+        seconds = meta.get("seconds")
+        self.seconds = float("nan") if seconds is None else float(seconds)  # whole training; NaN if unknown
 
     def checkpoint_path(self, step: int) -> Path:
         return self.directory / "checkpoints" / f"step_{int(step):08d}.pt"
@@ -241,6 +242,7 @@ def train(
     opt, sched = _make_optimizer(model, config, capturable=cuda_graph)
     losses = torch.full((config.num_steps,), float("nan"), device=device)  # on the device: no per-step sync
     start = 0
+    earlier_seconds = 0.0  # training time of the pieces before this one (a resumed run)
     resume_file = run_dir / "resume.pt"
     if resume_file.exists():
         state = load_artifact(resume_file)
@@ -251,6 +253,8 @@ def train(
             _make_capturable(opt)
         losses = state["loss"].to(device)
         start = int(state["step"])
+        # a resume point written before the clock was kept across pieces has none: unknown, not 0
+        earlier_seconds = float(state.get("seconds", float("nan")))
         log.info("resuming %s from step %d", run_dir, start)
     elif 0 in to_save:
         atomic_save(_cpu_state(model), ckpt_dir / f"step_{0:08d}.pt")
@@ -258,7 +262,8 @@ def train(
     def save_resume(step: int) -> None:
         atomic_save(
             {"model": _cpu_state(model), "optimizer": _portable_optimizer_state(opt.state_dict()),
-             "scheduler": sched.state_dict(), "loss": losses.cpu(), "step": step},
+             "scheduler": sched.state_dict(), "loss": losses.cpu(), "step": step,
+             "seconds": earlier_seconds + time.perf_counter() - t0},
             resume_file,
         )
 
@@ -310,10 +315,15 @@ def train(
     _check_finite(losses, checked, config.num_steps, run_dir)
     if last_resume != config.num_steps:
         save_resume(config.num_steps)
-    seconds = time.perf_counter() - t0
+    piece = time.perf_counter() - t0
     atomic_save({"loss": losses.cpu()}, run_dir / "history.pt")
+    # seconds: the whole training, summed over the pieces of a resumed run up to each one's last
+    # resume point (steps trained after it and redone are not counted twice); null where an earlier
+    # piece's time is unknown. seconds_last_piece: this process's part alone.
+    total = earlier_seconds + piece
     atomic_write_text(run_dir / "done.json", json.dumps(
-        {"checkpoint_steps": schedule.tolist(), "seconds": seconds, "resumed_from": start}))
+        {"checkpoint_steps": schedule.tolist(), "seconds": total if total == total else None,
+         "seconds_last_piece": piece, "resumed_from": start}))
     return TrainedRun(run_dir, model_fn)
 
 
