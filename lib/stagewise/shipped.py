@@ -1,14 +1,15 @@
 """Training runs shipped with the repository, for the `long` profile.
 
 A run that a 2-core CPU cannot redo within a profile's budget (the regression model's 500k steps at
-`long`: ≈ 4–5 h on one core) lives in ``data/runs/<name>.pt`` (every checkpoint in fp32, the
+`long`: ≈ 4–7 h on one core, for each residual stream) lives in ``data/runs/<name>.pt`` (every checkpoint in fp32, the
 per-step training loss, the run's ``done.json``) beside ``data/runs/<name>.json``, its manifest:
 
 * ``sha256`` and ``bytes`` of the ``.pt`` file;
 * ``kind`` and ``config_hash`` of the artifact-cache entry it stands for (the hash of the run's
   key: task, model, training config, batch, seed) and that key in full (``config``);
 * ``checkpoint_digests``: a digest of every checkpoint's weights, to check a retrained run against;
-* ``trained_on``: device, CPU, torch version, threads, date, training seconds.
+* ``trained_on``: device, CPU, torch version, threads, training seconds (and where they come from).
+  The manifest also carries ``packed`` (the date) and a free-text ``note``.
 
 :func:`load_shipped` is what :func:`stagewise.runs.regression_run` calls when the cache has no
 trained run of that key: it finds the manifest whose ``kind`` and ``config_hash`` match, checks the
