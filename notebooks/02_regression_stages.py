@@ -77,6 +77,8 @@ if cfg.model.residual != base.model.residual:
 if cfg.train.num_steps != base.train.num_steps:  # a pilot: its own folder under benchmarks/results/pilots
     cfg = dataclasses.replace(cfg, name=f"{profile}-{cfg.train.num_steps}")
     figure_dir = pilot_dir(cfg.name)
+# the authors' residual stream is not the paper's text: every figure names it (under the title)
+figure_setting = None if cfg.model.residual == "standard" else f"residual={cfg.model.residual}"
 apply_style()
 print(f"profile {cfg.name}: {cfg.train.num_steps:,} steps x batch {cfg.batch_size}, seeds {cfg.seeds}, "
       f"LLC of seeds {cfg.llc_seeds}")
@@ -128,7 +130,7 @@ ax.axhline(ridge_loss, ls=":", color="k", lw=0.8, label="ridge (optimal)")
 ax.set(xscale="log", yscale="log", xlabel="training step $t$", ylabel="training loss (MSE, smoothed)",
        title=f"Training loss of every seed against two reference losses ({cfg.name} profile)")
 ax.legend(ncol=2)
-save_figure(fig, "figB1b_regression_loss", profile=cfg.name, directory=figure_dir)
+save_figure(fig, "figB1b_regression_loss", profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 
 # %% [markdown]
@@ -186,7 +188,7 @@ fig = plot_stages(result, steps_llc, sweep.llc_mean[keep], stds=sweep.llc_std[ke
                   loss=sweep.loss_init[keep], extra={"weight norm $\\|w_t\\|$": norms},
                   loss_label="test loss $\\ell(w_t)$ (MSE)",
                   title=f"Regression transformer, {cfg.name} profile, seed {seed0}")
-save_figure(fig, "fig1b_regression_llc", profile=cfg.name, directory=figure_dir)
+save_figure(fig, "fig1b_regression_llc", profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 result.summary()
 
@@ -211,7 +213,7 @@ for col, (seed, sweep) in enumerate(sweeps.items()):
     axes[0, col].set_xlabel("")
 fig.suptitle(f"Loss and LLC of every seed ({cfg.name} profile); dotted: GP fit; dashed: detected boundaries")
 fig.tight_layout()
-save_figure(fig, "figB1b_regression_llc", profile=cfg.name, directory=figure_dir)
+save_figure(fig, "figB1b_regression_llc", profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 
 # %% [markdown]
@@ -308,11 +310,11 @@ ed0 = eds[seed0]
 fig = plot_essential_dynamics(ed0, stages=result,
                               title=f"Essential dynamics of seed {seed0} ({cfg.name} profile): the trajectory in "
                                     f"its top 3 PCs, coloured by the LLC's stages; stars: forms")
-save_figure(fig, "fig2b_regression_essential_dynamics", profile=cfg.name, directory=figure_dir)
+save_figure(fig, "fig2b_regression_essential_dynamics", profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 fig = plot_ed_over_training(ed0, stages=result, label=f"seed {seed0}: ",
                             title=f"Essential dynamics over training against the LLC's stages ({cfg.name} profile)")
-save_figure(fig, "fig2b_regression_ed_over_training", profile=cfg.name, directory=figure_dir)
+save_figure(fig, "fig2b_regression_ed_over_training", profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 
 # %% [markdown]
@@ -329,7 +331,7 @@ if len(eds) > 1:
             ax.title.set_fontsize(8)
     fig.suptitle(f"Essential dynamics of every seed ({cfg.name} profile): PC scores (top), turns and forms (bottom)")
     fig.tight_layout()
-    save_figure(fig, "figB1b_regression_ed_over_training", profile=cfg.name, directory=figure_dir)
+    save_figure(fig, "figB1b_regression_ed_over_training", profile=cfg.name, directory=figure_dir, setting=figure_setting)
     plt.show()
 
 # %% [markdown]
@@ -402,7 +404,7 @@ axes[0].legend(loc="upper left", ncol=2)
 same = r"; $\bar t = 0$, so both panels show the same curves" if cfg.task.num_tasks is None else ""
 fig.suptitle(f"Task prior (C.2), shaded by seed {seed0}'s LLC stages{same}", y=1.0)
 fig.tight_layout()
-save_figure(fig, "figC2_regression_task_prior", profile=cfg.name, directory=figure_dir)
+save_figure(fig, "figC2_regression_task_prior", profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 
 # %% [markdown]
@@ -426,7 +428,7 @@ for ax, key, title in zip(axes, ("icl_1_D", "icl_D_K"), ("locating the task: $IC
     ax.set(title=title, ylabel="loss difference (MSE)")
 axes[0].legend(loc="best", ncol=2)
 fig.suptitle(f"ICL scores (C.3), shaded by seed {seed0}'s LLC stages", y=1.03)
-save_figure(fig, "figC3_regression_icl_scores", profile=cfg.name, directory=figure_dir)
+save_figure(fig, "figC3_regression_icl_scores", profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 
 # %% [markdown]
@@ -454,7 +456,7 @@ for ax in axes[0]:
     ax.set_xlabel("")
 fig.suptitle(f"OOD generalisation (C.4), seed {seed0}", y=1.0)
 fig.tight_layout()
-save_figure(fig, "figC4_regression_ood", profile=cfg.name, directory=figure_dir)
+save_figure(fig, "figC4_regression_ood", profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 
 # %% [markdown]
@@ -485,7 +487,7 @@ plot_over_training(axes[2], ps, {"unembedding subspace": probes["alignment.unemb
 axes[2].set_title("(c) token embedding's alignment with two subspaces", pad=12)
 fig.suptitle(f"Embedding collapse and alignment (C.5), seed {seed0}", y=1.05)
 fig.tight_layout()
-save_figure(fig, "figC5_regression_embeddings", profile=cfg.name, directory=figure_dir)
+save_figure(fig, "figC5_regression_embeddings", profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 
 # %% [markdown]
@@ -529,7 +531,7 @@ for ax in axes[0]:
     ax.set_xlabel("")
 fig.suptitle(f"Unembedding collapse (C.6), seed {seed0}", y=1.02)
 fig.tight_layout()
-save_figure(fig, "figC6_regression_unembedding", profile=cfg.name, directory=figure_dir)
+save_figure(fig, "figC6_regression_unembedding", profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 
 # %% [markdown]
@@ -566,7 +568,7 @@ for ax in axes[:-1].flat:
     ax.set_xlabel("")
 fig.suptitle(f"LayerNorm collapse (C.7), seed {seed0}", y=1.01)
 fig.tight_layout()
-save_figure(fig, "figC7_regression_layer_norms", profile=cfg.name, directory=figure_dir)
+save_figure(fig, "figC7_regression_layer_norms", profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 
 # %% [markdown]
@@ -593,7 +595,7 @@ for metric, fig_name, title in (("normalised_entropy", "figC8_regression_attenti
         ax.set_xlabel("")
     fig.suptitle(f"Attention {title} per head ({'C.8' if metric != 'variability' else 'C.9'}), seed {seed0}", y=1.0)
     fig.tight_layout()
-    save_figure(fig, fig_name, profile=cfg.name, directory=figure_dir)
+    save_figure(fig, fig_name, profile=cfg.name, directory=figure_dir, setting=figure_setting)
     plt.show()
 
 # %% [markdown]
@@ -631,7 +633,7 @@ for r, step in enumerate(pattern_steps):
 fig.suptitle(f"Mean attention patterns (C.10), seed {seed0}", y=1.0)
 fig.tight_layout(rect=(0, 0, 0.93, 1))
 fig.colorbar(image, cax=fig.add_axes((0.945, 0.35, 0.015, 0.3)), label="mean attention weight")
-save_figure(fig, "figC10_regression_head_patterns", profile=cfg.name, directory=figure_dir)
+save_figure(fig, "figC10_regression_head_patterns", profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 
 # %% [markdown]
@@ -775,7 +777,7 @@ if cfg.model.residual != base.model.residual:
                  f"{len(own.steps)} checkpoints, same SGLD)\nblue band: the paper's 40k-320k (LR3 and LR4), "
                  f"rescaled to {cfg.train.num_steps:,} steps")
     fig.tight_layout()
-    save_figure(fig, "fig1b_regression_llc_by_residual", profile=cfg.name, directory=figure_dir)
+    save_figure(fig, "fig1b_regression_llc_by_residual", profile=cfg.name, directory=figure_dir, setting=figure_setting)
     plt.show()
     print(pd.DataFrame(residual_comparison).T)
 
@@ -801,7 +803,7 @@ t0 = time.perf_counter()
 calibration = regression_sgld_calibration(cfg.llc_profile(seed0), seed0, sweeps[seed0], stage_results[seed0].boundaries)
 timings["SGLD calibration"] = time.perf_counter() - t0
 save_calibration_figures(calibration, "regression", f"{cfg.name} profile, seed {seed0}, residual={cfg.model.residual}",
-                         profile=cfg.name, directory=figure_dir)
+                         profile=cfg.name, directory=figure_dir, setting=figure_setting)
 plt.show()
 print(calibration.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
 print("usable (good at every calibration checkpoint), rows (nβ, γ), columns ε:")

@@ -64,6 +64,8 @@ if residual is not None and residual != cfg.model.residual:
     # their config), its own figures folder figures/<profile>-<residual>/, the residual in every title
     cfg = dataclasses.replace(get_profile("ridge", profile, model=dataclasses.replace(cfg.model, residual=residual)),
                               name=f"{profile}-{residual}")
+# the regression authors' residual stream is not the papers' text: every figure names it (under the title)
+figure_setting = None if cfg.model.residual == "standard" else f"residual={cfg.model.residual}"
 apply_style()
 D, K = cfg.task.task_size, cfg.task.max_examples
 print(f"profile {cfg.name}: D = {D}, K = {K}, σ² = {cfg.task.noise_variance}, M ∈ {cfg.m_grid} ∪ {{∞}}")
@@ -131,7 +133,7 @@ ax.yaxis.set_major_formatter(plt.ScalarFormatter())
 ax.yaxis.set_minor_formatter(plt.NullFormatter())
 ax.set_yticks([1, 1.5, 2, 3, 4, 6])
 ax.legend(ncol=2, fontsize=7, loc="lower left")
-save_figure(fig, "fig1a_ridge_ood_loss", profile=cfg.name)
+save_figure(fig, "fig1a_ridge_ood_loss", profile=cfg.name, setting=figure_setting)
 plt.show()
 
 # %% [markdown]
@@ -152,7 +154,7 @@ for ax, col, title in ((axes[0], "dist_dmmse", "distance to dMMSE$_M$: Δ(f, dMM
     ax.set(xscale="log", yscale="log", xlabel="training step $t$", title=title)
 axes[0].set_ylabel("in-distribution distance (MSE on q$_M$)")
 axes[1].legend(ncol=2, fontsize=6.5)
-save_figure(fig, "fig1b_ridge_function_distance", profile=cfg.name)
+save_figure(fig, "fig1b_ridge_function_distance", profile=cfg.name, setting=figure_setting)
 plt.show()
 
 # %% [markdown]
@@ -193,7 +195,7 @@ ax.legend(handles=handles + [plt.Line2D([], [], marker="s", color="tab:red", ls=
                              plt.Line2D([], [], marker="D", color="grey", ls="", label="dMMSE$_M$")],
           ncol=2, fontsize=6.5, loc="best")
 ax.set_title("joint trajectory PCA of outputs on q(S | t$_1$)")
-save_figure(fig, "fig1c_ridge_trajectory_pca", profile=cfg.name)
+save_figure(fig, "fig1c_ridge_trajectory_pca", profile=cfg.name, setting=figure_setting)
 plt.show()
 
 if cfg.num_pca_components >= 4:
@@ -203,7 +205,7 @@ if cfg.num_pca_components >= 4:
         ax.set_title(f"PC{j + 1} against PC{i + 1}")
     fig.suptitle("joint trajectory PCA, the top 4 PCs pairwise")
     fig.tight_layout()
-    save_figure(fig, "figC1_ridge_trajectory_pca_4pcs", profile=cfg.name)
+    save_figure(fig, "figC1_ridge_trajectory_pca_4pcs", profile=cfg.name, setting=figure_setting)
     plt.show()
 
 # %% [markdown]
@@ -235,7 +237,7 @@ ax.plot(fin["m"][dmmse_like], lf["llc_mean"][dmmse_like], "D", ms=7, mfc="none",
 ax.set(xscale="log", xlabel="task diversity M (number of tasks)", ylabel="LLC λ̂ of the final model",
        title="LLC of each fully trained model, per task diversity M")
 ax.legend(fontsize=7)
-save_figure(fig, "fig3_ridge_loss_and_llc", profile=cfg.name)
+save_figure(fig, "fig3_ridge_loss_and_llc", profile=cfg.name, setting=figure_setting)
 plt.show()
 llc.round(3)
 
@@ -272,7 +274,7 @@ ax.axhline(0, color="grey", lw=0.8)
 ax.set(xscale="log", ylim=(-10, 30), xlabel="number of samples n", ylabel="F$_n$(ridge) − F$_n$(dMMSE$_M$)",
        title="ridge preferred below 0, dMMSE$_M$ above (dotted: λ̂ borrowed)")
 ax.legend(ncol=2, fontsize=6.5)
-save_figure(fig, "fig2_ridge_free_energy_crossing", profile=cfg.name)
+save_figure(fig, "fig2_ridge_free_energy_crossing", profile=cfg.name, setting=figure_setting)
 plt.show()
 free_energy.round(4)
 
@@ -341,7 +343,7 @@ calibrations = TR.final_llc_calibration(cfg, runs, llc)
 timings["SGLD calibration"] = time.perf_counter() - t0
 for label, cal in calibrations.items():
     tag = "inf" if label == "∞" else label
-    save_calibration_figures(cal, f"ridge_M{tag}", f"{cfg.name} profile", profile=cfg.name)
+    save_calibration_figures(cal, f"ridge_M{tag}", f"{cfg.name} profile" + (f", {figure_setting}" if figure_setting else ""), profile=cfg.name)
     plt.show()
     print(cal.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
     print(cal.sentence())

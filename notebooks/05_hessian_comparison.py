@@ -29,8 +29,10 @@ profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else 
 seed = None  # regression training seed to analyse; None takes the first seed of the profile
 dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
 retrain = False  # True: train even where a run is shipped in data/runs/ (`long`), as notebook 02's parameter
+residual = None  # regression residual stream, as notebook 02's parameter: "standard" or "paper_code"; None keeps the profile's
 
 # %%
+import dataclasses
 import time
 
 import matplotlib.pyplot as plt
@@ -49,6 +51,11 @@ notebook_start = time.perf_counter()
 profile = profile or default_profile()
 llc_executor = sweep_executor(dask_scheduler)  # 'serial', or a Client of that scheduler
 cfg = get_profile("hessian", profile)
+reg_base = get_profile("regression", profile)
+if residual is not None and residual != reg_base.model.residual:
+    # another residual than the profile's: notebook 02's run of it, and figures/<profile>-<residual>/
+    # (the residual in every title through the name), as notebook 02 writes
+    cfg = dataclasses.replace(cfg, name=f"{profile}-{residual}")
 apply_style()
 print(cfg)
 
@@ -99,7 +106,10 @@ plt.show()
 from stagewise.runs import regression_hessian
 from stagewise.stages import detect_stages
 
-reg = get_profile("regression", profile, use_shipped_run=not retrain)
+reg_model = reg_base.model if residual is None else dataclasses.replace(reg_base.model, residual=residual)
+reg = get_profile("regression", profile, model=reg_model, use_shipped_run=not retrain)
+if reg.model.residual != reg_base.model.residual:
+    reg = dataclasses.replace(reg, name=cfg.name)
 seed = reg.seeds[0] if seed is None else seed
 t0 = time.perf_counter()
 curv = regression_hessian(reg, cfg, seed)
@@ -117,8 +127,9 @@ for column, label in (("trace", "Hessian trace"), ("top_eig", "top Hessian eigen
     result = detect_stages(x, values, stds=stds)
     figs[column] = result
     fig = plot_stages(result, x, values, stds=stds, value_label=label,
-                      title=f"{label} over training ({reg.name} profile, seed {seed})")
-    save_figure(fig, f"fig6b_regression_{column}", profile=cfg.name)
+                      title=f"{label} over training ({reg.name} profile, seed {seed}, residual={reg.model.residual})")
+    save_figure(fig, f"fig6b_regression_{column}", profile=cfg.name,
+                setting=None if reg.model.residual == "standard" else f"residual={reg.model.residual}")
     plt.show()
     print(label, "boundaries:", np.round(result.boundaries).astype(int))
 
@@ -161,7 +172,7 @@ headline = {
     "toy_potentials": [{"potential": name, "llc_exact": r["λ (exact)"], "llc_estimate": r["λ̂ (SGLD)"],
                         "llc_se": r["λ̂ s.e."], "hessian_trace": r["tr H"], "hessian_top_eigenvalue": r["λ_max(H)"],
                         "hessian_rank": int(r["rank H"])} for name, r in toy.iterrows()],
-    "regression_profile": reg.name, "seed": seed, "steps": reg.train.num_steps, "match_factor": match_factor,
+    "regression_profile": reg.name, "residual": reg.model.residual, "seed": seed, "steps": reg.train.num_steps, "match_factor": match_factor,
     "llc_boundaries": llc_stages.boundaries, "trace_boundaries": figs["trace"].boundaries,
     "top_eigenvalue_boundaries": figs["top_eig"].boundaries,
     "matches": [{"llc_boundary": r["LLC boundary"], "trace_boundary": r["trace boundary"],

@@ -103,3 +103,22 @@ def test_stamp_setting_keeps_the_title_and_adds_the_setting_under_it():
     with pytest.raises(ValueError, match="setting"):
         stamp_setting(bare, "")
     plt.close("all")
+
+
+def test_save_figure_names_a_non_paper_setting_once(tmp_path):
+    from stagewise.plotting import save_figure
+
+    fig, ax = plt.subplots()
+    fig.suptitle("OOD generalisation (C.4), seed 0")
+    save_figure(fig, "figC4", directory=tmp_path, formats=("png",), setting="residual=paper_code")
+    assert fig.get_suptitle() == "OOD generalisation (C.4), seed 0\nresidual=paper_code"
+    assert (tmp_path / "figC4.png").exists()
+    named, ax = plt.subplots()  # a panel title already says it: nothing added
+    ax.set_title("residual=paper_code: GP slope")
+    save_figure(named, "fig1b", directory=tmp_path, formats=("png",), setting="residual=paper_code")
+    assert named.get_suptitle() == ""
+    plain, _ = plt.subplots()
+    plain.suptitle("the paper's setting")
+    save_figure(plain, "fig1a", directory=tmp_path, formats=("png",))
+    assert plain.get_suptitle() == "the paper's setting"
+    plt.close("all")

@@ -97,13 +97,20 @@ def pilot_dir(name: str) -> Path:
 
 
 def save_figure(fig, name: str, profile: str | None = None, directory: Path | None = None,
-                formats=("png", "pdf")) -> list[Path]:
+                formats=("png", "pdf"), setting: str | None = None) -> list[Path]:
     """Save ``fig`` as ``<figures_dir(profile)>/<name>.<fmt>`` for each format (PNG + a vector format).
 
-    ``name`` is the paper's figure label, e.g. ``"fig1b_regression_llc"``.
+    ``name`` is the paper's figure label, e.g. ``"fig1b_regression_llc"``. ``setting`` names a
+    non-paper ingredient (e.g. ``"residual=paper_code"``): stamped under the figure's title
+    (:func:`stamp_setting`) unless a title of the figure already says it, so that no figure of a
+    variant run can be mistaken for the paper's setting.
     """
     if not name or any(c in name for c in "/\\ ."):
         raise ValueError(f"figure name must be a plain file stem like 'fig1b_regression_llc', got {name!r}")
+    if setting is not None:
+        titles = [fig.get_suptitle()] + [ax.get_title() for ax in fig.axes]
+        if not any(setting in t for t in titles):
+            stamp_setting(fig, setting)
     directory = Path(directory) if directory is not None else figures_dir(profile)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
