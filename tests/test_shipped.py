@@ -133,3 +133,4 @@ def test_the_pack_command_packs_the_named_residual_with_the_given_seconds(tmp_ca
     assert manifest["config"]["model"]["residual"] == "paper_code"
     assert manifest["config_hash"] == config_hash(_regression_key(doubled, 0)) != config_hash(_regression_key(base, 0))
     assert manifest["trained_on"]["seconds"] == 123.5 and "given" in manifest["trained_on"]["seconds_from"]
+    assert manifest["trained_on"]["seconds_last_piece"] > 0  # done.json's, beside the given total

@@ -144,7 +144,8 @@ def pack_run(run_dir: Path, kind: str, key: Any, name: str, out_dir: Path | None
         "final_loss_mean_last_1pct": float(payload["loss"][-max(1, len(payload["loss"]) // 100):].mean()),
         "trained_on": {**(trained_on or platform_info()),
                        "seconds": done.get("seconds") if seconds is None else float(seconds),
-                       "seconds_from": "the run's done.json" if seconds is None else "given when packed (pack_run's seconds)"},
+                       "seconds_from": "the run's done.json" if seconds is None else "given when packed (pack_run's seconds)",
+                       **({"seconds_last_piece": done["seconds_last_piece"]} if "seconds_last_piece" in done else {})},
         "packed": time.strftime("%Y-%m-%d"), "note": note,
     }
     path = out_dir / f"{name}.json"
