@@ -710,6 +710,11 @@ per_seed
 #   is not resolved with this LLC budget (2 chains × 300 steps on m = 256, against the paper's
 #   10 × 5,000 on 1,024), and the essential dynamics finds no form near 126k either.
 #   `paper` (5 seeds, the paper's LLC: ~72 CPU-hours per seed) has not been run.
+# * **The authors' residual stream.** Run at `long` with `residual="paper_code"` (the authors'
+#   doubled stream, its 500k-step run shipped in `data/runs/` too), the section below draws both
+#   runs side by side and prints, per residual, whether LR3|LR4 is resolved and where the LLC's
+#   fall slows inside the paper's 40k–320k: the doubled stream does not resolve it either (the
+#   committed numbers are in `figures/long-paper_code/02_regression_stages.json`).
 
 # %% [markdown]
 # ## The residual stream: the paper's text against the authors' code
@@ -780,6 +785,13 @@ if cfg.model.residual != base.model.residual:
     save_figure(fig, "fig1b_regression_llc_by_residual", profile=cfg.name, directory=figure_dir, setting=figure_setting)
     plt.show()
     print(pd.DataFrame(residual_comparison).T)
+    # the verdict of this section, per residual: LR3|LR4 is resolved when the stages are named LR3
+    # and LR4 apart (align_stages), not merged as LR3+LR4
+    for name, rec in residual_comparison.items():
+        rec["lr3_lr4_resolved"] = rec["names"] is not None and "LR3" in rec["names"] and "LR4" in rec["names"]
+        print(f"residual={name}: LR3|LR4 {'resolved' if rec['lr3_lr4_resolved'] else 'NOT resolved'}; "
+              f"{len(rec['slope_dips'])} slope dip(s) in the LR3-LR4 window"
+              + "".join(f", at {d['step']:,.0f} (relative {d['relative']:.2f})" for d in rec["slope_dips"]))
 
 # %% [markdown]
 # ## SGLD calibration (App. D.3.3)
@@ -803,7 +815,7 @@ t0 = time.perf_counter()
 calibration = regression_sgld_calibration(cfg.llc_profile(seed0), seed0, sweeps[seed0], stage_results[seed0].boundaries)
 timings["SGLD calibration"] = time.perf_counter() - t0
 save_calibration_figures(calibration, "regression", f"{cfg.name} profile, seed {seed0}, residual={cfg.model.residual}",
-                         profile=cfg.name, directory=figure_dir, setting=figure_setting)
+                         profile=cfg.name, directory=figure_dir)
 plt.show()
 print(calibration.long_table().drop(columns="profile_chains").round(3).to_string(index=False))
 print("usable (good at every calibration checkpoint), rows (nβ, γ), columns ε:")
