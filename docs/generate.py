@@ -755,9 +755,11 @@ VERDICTS = [
      "{hl}`long/02:seeds.seed_0.boundaries_vs_paper.0.detected;int` / "
      "{hl}`long/02:seeds.seed_0.boundaries_vs_paper.1.detected;int` / "
      "{hl}`long/02:seeds.seed_0.boundaries_vs_paper.3.detected;int` (+ one inside LR2); LR3 and LR4 merge into one "
-     "LLC decrease, also with the authors' doubled residual stream (read to step "
-     "{hl}`bench/pilots/regression_localization_long_paper_code:steps.-1;int` so far) and with their 10× weaker SGLD "
-     "localization. `cpu` (10k steps): LR1, LR2, one decrease, a small rise",
+     "LLC decrease, also with the authors' doubled residual stream (its own 500k-step run: boundaries "
+     "{hl}`long-paper_code/02:seeds.seed_0.boundaries.0.step;int` / "
+     "{hl}`long-paper_code/02:seeds.seed_0.boundaries.1.step;int` / "
+     "{hl}`long-paper_code/02:seeds.seed_0.boundaries.2.step;int`, no saddle in 40k–320k) and with their 10× weaker "
+     "SGLD localization. `cpu` (10k steps): LR1, LR2, one decrease, a small rise",
      "results/02_regression_stages"),
     ("[H] App. C: regression signatures (task prior, ICL, embedding and LayerNorm collapses, OOD turn) in their stages",
      "**yes at `long`**: final-LayerNorm collapse at {hl}`long/02:seeds.seed_0.signatures.7.step;int`, OOD turn at "
