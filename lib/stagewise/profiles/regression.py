@@ -121,6 +121,8 @@ PROFILES = {
         # the paper's ε, β̃, γ̃ with fewer, shorter chains on smaller batches: 10.5 s per checkpoint.
         # Calibrated (benchmarks/results/sgld_calibration/regression_cpu.md): 95.1-99.8% of a 1,000-draw
         # chain's settled value at 4 checkpoints (early, peak, boundary, late), none unconverged.
+        # Notebook 02's own calibration (fp32, Zen 3) picks step 124, beside LR1|LR2, as its boundary
+        # checkpoint: 91.2% there (the long chain still climbing), 95.1-99.8% at the other three. Not raised yet.
         sgld=SGLDConfig.from_tilde(3e-4, 0.01, 0.01, num_chains=2, num_draws=200, num_burnin=100, batch_size=256),
         num_sgld_samples=2**16,
         # Fig. B.1b: seeds 1-4 with the same chains' length but one chain at 24 checkpoints (6.7 s
