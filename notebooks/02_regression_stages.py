@@ -77,8 +77,7 @@ if cfg.model.residual != base.model.residual:
 if cfg.train.num_steps != base.train.num_steps:  # a pilot: its own folder under benchmarks/results/pilots
     cfg = dataclasses.replace(cfg, name=f"{profile}-{cfg.train.num_steps}")
     figure_dir = pilot_dir(cfg.name)
-# the authors' residual stream is not the paper's text: every figure names it (under the title)
-figure_setting = None if cfg.model.residual == "standard" else f"residual={cfg.model.residual}"
+figure_setting = cfg.model.setting  # the authors' residual stream is not the paper's text: every figure names it
 apply_style()
 print(f"profile {cfg.name}: {cfg.train.num_steps:,} steps x batch {cfg.batch_size}, seeds {cfg.seeds}, "
       f"LLC of seeds {cfg.llc_seeds}")

@@ -64,8 +64,7 @@ if residual is not None and residual != cfg.model.residual:
     # their config), its own figures folder figures/<profile>-<residual>/, the residual in every title
     cfg = dataclasses.replace(get_profile("ridge", profile, model=dataclasses.replace(cfg.model, residual=residual)),
                               name=f"{profile}-{residual}")
-# the regression authors' residual stream is not the papers' text: every figure names it (under the title)
-figure_setting = None if cfg.model.residual == "standard" else f"residual={cfg.model.residual}"
+figure_setting = cfg.model.setting  # the regression authors' residual stream is not the papers' text: every figure names it
 apply_style()
 D, K = cfg.task.task_size, cfg.task.max_examples
 print(f"profile {cfg.name}: D = {D}, K = {K}, σ² = {cfg.task.noise_variance}, M ∈ {cfg.m_grid} ∪ {{∞}}")

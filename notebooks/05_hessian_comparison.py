@@ -128,8 +128,7 @@ for column, label in (("trace", "Hessian trace"), ("top_eig", "top Hessian eigen
     figs[column] = result
     fig = plot_stages(result, x, values, stds=stds, value_label=label,
                       title=f"{label} over training ({reg.name} profile, seed {seed}, residual={reg.model.residual})")
-    save_figure(fig, f"fig6b_regression_{column}", profile=cfg.name,
-                setting=None if reg.model.residual == "standard" else f"residual={reg.model.residual}")
+    save_figure(fig, f"fig6b_regression_{column}", profile=cfg.name, setting=reg.model.setting)
     plt.show()
     print(label, "boundaries:", np.round(result.boundaries).astype(int))
 

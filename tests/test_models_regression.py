@@ -167,6 +167,11 @@ def test_the_shipped_long_run_is_still_found_under_the_standard_key():
     assert find_manifest("regression_runs", _regression_key(PROFILES["long"], 0)) is not None
 
 
+def test_only_the_authors_residual_is_named_as_a_non_paper_setting():
+    assert RegressionTransformerConfig().setting is None  # the paper's text
+    assert RegressionTransformerConfig(residual="paper_code").setting == "residual=paper_code"
+
+
 def test_unknown_residual_is_a_clear_error():
     with pytest.raises(ValueError, match="residual must be one of 'standard', 'paper_code'"):
         RegressionTransformerConfig(residual="doubled")

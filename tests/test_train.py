@@ -53,19 +53,24 @@ class _Killed(RuntimeError):
     pass
 
 
+def _train_killed_at(run_dir, cfg, step):
+    """Train until the batch of ``step`` is asked for, then die as a killed process would."""
+    data = RegressionBatches(TASK, 32, 0)
+
+    def dying(s):
+        if s == step:
+            raise _Killed("simulated kill")
+        return data(s)
+
+    with pytest.raises(_Killed):
+        _train(run_dir, cfg, dying)
+
+
 def test_killed_run_resumes_bit_identical(tmp_path):
     cfg = TrainConfig(num_steps=120, lr=3e-3, num_linear=7, num_log=5, resume_every=1)
     reference = _train(tmp_path / "ref", cfg)
 
-    data = RegressionBatches(TASK, 32, 0)
-
-    def dying(step):
-        if step == 77:
-            raise _Killed("simulated kill")
-        return data(step)
-
-    with pytest.raises(_Killed):
-        _train(tmp_path / "resumed", cfg, dying)
+    _train_killed_at(tmp_path / "resumed", cfg, 77)
     assert (tmp_path / "resumed" / "resume.pt").exists()
     assert not (tmp_path / "resumed" / "done.json").exists()
     first_piece = torch.load(tmp_path / "resumed" / "resume.pt", weights_only=False)["seconds"]
@@ -371,15 +376,7 @@ def test_resume_point_without_a_clock_gives_unknown_training_time(tmp_path):
     """A resume.pt written before the clock was kept across pieces: the whole run's time is unknown
     (null, NaN on the run), not the last piece's alone."""
     cfg = TrainConfig(num_steps=120, lr=3e-3, num_linear=7, num_log=5, resume_every=1)
-    data = RegressionBatches(TASK, 32, 0)
-
-    def dying(step):
-        if step == 77:
-            raise _Killed("simulated kill")
-        return data(step)
-
-    with pytest.raises(_Killed):
-        _train(tmp_path / "r", cfg, dying)
+    _train_killed_at(tmp_path / "r", cfg, 77)
     state = torch.load(tmp_path / "r" / "resume.pt", weights_only=False)
     del state["seconds"]
     torch.save(state, tmp_path / "r" / "resume.pt")

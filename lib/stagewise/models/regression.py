@@ -72,6 +72,12 @@ class RegressionTransformerConfig:
             raise ValueError(f"n_heads ({self.n_heads}) must divide d_embed ({self.d_embed})")
 
     @property
+    def setting(self) -> str | None:
+        """How a figure names this model's non-paper ingredient (``save_figure(setting=...)``):
+        None for the paper's text, ``"residual=paper_code"`` for the authors' doubled stream."""
+        return None if self.residual == "standard" else f"residual={self.residual}"
+
+    @property
     def token_size(self) -> int:
         return self.task_size + 1
 
