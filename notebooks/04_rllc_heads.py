@@ -118,7 +118,10 @@ CLASS_COLORS = {"previous-token": "tab:green", "current-token": "tab:orange", "i
 # Each head's W_Q, W_K, W_V, W_O and per-head biases move; every other weight stays exactly at w*
 # (tested). The same SGLD seed, noise and batch order at every checkpoint and head; each estimate is
 # cached (`head_llc_sweep`), so an interrupted sweep resumes. The data-refined runs use nβ = 30
-# (App. F.2) instead of 23.
+# (App. F.2) instead of 23. A head's chains run through `HeadChainLM`: the same weights and function
+# as the whole model, with everything upstream of the head (the embeddings, earlier layers, the
+# other heads of its layer) computed once per batch and no backward pass through it — the same
+# estimate to float rounding in about half the time (`benchmarks/bench_head_chains.py`).
 
 # %%
 t0 = time.perf_counter()

@@ -182,3 +182,97 @@ def test_validation_pass_through_the_twin_equals_the_hooked_transformer(ablate, 
     monkeypatch.setattr(LF, "twin_of", lambda model, zero_positional=False: None)
     reference, _ = _validation_pass(tl, tokens, batch_size=2, ablate_positional=ablate)
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# HeadChainLM: chains that move some heads of one layer
+# --------------------------------------------------------------------------------------------
+
+from stagewise.models.language_fast import HeadChainLM, make_head_chain_language_model  # noqa: E402
+from stagewise.refined import heads_param_mask  # noqa: E402
+
+
+def _head_chain(layer, heads, cfg=CFG):
+    _, fast = _trained_like(cfg)
+    chain = make_head_chain_language_model(cfg, layer, heads)
+    chain.load_state_dict(fast.state_dict())  # strict: the same parameters and buffers
+    return fast, chain.eval()
+
+
+@pytest.mark.parametrize("layer,heads,stride", [(0, (1,), 4), (1, (3,), 4), (1, (0, 2), 1), (0, (0, 1, 2, 3), 4)])
+def test_head_chain_loss_and_free_heads_gradients_equal_the_twins(layer, heads, stride):
+    fast, chain = _head_chain(layer, heads)
+    assert [n for n, _ in chain.named_parameters()] == [n for n, _ in fast.named_parameters()]
+    names, mask = heads_param_mask(fast, [(layer, h) for h in heads])
+    tokens = torch.randint(0, CFG.d_vocab, (6, 24), generator=torch.Generator().manual_seed(3))
+    out = []
+    for model in (fast, chain):
+        f, p = module_loss_fn(model, partial(lm_fast_loss, stride=stride))
+        x = {k: v.clone().requires_grad_(k in names) for k, v in p.items()}
+        loss = f(x, tokens)
+        out.append((loss, torch.autograd.grad(loss, [x[n] for n in names])))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-6, atol=1e-6)
+    for n, g_fast, g_chain in zip(names, out[0][1], out[1][1]):
+        assert g_fast[mask[n]].abs().max() > 0
+        torch.testing.assert_close(g_chain[mask[n]], g_fast[mask[n]], rtol=1e-5, atol=1e-6)
+
+
+def test_head_chain_reuses_its_prefix_only_while_batch_and_frozen_weights_are_unchanged(monkeypatch):
+    fast, chain = _head_chain(1, (2,))
+    computed = []
+    real = chain._compute_prefix
+    monkeypatch.setattr(chain, "_compute_prefix", lambda *a: computed.append(1) or real(*a))
+    g = torch.Generator().manual_seed(4)
+    tokens = torch.randint(0, CFG.d_vocab, (3, 24), generator=g)
+    p = {k: v.detach().clone() for k, v in fast.named_parameters()}
+
+    def both(params, toks):
+        from torch.func import functional_call
+        return functional_call(fast, params, (toks,)), functional_call(chain, params, (toks,))
+
+    ref, got = both(p, tokens)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    moved = dict(p, **{"blocks.1.attn.W_Q": p["blocks.1.attn.W_Q"].clone()})
+    moved["blocks.1.attn.W_Q"][2] += 0.3  # the free head moves: the prefix is reused
+    ref, got = both(moved, tokens.clone())  # an equal batch in another tensor
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert len(computed) == 1
+    # a frozen head's slice, an upstream weight, the batch: each changes the function, and the prefix
+    for change in ("other head", "layer 0", "tokens"):
+        q = {k: v.clone() for k, v in moved.items()}
+        toks = tokens
+        if change == "other head":
+            q["blocks.1.attn.W_V"][1] += 0.3
+        elif change == "layer 0":
+            q["blocks.0.attn.W_K"] += 0.3
+        else:
+            toks = torch.randint(0, CFG.d_vocab, (3, 24), generator=g)
+        ref, got = both(q, toks)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert len(computed) == 4
+
+
+def test_head_chain_falls_back_to_the_whole_forward_for_upstream_gradients_and_under_vmap():
+    fast, chain = _head_chain(1, (0,))
+    tokens = torch.randint(0, CFG.d_vocab, (4, 24), generator=torch.Generator().manual_seed(5))
+    grads = []
+    for model in (fast, chain):
+        f, p = module_loss_fn(model, lm_fast_loss)
+        x = {k: v.clone().requires_grad_(k == "embed.W_E") for k, v in p.items()}
+        grads.append(torch.autograd.grad(f(x, tokens), [x["embed.W_E"]])[0])
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+    from torch.func import functional_call, vmap
+    p = {k: v.detach() for k, v in fast.named_parameters()}
+    stacked = {k: torch.stack([v, v]) for k, v in p.items()}
+    out = vmap(lambda q: functional_call(chain, q, (tokens,)))(stacked)
+    torch.testing.assert_close(out[1], fast(tokens), rtol=1e-4, atol=1e-4)
+
+
+def test_head_chain_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="layer must be an integer in \\[0, 1\\]"):
+        HeadChainLM(CFG, 2, (0,))
+    with pytest.raises(ValueError, match="heads must be distinct head indices in \\[0, 3\\]"):
+        HeadChainLM(CFG, 0, (0, 4))
+    with pytest.raises(ValueError, match="heads must be distinct"):
+        HeadChainLM(CFG, 0, ())

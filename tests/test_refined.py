@@ -229,3 +229,27 @@ def test_weights_digest_is_the_llc_caches_and_handles_scalar_buffers(tiny_lm):
     changed = dict(state)
     changed["blocks.0.attn.IGNORE"] = torch.tensor(-1e4)
     assert _weights_digest(changed) != _weights_digest(state)
+
+
+def test_head_chains_give_the_twins_estimates_and_their_own_cache_entries(tmp_cache):
+    """The plain-torch twin's per-head chains run through HeadChainLM (prefix once per batch): the
+    same estimates as the whole twin to float rounding, cached apart from them."""
+    from stagewise.models.language_fast import FastAttentionOnlyLM, HeadChainLM, make_fast_language_model
+    from stagewise.models.language_fast import lm_fast_loss
+    from stagewise.refined import head_chain_model_fn
+
+    cfg = LanguageModelConfig(n_layers=2, n_ctx=12, d_model=32, n_heads=4, d_vocab=64)
+    fast_fn = functools.partial(make_fast_language_model, cfg)
+    cks, data = _sweep_checkpoints(), _sweep_data()
+    heads = ["0:1", "1:3", ("1:0", "1:2")]
+    whole = head_llc_sweep(cks, fast_fn, lm_fast_loss, data, SWEEP_CFG, heads=heads, head_chains=False, progress=False)
+    chains = head_llc_sweep(cks, fast_fn, lm_fast_loss, data, SWEEP_CFG, heads=heads, progress=False)
+    assert len(list(tmp_cache.glob("llc/*/result.pt"))) == 2 * len(whole)
+    np.testing.assert_allclose(chains.llc_mean, whole.llc_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(chains.loss_init, whole.loss_init, rtol=1e-6)
+    assert (whole.llc_mean.abs() > 1e-3).all()
+
+    assert isinstance(head_chain_model_fn(fast_fn, [(1, 3)])(), HeadChainLM)
+    assert head_chain_model_fn(fast_fn, [(0, 1), (1, 3)]) is fast_fn  # two layers: the whole twin
+    assert head_chain_model_fn(SWEEP_MODEL, [(1, 3)]) is SWEEP_MODEL  # a HookedTransformer as it is
+    assert type(fast_fn()) is FastAttentionOnlyLM

@@ -34,8 +34,8 @@ from torch import Tensor
 
 from stagewise.models.language import LanguageModelConfig, subsampled_positions
 
-__all__ = ["FastAttentionOnlyLM", "make_fast_language_model", "make_trainable_fast_language_model", "lm_fast_loss",
-           "lm_fast_train_loss", "twin_of"]
+__all__ = ["FastAttentionOnlyLM", "HeadChainLM", "make_fast_language_model", "make_head_chain_language_model",
+           "make_trainable_fast_language_model", "lm_fast_loss", "lm_fast_train_loss", "twin_of"]
 
 LN_EPS = 1e-5  # TransformerLens' default LayerNorm eps
 
@@ -82,21 +82,28 @@ class _Attention(nn.Module):
     def _fused(w: Tensor) -> Tensor:  # [H, d, dh] -> [d, H * dh]
         return w.permute(1, 0, 2).reshape(w.shape[1], -1)
 
-    def forward(self, qk_in: Tensor, v_in: Tensor, queries: Tensor | None) -> Tensor:
+    def forward(self, qk_in: Tensor, v_in: Tensor, queries: Tensor | None, heads: Tensor | None = None) -> Tensor:
         """``qk_in`` = LN(x) + positional embedding, ``v_in`` = LN(x), both [B, T, d]; ``queries``
-        None (every position) or [B, P] positions at which to compute the output."""
+        None (every position) or [B, P] positions at which to compute the output. ``heads`` (head
+        indices): the sum of those heads' outputs only, without the shared bias b_O."""
+        if heads is None:
+            W_Q, W_K, W_V, W_O, b_Q, b_K, b_V = (self.W_Q, self.W_K, self.W_V, self.W_O, self.b_Q, self.b_K,
+                                                 self.b_V)
+        else:
+            W_Q, W_K, W_V, W_O, b_Q, b_K, b_V = (t[heads] for t in (self.W_Q, self.W_K, self.W_V, self.W_O, self.b_Q,
+                                                                    self.b_K, self.b_V))
         B, T, d = v_in.shape
-        H, dh = self.W_Q.shape[0], self.W_Q.shape[2]
-        w_q, w_k = self._fused(self.W_Q), self._fused(self.W_K)
-        v = (v_in @ self._fused(self.W_V) + self.b_V.reshape(-1)).view(B, T, H, dh).transpose(1, 2)
+        H, dh = W_Q.shape[0], W_Q.shape[2]
+        w_q, w_k = self._fused(W_Q), self._fused(W_K)
+        v = (v_in @ self._fused(W_V) + b_V.reshape(-1)).view(B, T, H, dh).transpose(1, 2)
         if queries is None:
-            q, k = (qk_in @ torch.cat([w_q, w_k], 1) + torch.cat([self.b_Q.reshape(-1), self.b_K.reshape(-1)])).split(
+            q, k = (qk_in @ torch.cat([w_q, w_k], 1) + torch.cat([b_Q.reshape(-1), b_K.reshape(-1)])).split(
                 H * dh, dim=-1)
             P = T
         else:
-            k = qk_in @ w_k + self.b_K.reshape(-1)
+            k = qk_in @ w_k + b_K.reshape(-1)
             P = queries.shape[1]
-            q = torch.gather(qk_in, 1, queries[:, :, None].expand(B, P, d)) @ w_q + self.b_Q.reshape(-1)
+            q = torch.gather(qk_in, 1, queries[:, :, None].expand(B, P, d)) @ w_q + b_Q.reshape(-1)
         q = q.reshape(B, P, H, dh).transpose(1, 2)
         k = k.reshape(B, T, H, dh).transpose(1, 2)
         if queries is None:
@@ -110,7 +117,8 @@ class _Attention(nn.Module):
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return z.transpose(1, 2).reshape(B, P, H * dh) @ self.W_O.reshape(H * dh, d) + self.b_O
+        out = z.transpose(1, 2).reshape(B, P, H * dh) @ W_O.reshape(H * dh, d)
+        return out + self.b_O if heads is None else out
 
 
 class _Block(nn.Module):
@@ -183,6 +191,118 @@ class FastAttentionOnlyLM(nn.Module):
             x = torch.gather(x, 1, positions[:, :, None].expand(-1, -1, x.shape[-1]))
         # the bias inside the matmul (addmm): a separate add over [B, T, d_vocab] cost ~20% of a forward
         return F.linear(self.ln_final(x), self.unembed.W_U.T, self.unembed.b_U)
+
+
+class HeadChainLM(FastAttentionOnlyLM):
+    """:class:`FastAttentionOnlyLM` for SGLD chains that move only some heads of one layer (the
+    weight-refined LLC): the same parameters (names, shapes, order: the same flat vector and seeded
+    noise in the engine), the same function to float rounding, computed in two parts.
+
+    Everything upstream of the free heads' outputs — the embeddings, the earlier blocks, the layer's
+    LayerNorm and the other heads' summed output plus b_O — depends only on frozen weights, so
+    :meth:`forward` computes it once per batch under ``no_grad`` and reuses it while the batch and
+    those weights are unchanged: the SGLD engine evaluates ℓ(w*) and every chain on the same batch
+    each step, so the prefix is computed once for all of them, and the backward pass runs through
+    the free heads, the blocks after them and the unembedding only (for a layer-1 head of the
+    two-layer model, not through layer 0 nor the other seven heads). Whether the prefix may be
+    reused is decided by comparing values (the tokens, the query positions and every weight the
+    prefix read), never by identity, so a changed weight or batch always recomputes it. Inside a
+    ``torch.func`` transform (vmapped chains), or when a gradient is wanted for a weight that only
+    the prefix reads (the embeddings, an earlier block, the layer's LayerNorm or b_O), it is the
+    plain model's forward. The free layer's W_Q, W_K, W_V, W_O and per-head biases are shared
+    tensors: the gradient reaches their free heads' slices only, so sample them with a mask that
+    selects those slices (:func:`stagewise.refined.heads_param_mask`), as the refined-LLC sweeps do.
+    """
+
+    def __init__(self, cfg: LanguageModelConfig, layer: int, heads: tuple[int, ...]):
+        super().__init__(cfg)
+        if not isinstance(layer, int) or not 0 <= layer < cfg.n_layers:
+            raise ValueError(f"layer must be an integer in [0, {cfg.n_layers - 1}], got {layer!r}")
+        heads = tuple(heads)
+        if not heads or len(set(heads)) != len(heads) or not all(isinstance(h, int) and 0 <= h < cfg.n_heads
+                                                                  for h in heads):
+            raise ValueError(f"heads must be distinct head indices in [0, {cfg.n_heads - 1}], got {heads!r}")
+        self.free_layer, self.free_heads = layer, tuple(sorted(heads))
+        self._free = torch.tensor(self.free_heads)
+        self._fixed = torch.tensor([h for h in range(cfg.n_heads) if h not in self.free_heads], dtype=torch.long)
+        self._prefix: tuple | None = None  # (inputs, weights it read, (qk_in, v_in, base)) of the last batch
+
+    def _prefix_tensors(self) -> list[Tensor]:
+        """The weights that only the prefix reads (whole tensors)."""
+        L, attn = self.free_layer, self.blocks[self.free_layer].attn
+        out = [self.embed.W_E, self.pos_embed.W_pos]
+        for block in self.blocks[:L]:
+            out.extend(block.parameters())
+        return out + [self.blocks[L].ln1.w, self.blocks[L].ln1.b, attn.b_O]
+
+    def _prefix_weights(self) -> list[Tensor]:
+        """Every weight value the prefix reads (the other heads' slices of the free layer too)."""
+        out = self._prefix_tensors()
+        attn = self.blocks[self.free_layer].attn
+        fixed = self._fixed.to(attn.W_Q.device)
+        out.extend(t[fixed] for t in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O, attn.b_Q, attn.b_K, attn.b_V))
+        return out
+
+    def _compute_prefix(self, tokens: Tensor, queries: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        L = self.free_layer
+        x = self.embed.W_E[tokens]
+        pos = self.pos_embed.W_pos[:tokens.shape[1]]
+        for block in self.blocks[:L]:
+            x = block(x, pos, None)
+        h = self.blocks[L].ln1(x)
+        attn = self.blocks[L].attn
+        fixed = (attn(h + pos, h, queries, heads=self._fixed.to(h.device)) if len(self._fixed)
+                 else torch.zeros((), dtype=h.dtype, device=h.device))
+        if queries is not None:
+            x = torch.gather(x, 1, queries[:, :, None].expand(-1, -1, x.shape[-1]))
+        return h + pos, h, x + fixed + attn.b_O
+
+    def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
+        W_Q = self.blocks[self.free_layer].attn.W_Q
+        if (_under_functorch(W_Q) or _under_functorch(self.embed.W_E)
+                or (torch.is_grad_enabled() and any(t.requires_grad for t in self._prefix_tensors()))):
+            # vmapped chains, or a gradient wanted for a weight upstream of the free heads
+            return super().forward(tokens, positions)
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}")
+        T = tokens.shape[1]
+        if T > self.cfg.n_ctx:
+            raise ValueError(f"tokens have {T} positions but the model's n_ctx is {self.cfg.n_ctx}")
+        if positions is not None and (positions.dim() != 2 or positions.shape[0] != tokens.shape[0]):
+            raise ValueError(f"positions must have shape [batch={tokens.shape[0]}, P], got {tuple(positions.shape)}")
+        last = len(self.blocks) - 1
+        L = self.free_layer
+        queries = positions if L == last else None
+        with torch.no_grad():
+            weights = [w.detach() for w in self._prefix_weights()]
+            inputs = (tokens, positions)
+            cached = self._prefix
+            if not (cached is not None and _same(cached[0], inputs) and _same(cached[1], weights)):
+                cached = ((tokens.clone(), None if positions is None else positions.clone()),
+                          [w.clone() for w in weights], self._compute_prefix(tokens, queries))
+                self._prefix = cached
+            qk_in, v_in, base = cached[2]
+        attn = self.blocks[L].attn
+        x = base + attn(qk_in, v_in, queries, heads=self._free.to(base.device))
+        pos = self.pos_embed.W_pos[:T]
+        for i in range(L + 1, len(self.blocks)):
+            x = self.blocks[i](x, pos, positions if i == last else None)
+        return F.linear(self.ln_final(x), self.unembed.W_U.T, self.unembed.b_U)
+
+
+def _same(a, b) -> bool:
+    """Equal nested tuples/lists of tensors (None where both are None), compared by value."""
+    if isinstance(a, (tuple, list)):
+        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+
+def make_head_chain_language_model(config: LanguageModelConfig, layer: int, heads: tuple[int, ...]) -> HeadChainLM:
+    """A :class:`HeadChainLM` of ``config`` whose chains move ``heads`` of ``layer`` (load a
+    checkpoint into it before use)."""
+    return HeadChainLM(config, layer, heads)
 
 
 def make_fast_language_model(config: LanguageModelConfig) -> FastAttentionOnlyLM:

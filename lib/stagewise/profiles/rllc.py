@@ -88,7 +88,10 @@ PROFILES = {
     # per-head sweeps 1,866 s on one Zen 3 core): 101% of a 200-draw chain at step 4,000, 22%
     # unconverged, most at steps 1-42 (at step 1 no short chain settles: no minimum there). On code
     # every (eps, gamma) cell escapes at step 4,000, gamma = 600 included: w* is not a minimum of
-    # the code loss, so gamma stays [W]'s 200 and negative wdrLLCs are reported.
+    # the code loss, so gamma stays [W]'s 200 and negative wdrLLCs are reported. The chains run
+    # through HeadChainLM (head_llc_sweep's head_chains): 1.44x less time per estimate than the whole
+    # twin, the same λ̂ to 4 decimals (benchmarks/results/head_chains.md; the unembedding, 5 of the
+    # 8 matmuls of 256 x 256 x 5000 per step, is now most of a layer-1 head's step).
     "cpu": RefinedLLCProfile(name="cpu", language="cpu",
                              sgld=SGLDConfig(epsilon=1e-3, gamma=200.0, nbeta=23.0, num_chains=2, num_draws=40,
                                              num_burnin=20, batch_size=4, seed=0),
