@@ -90,8 +90,9 @@ PROFILES = {
     # every (eps, gamma) cell escapes at step 4,000, gamma = 600 included: w* is not a minimum of
     # the code loss, so gamma stays [W]'s 200 and negative wdrLLCs are reported. The chains run
     # through HeadChainLM (head_llc_sweep's head_chains): 1.44x less time per estimate than the whole
-    # twin, the same λ̂ to 4 decimals (benchmarks/results/head_chains.md; the unembedding, 5 of the
-    # 8 matmuls of 256 x 256 x 5000 per step, is now most of a layer-1 head's step).
+    # twin, the same λ̂ to 4 decimals (benchmarks/results/head_chains.md). What is left of a layer-1
+    # head's estimate (5.6 s, profiled): the unembedding's forwards (1.3 s) and the backward passes
+    # (1.5 s, mostly through the unembedding), the prefix once per step (1.3 s).
     "cpu": RefinedLLCProfile(name="cpu", language="cpu",
                              sgld=SGLDConfig(epsilon=1e-3, gamma=200.0, nbeta=23.0, num_chains=2, num_draws=40,
                                              num_burnin=20, batch_size=4, seed=0),
