@@ -253,3 +253,29 @@ def test_head_chains_give_the_twins_estimates_and_their_own_cache_entries(tmp_ca
     assert head_chain_model_fn(fast_fn, [(0, 1), (1, 3)]) is fast_fn  # two layers: the whole twin
     assert head_chain_model_fn(SWEEP_MODEL, [(1, 3)]) is SWEEP_MODEL  # a HookedTransformer as it is
     assert type(fast_fn()) is FastAttentionOnlyLM
+
+
+def test_serial_head_sweep_takes_estimates_another_process_wrote_meanwhile(tmp_cache, monkeypatch):
+    """Two processes on one sweep (one per core) share it: before each estimate the cache is read again."""
+    import stagewise.llc.sweep as sw
+
+    cks, data = _sweep_checkpoints(), {"train": _sweep_data()["train"]}
+    first = head_llc_sweep(cks, SWEEP_MODEL, lm_forward_loss, data, SWEEP_CFG, heads=["0:0"], progress=False)
+    files = sorted(tmp_cache.glob("llc/*/result.pt"))
+    assert len(files) == 2
+    written = {f: f.read_bytes() for f in files}
+    for f in files:
+        f.unlink()
+    calls = []
+    real = sw._run_checkpoint
+
+    def other_process_finishes_everything(payload):
+        calls.append(1)
+        for f, content in written.items():
+            f.write_bytes(content)
+        return real(payload)
+
+    monkeypatch.setattr(sw, "_run_checkpoint", other_process_finishes_everything)
+    again = head_llc_sweep(cks, SWEEP_MODEL, lm_forward_loss, data, SWEEP_CFG, heads=["0:0"], progress=False)
+    assert len(calls) == 1  # the second estimate was read, not computed
+    pd.testing.assert_frame_equal(again, first)

@@ -171,7 +171,9 @@ def _run_units(jobs: list[dict], checkpoints, common: dict, executor, max_worker
 
     Each estimate is one single-checkpoint :func:`estimate_llc_sweep` (the engine's runner:
     payloads, workers, executors) with the engine's cache key per (checkpoint, job); it is written
-    to the cache as soon as it finishes, so a killed sweep loses only the estimates in flight.
+    to the cache as soon as it finishes, so a killed sweep loses only the estimates in flight. Run
+    serially, it looks in the cache again before each estimate, so that two processes given the same
+    sweep (e.g. one per core, one of them in another order) share the work instead of repeating it.
     With a pool, threads of this process each wait on one estimate, keeping the pool busy.
     """
     from stagewise.llc.sweep import sweep_cache_key
@@ -210,7 +212,10 @@ def _run_units(jobs: list[dict], checkpoints, common: dict, executor, max_worker
     try:
         if in_flight == 1:
             for j, i, path in todo:
-                finish(j, i, path, run(j, i))
+                if path is not None and path.exists():  # written meanwhile by another process on this sweep
+                    results[j][i] = LLCResult.from_dict(load_artifact(path))
+                else:
+                    finish(j, i, path, run(j, i))
                 bar.update()
         elif todo:
             with cf.ThreadPoolExecutor(max_workers=min(in_flight, len(todo))) as threads:
