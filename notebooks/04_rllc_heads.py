@@ -121,7 +121,7 @@ CLASS_COLORS = {"previous-token": "tab:green", "current-token": "tab:orange", "i
 # (App. F.2) instead of 23. A head's chains run through `HeadChainLM`: the same weights and function
 # as the whole model, with everything upstream of the head (the embeddings, earlier layers, the
 # other heads of its layer) computed once per batch and no backward pass through it — the same
-# estimate to float rounding in about half the time (`benchmarks/bench_head_chains.py`).
+# estimate to float rounding in about 70% of the time (`benchmarks/bench_head_chains.py`).
 
 # %%
 t0 = time.perf_counter()

@@ -288,8 +288,8 @@ def head_llc_sweep(
     `paper` profile's LM shapes vmapped chains need 130–650 GB (``stagewise.plan``, calibrated on
     an H200; ``benchmarks/results/gpu_check.md``), while one chain's step already fills a GPU.
     ``head_chains`` (default True): for the plain-torch twin, each head's chains run through
-    :func:`head_chain_model_fn` (the same estimate to float rounding, ~2x faster on a CPU; its own
-    cache entries); False runs ``model_fn``'s model as it is.
+    :func:`head_chain_model_fn` (the same estimate to float rounding, ~1.4x faster on a CPU; its own
+    cache entries); False, or ``compile=True``, runs ``model_fn``'s model as it is.
     """
     probe = model_fn()
     n_layers, n_heads = probe.cfg.n_layers, probe.cfg.n_heads
@@ -309,7 +309,8 @@ def head_llc_sweep(
         layers = {l for l, _ in parsed}
         layer = next(iter(layers)) if len(layers) == 1 else float("nan")
         names, mask = heads_param_mask(probe, parsed)
-        job_model_fn = head_chain_model_fn(model_fn, parsed, probe) if head_chains else model_fn
+        # compiled chains keep the whole model: the prefix's reuse check is Python control flow
+        job_model_fn = head_chain_model_fn(model_fn, parsed, probe) if head_chains and not compile else model_fn
         for name, d in datasets.items():
             jobs.append({"data": d, "params_to_sample": names, "param_mask": mask, "model_fn": job_model_fn})
             meta.append({"data": name, "head": label, "layer": layer})
