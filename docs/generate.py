@@ -791,7 +791,9 @@ VERDICTS = [
      "results/03_transient_ridge"),
     ("[W]: per-head refined LLCs differentiate; drLLC ordered by domain; induction heads separate first in layer 1",
      "**partly**: heads differentiate by layer, whole-model drLLC train > German > code (both profiles); at `long` "
-     "the induction heads split from most layer-1 heads but not into a cluster of their own",
+     "whether the induction heads form a cluster of their own is undecided: layer 1's clusters are within the "
+     "chains' noise at the per-head budget, which reads "
+     "{hl}`long/04:sgld_calibration.wrllc.long_chain.2.ratio;pct` of a 200-draw chain at the last checkpoint",
      "results/04_rllc_heads"),
 ]
 
