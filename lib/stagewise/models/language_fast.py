@@ -173,8 +173,8 @@ class FastAttentionOnlyLM(nn.Module):
             if p.dim() > 1:
                 nn.init.zeros_(p)
 
-    def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
-        """Logits [B, T, d_vocab], or [B, P, d_vocab] at ``positions`` [B, P] (row b's positions)."""
+    def _check_inputs(self, tokens: Tensor, positions: Tensor | None) -> int:
+        """The number of positions T of ``tokens`` [B, T], after checking both inputs' shapes."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}")
         T = tokens.shape[1]
@@ -182,6 +182,15 @@ class FastAttentionOnlyLM(nn.Module):
             raise ValueError(f"tokens have {T} positions but the model's n_ctx is {self.cfg.n_ctx}")
         if positions is not None and (positions.dim() != 2 or positions.shape[0] != tokens.shape[0]):
             raise ValueError(f"positions must have shape [batch={tokens.shape[0]}, P], got {tuple(positions.shape)}")
+        return T
+
+    def _logits(self, x: Tensor) -> Tensor:
+        # the bias inside the matmul (addmm): a separate add over [B, T, d_vocab] cost ~20% of a forward
+        return F.linear(self.ln_final(x), self.unembed.W_U.T, self.unembed.b_U)
+
+    def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Logits [B, T, d_vocab], or [B, P, d_vocab] at ``positions`` [B, P] (row b's positions)."""
+        T = self._check_inputs(tokens, positions)
         x = self.embed.W_E[tokens]
         pos = self.pos_embed.W_pos[:T]
         last = len(self.blocks) - 1
@@ -189,8 +198,7 @@ class FastAttentionOnlyLM(nn.Module):
             x = block(x, pos, positions if i == last else None)
         if positions is not None and not self.blocks:
             x = torch.gather(x, 1, positions[:, :, None].expand(-1, -1, x.shape[-1]))
-        # the bias inside the matmul (addmm): a separate add over [B, T, d_vocab] cost ~20% of a forward
-        return F.linear(self.ln_final(x), self.unembed.W_U.T, self.unembed.b_U)
+        return self._logits(x)
 
 
 class HeadChainLM(FastAttentionOnlyLM):
@@ -263,13 +271,7 @@ class HeadChainLM(FastAttentionOnlyLM):
                 or (torch.is_grad_enabled() and any(t.requires_grad for t in self._prefix_tensors()))):
             # vmapped chains, or a gradient wanted for a weight upstream of the free heads
             return super().forward(tokens, positions)
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}")
-        T = tokens.shape[1]
-        if T > self.cfg.n_ctx:
-            raise ValueError(f"tokens have {T} positions but the model's n_ctx is {self.cfg.n_ctx}")
-        if positions is not None and (positions.dim() != 2 or positions.shape[0] != tokens.shape[0]):
-            raise ValueError(f"positions must have shape [batch={tokens.shape[0]}, P], got {tuple(positions.shape)}")
+        T = self._check_inputs(tokens, positions)
         last = len(self.blocks) - 1
         L = self.free_layer
         queries = positions if L == last else None
@@ -287,7 +289,7 @@ class HeadChainLM(FastAttentionOnlyLM):
         pos = self.pos_embed.W_pos[:T]
         for i in range(L + 1, len(self.blocks)):
             x = self.blocks[i](x, pos, positions if i == last else None)
-        return F.linear(self.ln_final(x), self.unembed.W_U.T, self.unembed.b_U)
+        return self._logits(x)
 
 
 def _same(a, b) -> bool:
