@@ -76,11 +76,62 @@ def test_sgld_calibration_grid_long_chain_and_record(calibration):
         settled = draws_from_trace(long.llc_trace)[0, 18:].mean()
         assert row["long_settled"] == pytest.approx(settled)
         assert row["ratio"] == pytest.approx(prof.llc_mean / settled)
-    assert cal.adequate == bool(np.all(np.abs(table["ratio"] - 1) <= 0.05))
+    assert cal.adequate == bool(table["within"].all())
+    allowed = np.maximum(0.05 * table["long_settled"].abs(), 2 * table["settled_se"])
+    assert np.allclose(table["allowed"], allowed)
+    assert (table["within"] == ((table["profile"] - table["long_settled"]).abs() <= allowed)).all()
     assert ("NOT adequate" in cal.sentence()) != cal.adequate
     rec = json.loads(json.dumps(cal.to_record(), default=float))
     assert rec["chosen"]["epsilon"] == 1e-4 and len(rec["cells"]) == 16 and rec["adequate"] == cal.adequate
     assert {u["epsilon"] for u in rec["usable"]} <= {1e-5, 1e-4}
+
+
+def _with_chains(cal, long_draws: dict, profile_llc: dict):
+    """``cal`` with its long chains replaced by chains of the given draws d_t and its profile's
+    estimate moved to the given λ̂ (same configs: only the numbers the budget is judged on)."""
+    import dataclasses
+
+    long, profile = {}, {}
+    for step, d in long_draws.items():
+        trace = (np.cumsum(d) / np.arange(1, len(d) + 1))[None, :]
+        long[step] = dataclasses.replace(cal.long[step], llc_trace=trace, llc_mean=float(trace[0, -1]),
+                                         llc_per_chain=trace[:, -1].copy())
+        prof = cal.profile[step]
+        profile[step] = dataclasses.replace(prof, llc_mean=float(profile_llc[step]),
+                                            llc_per_chain=np.full(len(prof.llc_per_chain), float(profile_llc[step])))
+    return dataclasses.replace(cal, long=long, profile=profile)
+
+
+def test_adequacy_judges_near_zero_values_by_the_long_chains_noise(calibration):
+    """A ratio to a settled value near 0 means nothing: there the profile must lie within 2 standard
+    errors of it; elsewhere within 5%."""
+    rng = np.random.default_rng(0)
+    n = calibration.long[10].llc_trace.shape[1]
+    near_zero = 0.01 + 0.5 * rng.standard_normal(n)  # settled ≈ 0 ± 0.1: 5% of it is nothing
+    large = 10.0 + 0.1 * rng.standard_normal(n)  # settled ≈ 10 ± 0.02: 5% is 25 standard errors
+    settled0, settled1 = near_zero[n // 2:].mean(), large[n // 2:].mean()
+
+    cal = _with_chains(calibration, {10: near_zero, 20: large}, {10: settled0 + 0.1, 20: 0.97 * settled1})
+    t = cal.long_table().set_index("step")
+    assert t.loc[10, "settled_se"] == pytest.approx(0.5 / np.sqrt(n - n // 2), rel=0.6)
+    for step in (10, 20):
+        row = t.loc[step]
+        assert row["allowed"] == pytest.approx(max(0.05 * abs(row["long_settled"]), 2 * row["settled_se"]))
+    assert t.loc[10, "allowed"] > 0.05 * abs(settled0) and t.loc[20, "allowed"] == pytest.approx(0.05 * settled1)
+    assert abs(t.loc[10, "ratio"] - 1) > 0.5  # the ratio alone would call it inadequate
+    assert bool(t["within"].all()) and cal.adequate
+    sentence = cal.sentence()
+    assert "NOT" not in sentence and "too near 0" in sentence and "step 10" in sentence and "97.0%" in sentence
+
+    # outside the noise at the near-zero checkpoint, or 10% low at the large one: not adequate
+    far = _with_chains(calibration, {10: near_zero, 20: large}, {10: settled0 + 1.0, 20: 0.97 * settled1})
+    low = _with_chains(calibration, {10: near_zero, 20: large}, {10: settled0, 20: 0.9 * settled1})
+    for bad, step in ((far, 10), (low, 20)):
+        assert not bad.adequate and not bad.long_table().set_index("step").loc[step, "within"]
+        assert "NOT adequate" in bad.sentence() and f"worst at step {step}" in bad.sentence()
+    rec = json.loads(json.dumps(low.to_record(), default=float))
+    assert rec["adequate"] is False and rec["tolerance_sigmas"] == 2.0
+    assert [r["within"] for r in rec["long_chain"]] == [True, False]
 
 
 def test_calibration_figures(calibration):

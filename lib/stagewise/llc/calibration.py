@@ -11,7 +11,10 @@ the LLC's peak, beside a boundary, late):
    first draws are the profile's chain 0 (same seed: same batches and noise), so its running
    estimate at the profile's draw count *is* the profile's chain 0; its settled value is the mean of
    its second half (past any climb away from w*). The budget is adequate when the profile's
-   estimate is within ``ADEQUATE_TOLERANCE`` of that at every calibration checkpoint.
+   estimate is within ``ADEQUATE_TOLERANCE`` of that at every calibration checkpoint — or, where
+   the settled value is so near zero that 5% of it is below what the long chain itself can
+   resolve (a data-refined LLC on data the model has not learned), within ``ADEQUATE_SIGMAS``
+   standard errors of it.
 
 :func:`sgld_calibration` runs both (every chain cached like any sweep) and returns a
 :class:`SGLDCalibration` with its figures (:func:`plot_calibration_traces`,
@@ -28,11 +31,12 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from stagewise.llc.diagnostics import draws_from_trace
+from stagewise.llc.diagnostics import _mean_noise_variance, draws_from_trace
 from stagewise.llc.sampler import LLCResult, SGLDConfig
 from stagewise.llc.sweep import Checkpoint, LLCSweep, estimate_llc_sweep
 
-__all__ = ["CalibrationSettings", "CalibrationResult", "SGLDCalibration", "ADEQUATE_TOLERANCE", "CELL_CLASSES",
+__all__ = ["CalibrationSettings", "CalibrationResult", "SGLDCalibration", "ADEQUATE_TOLERANCE", "ADEQUATE_SIGMAS",
+           "CELL_CLASSES",
            "calibrate_sgld", "calibration_checkpoints", "classify_estimate", "sgld_calibration",
            "plot_llc_traces", "plot_calibration_traces", "plot_calibration_region", "plot_running_llc",
            "save_calibration_figures"]
@@ -42,6 +46,11 @@ log = logging.getLogger(__name__)
 # The profile's estimate may differ from the long chain's settled value by this much: the 5% to
 # which the convergence diagnostic asks the running estimate to settle (diagnostics.SETTLE_TOLERANCE).
 ADEQUATE_TOLERANCE = 0.05
+# ... or by at most this many standard errors of the settled value (its second half's mean; noise
+# and autocorrelation time as the convergence diagnostic measures them), whichever is wider: a ratio
+# to a settled value near zero means nothing (the code wdrLLC of a `cpu` head at the last
+# checkpoint: −0.01 against −0.27, "4.9%", both within the long chain's noise of 0).
+ADEQUATE_SIGMAS = 2.0
 # the 'early' calibration checkpoint: the first whose λ̂ reaches this fraction of the peak
 EARLY_FRACTION = 0.25
 CELL_CLASSES = ("good", "stalled", "escape", "diverged")
@@ -218,7 +227,9 @@ class SGLDCalibration:
     def long_table(self):
         """Per calibration checkpoint: the profile's λ̂, the long chain's running estimate at the
         profile's draw count and at 2×, its final value and its second half alone (the settled
-        value), and ``ratio`` = profile λ̂ / settled value."""
+        value), ``ratio`` = profile λ̂ / settled value, ``settled_se`` the settled value's standard
+        error (autocorrelation-corrected), ``allowed`` = max(5% of |settled|, 2 SE) and ``within``:
+        |profile λ̂ − settled| ≤ allowed."""
         import pandas as pd
 
         T = self.config.num_draws
@@ -228,12 +239,17 @@ class SGLDCalibration:
             trace = lg.llc_trace[0]
             d = draws_from_trace(lg.llc_trace)[0]
             settled = float(d[len(d) // 2:].mean())
+            n_half = len(d) - len(d) // 2
+            se = float(np.sqrt(_mean_noise_variance(d[None, :]) / n_half)) if n_half > 0 else float("nan")
+            allowed = max(ADEQUATE_TOLERANCE * abs(settled), ADEQUATE_SIGMAS * se if np.isfinite(se) else 0.0)
             rows.append({"label": label, "step": step, "profile": p.llc_mean,
                          "profile_chains": [float(x) for x in p.llc_per_chain],
                          "long_at_profile_draws": float(trace[T - 1]),
                          "long_at_2x": float(trace[min(2 * T, len(trace)) - 1]),
                          "long_final": float(trace[-1]), "long_settled": settled,
                          "ratio": p.llc_mean / settled if settled else float("nan"),
+                         "settled_se": se, "allowed": allowed,
+                         "within": bool(abs(p.llc_mean - settled) <= allowed),
                          "profile_unconverged": p.unconverged, "profile_drift": p.convergence["drift"],
                          "long_unconverged": lg.unconverged,
                          "long_draws_to_settle": lg.convergence["draws_to_settle"]})
@@ -241,25 +257,38 @@ class SGLDCalibration:
 
     @property
     def adequate(self) -> bool:
-        ratio = self.long_table()["ratio"].to_numpy(dtype=float)
-        return bool(np.all(np.abs(ratio - 1) <= ADEQUATE_TOLERANCE))
+        return bool(self.long_table()["within"].all())
 
     def sentence(self) -> str:
         """One sentence, computed from the numbers, on whether the profile's budget is adequate."""
         t = self.long_table()
-        worst = t.iloc[int(np.argmax(np.abs(t["ratio"] - 1)))]
+        by_noise = (t["allowed"] > ADEQUATE_TOLERANCE * t["long_settled"].abs()).to_numpy()
+        score = ((t["profile"] - t["long_settled"]).abs() / t["allowed"]).to_numpy(dtype=float)
+        worst = t.iloc[int(np.nanargmax(score))] if np.isfinite(score).any() else t.iloc[0]
         cfg = self.config
         budget = f"{cfg.num_chains} × ({cfg.num_burnin} + {cfg.num_draws})"
         long_draws = self.long[t["step"].iloc[0]].config.num_draws
         verdict = "adequate" if self.adequate else "NOT adequate"
-        where = "at the calibration checkpoint" if len(t) == 1 else f"at the {len(t)} calibration checkpoints"
-        ratios = (f"{t['ratio'].iloc[0]:.1%}" if len(t) == 1
-                  else f"{t['ratio'].min():.1%}–{t['ratio'].max():.1%}")
+        parts = []
+        rt = t[~by_noise]
+        if len(rt):
+            where = ("at the calibration checkpoint" if len(t) == 1 else
+                     f"at the {len(t)} calibration checkpoints" if len(rt) == len(t) else
+                     f"at {len(rt)} of the {len(t)} calibration checkpoints")
+            ratios = (f"{rt['ratio'].iloc[0]:.1%}" if len(rt) == 1
+                      else f"{rt['ratio'].min():.1%}–{rt['ratio'].max():.1%}")
+            parts.append(f"{where} its estimate is {ratios} of a {long_draws}-draw chain's settled value "
+                         f"(tolerance ±{ADEQUATE_TOLERANCE:.0%})")
+        nt = t[by_noise]
+        if len(nt):
+            near = "; ".join(f"step {int(r.step)}: {r.profile:.3g} against {r.long_settled:.3g} ± {r.settled_se:.2g}"
+                             for r in nt.itertuples())
+            parts.append(f"where the settled value is too near 0 for a ratio ({near}), it must lie within "
+                         f"{ADEQUATE_SIGMAS:g} standard errors of the {long_draws}-draw chain's settled value")
         good = int((self.cells.query("is_profile")["class"] == "good").sum())
         return (f"{self.setting}: the profile's budget ({budget} steps, ε = {cfg.epsilon:g}, nβ = {self.nbeta:.3g}, "
-                f"γ = {cfg.gamma:.3g}) is {verdict}: {where} its estimate is {ratios} of a {long_draws}-draw chain's "
-                f"settled value (worst at step {int(worst['step'])}, {worst['label']}; tolerance "
-                f"±{ADEQUATE_TOLERANCE:.0%}), and {good} of {len(t)} short-chain cells at its setting are good.")
+                f"γ = {cfg.gamma:.3g}) is {verdict}: {'; '.join(parts)} (worst at step {int(worst['step'])}, "
+                f"{worst['label']}), and {good} of {len(t)} short-chain cells at its setting are good.")
 
     def to_record(self, sweep: LLCSweep | None = None) -> dict:
         """The headline JSON's ``sgld_calibration``: settings tried, the chosen one, the convergence
@@ -286,6 +315,7 @@ class SGLDCalibration:
             "long_chain": self.long_table().to_dict(orient="records"),
             "adequate": self.adequate,
             "tolerance": ADEQUATE_TOLERANCE,
+            "tolerance_sigmas": ADEQUATE_SIGMAS,
             "sentence": self.sentence(),
         }
         if sweep is not None:
@@ -470,8 +500,9 @@ def plot_running_llc(cal: SGLDCalibration):
         lg, p = cal.long[step], cal.profile[step]
         settled = table.loc[step, "long_settled"]
         x = np.arange(1, lg.llc_trace.shape[1] + 1)
-        ax.axhspan(settled * (1 - ADEQUATE_TOLERANCE), settled * (1 + ADEQUATE_TOLERANCE), color="tab:green", alpha=0.15,
-                   lw=0, label="settled ±5%")
+        allowed = table.loc[step, "allowed"]
+        ax.axhspan(settled - allowed, settled + allowed, color="tab:green", alpha=0.15, lw=0,
+                   label=f"settled ± max(5%, {ADEQUATE_SIGMAS:g} SE)")
         ax.plot(x, lg.llc_trace[0], color="black", lw=1.4, label=f"1 chain × {len(x)}")
         xp = np.arange(1, p.llc_trace.shape[1] + 1)
         for c in range(p.llc_trace.shape[0]):
@@ -483,9 +514,15 @@ def plot_running_llc(cal: SGLDCalibration):
         ax.set_xlabel("SGLD draw τ")
         if k == 0:
             ax.set_ylabel("running λ̂_τ (eq. 26)")
-        ax.set_title(f"{label}: step {step}\nprofile/settled = {table.loc[step, 'ratio']:.3f}", fontsize=8)
-        lo = np.nanpercentile(lg.llc_trace[0][len(x) // 20:], 1)
-        ax.set_ylim(min(lo, p.llc_mean) * 0.9, max(np.nanmax(lg.llc_trace[0]), settled, p.llc_mean) * 1.08)
+        if allowed > ADEQUATE_TOLERANCE * abs(settled):  # near 0: the gap against the long chain's noise
+            judged = f"profile − settled = {p.llc_mean - settled:.2g} (± {allowed:.2g})"
+        else:
+            judged = f"profile/settled = {table.loc[step, 'ratio']:.3f}"
+        ax.set_title(f"{label}: step {step}\n{judged}", fontsize=8)
+        lo = min(np.nanpercentile(lg.llc_trace[0][len(x) // 20:], 1), p.llc_mean, settled - allowed)
+        hi = max(np.nanmax(lg.llc_trace[0][len(x) // 20:]), p.llc_mean, settled + allowed)
+        pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1e-3)
+        ax.set_ylim(lo - pad, hi + pad)
     axes[0][0].legend(fontsize=6, loc="lower right")
     fig.suptitle(f"{cal.setting}: the profile's running estimate against a {cal.long[next(iter(cal.long))].config.num_draws}"
                  "-draw chain", fontsize=9)
