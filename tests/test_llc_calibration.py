@@ -77,7 +77,9 @@ def test_sgld_calibration_grid_long_chain_and_record(calibration):
         assert row["long_settled"] == pytest.approx(settled)
         assert row["ratio"] == pytest.approx(prof.llc_mean / settled)
     assert cal.adequate == bool(table["within"].all())
-    allowed = np.maximum(0.05 * table["long_settled"].abs(), 2 * table["settled_se"])
+    near = table["long_settled"].abs() <= 2 * table["settled_se"]
+    assert (table["near_zero"] == near).all()
+    allowed = np.where(near, 2 * table["settled_se"], 0.05 * table["long_settled"].abs())
     assert np.allclose(table["allowed"], allowed)
     assert (table["within"] == ((table["profile"] - table["long_settled"]).abs() <= allowed)).all()
     assert ("NOT adequate" in cal.sentence()) != cal.adequate
@@ -103,8 +105,8 @@ def _with_chains(cal, long_draws: dict, profile_llc: dict):
 
 
 def test_adequacy_judges_near_zero_values_by_the_long_chains_noise(calibration):
-    """A ratio to a settled value near 0 means nothing: there the profile must lie within 2 standard
-    errors of it; elsewhere within 5%."""
+    """A ratio to a settled value within 2 standard errors of 0 means nothing: there the profile must
+    lie within 2 standard errors of it; elsewhere within 5%, however noisy the long chain."""
     rng = np.random.default_rng(0)
     n = calibration.long[10].llc_trace.shape[1]
     near_zero = 0.01 + 0.5 * rng.standard_normal(n)  # settled ≈ 0 ± 0.1: 5% of it is nothing
@@ -114,14 +116,21 @@ def test_adequacy_judges_near_zero_values_by_the_long_chains_noise(calibration):
     cal = _with_chains(calibration, {10: near_zero, 20: large}, {10: settled0 + 0.1, 20: 0.97 * settled1})
     t = cal.long_table().set_index("step")
     assert t.loc[10, "settled_se"] == pytest.approx(0.5 / np.sqrt(n - n // 2), rel=0.6)
-    for step in (10, 20):
-        row = t.loc[step]
-        assert row["allowed"] == pytest.approx(max(0.05 * abs(row["long_settled"]), 2 * row["settled_se"]))
-    assert t.loc[10, "allowed"] > 0.05 * abs(settled0) and t.loc[20, "allowed"] == pytest.approx(0.05 * settled1)
+    assert t.loc[10, "near_zero"] and not t.loc[20, "near_zero"]
+    assert t.loc[10, "allowed"] == pytest.approx(2 * t.loc[10, "settled_se"])
+    assert t.loc[20, "allowed"] == pytest.approx(0.05 * settled1)
     assert abs(t.loc[10, "ratio"] - 1) > 0.5  # the ratio alone would call it inadequate
     assert bool(t["within"].all()) and cal.adequate
     sentence = cal.sentence()
     assert "NOT" not in sentence and "too near 0" in sentence and "step 10" in sentence and "97.0%" in sentence
+
+    # a noisy long chain clear of 0 (2 standard errors above 5% of it) is still held to 5%
+    noisy = 5.0 + 1.5 * rng.standard_normal(n)
+    settled2 = noisy[n // 2:].mean()
+    vague = _with_chains(calibration, {10: noisy, 20: large}, {10: 0.9 * settled2, 20: settled1})
+    row = vague.long_table().set_index("step").loc[10]
+    assert 2 * row["settled_se"] > 0.05 * settled2 and not row["near_zero"]
+    assert not row["within"] and not vague.adequate
 
     # outside the noise at the near-zero checkpoint, or 10% low at the large one: not adequate
     far = _with_chains(calibration, {10: near_zero, 20: large}, {10: settled0 + 1.0, 20: 0.97 * settled1})

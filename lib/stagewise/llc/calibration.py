@@ -12,9 +12,8 @@ the LLC's peak, beside a boundary, late):
    estimate at the profile's draw count *is* the profile's chain 0; its settled value is the mean of
    its second half (past any climb away from w*). The budget is adequate when the profile's
    estimate is within ``ADEQUATE_TOLERANCE`` of that at every calibration checkpoint — or, where
-   the settled value is so near zero that 5% of it is below what the long chain itself can
-   resolve (a data-refined LLC on data the model has not learned), within ``ADEQUATE_SIGMAS``
-   standard errors of it.
+   the settled value is within ``ADEQUATE_SIGMAS`` standard errors of 0 (a data-refined LLC on
+   data that w* does not fit: a ratio to it means nothing), within as many standard errors of it.
 
 :func:`sgld_calibration` runs both (every chain cached like any sweep) and returns a
 :class:`SGLDCalibration` with its figures (:func:`plot_calibration_traces`,
@@ -46,10 +45,11 @@ log = logging.getLogger(__name__)
 # The profile's estimate may differ from the long chain's settled value by this much: the 5% to
 # which the convergence diagnostic asks the running estimate to settle (diagnostics.SETTLE_TOLERANCE).
 ADEQUATE_TOLERANCE = 0.05
-# ... or by at most this many standard errors of the settled value (its second half's mean; noise
-# and autocorrelation time as the convergence diagnostic measures them), whichever is wider: a ratio
-# to a settled value near zero means nothing (the code wdrLLC of a `cpu` head at the last
-# checkpoint: −0.01 against −0.27, "4.9%", both within the long chain's noise of 0).
+# Where the settled value (its second half's mean) is within this many of its standard errors of 0
+# (noise and autocorrelation time as the convergence diagnostic measures them), a ratio to it means
+# nothing (the code wdrLLC of a `cpu` head at the last checkpoint: −0.01 against −0.27, "4.9%"):
+# there the profile's estimate must lie within as many standard errors of it instead. A settled
+# value clear of 0 keeps the 5% test however noisy the long chain: noise never makes a budget adequate.
 ADEQUATE_SIGMAS = 2.0
 # the 'early' calibration checkpoint: the first whose λ̂ reaches this fraction of the peak
 EARLY_FRACTION = 0.25
@@ -228,8 +228,8 @@ class SGLDCalibration:
         """Per calibration checkpoint: the profile's λ̂, the long chain's running estimate at the
         profile's draw count and at 2×, its final value and its second half alone (the settled
         value), ``ratio`` = profile λ̂ / settled value, ``settled_se`` the settled value's standard
-        error (autocorrelation-corrected), ``allowed`` = max(5% of |settled|, 2 SE) and ``within``:
-        |profile λ̂ − settled| ≤ allowed."""
+        error (autocorrelation-corrected), ``near_zero``: |settled| ≤ 2 SE, ``allowed``: 2 SE if
+        near zero, else 5% of |settled|, and ``within``: |profile λ̂ − settled| ≤ allowed."""
         import pandas as pd
 
         T = self.config.num_draws
@@ -241,14 +241,15 @@ class SGLDCalibration:
             settled = float(d[len(d) // 2:].mean())
             n_half = len(d) - len(d) // 2
             se = float(np.sqrt(_mean_noise_variance(d[None, :]) / n_half)) if n_half > 0 else float("nan")
-            allowed = max(ADEQUATE_TOLERANCE * abs(settled), ADEQUATE_SIGMAS * se if np.isfinite(se) else 0.0)
+            near_zero = bool(np.isfinite(se) and abs(settled) <= ADEQUATE_SIGMAS * se)
+            allowed = ADEQUATE_SIGMAS * se if near_zero else ADEQUATE_TOLERANCE * abs(settled)
             rows.append({"label": label, "step": step, "profile": p.llc_mean,
                          "profile_chains": [float(x) for x in p.llc_per_chain],
                          "long_at_profile_draws": float(trace[T - 1]),
                          "long_at_2x": float(trace[min(2 * T, len(trace)) - 1]),
                          "long_final": float(trace[-1]), "long_settled": settled,
                          "ratio": p.llc_mean / settled if settled else float("nan"),
-                         "settled_se": se, "allowed": allowed,
+                         "settled_se": se, "near_zero": near_zero, "allowed": allowed,
                          "within": bool(abs(p.llc_mean - settled) <= allowed),
                          "profile_unconverged": p.unconverged, "profile_drift": p.convergence["drift"],
                          "long_unconverged": lg.unconverged,
@@ -262,7 +263,7 @@ class SGLDCalibration:
     def sentence(self) -> str:
         """One sentence, computed from the numbers, on whether the profile's budget is adequate."""
         t = self.long_table()
-        by_noise = (t["allowed"] > ADEQUATE_TOLERANCE * t["long_settled"].abs()).to_numpy()
+        by_noise = t["near_zero"].to_numpy(dtype=bool)
         score = ((t["profile"] - t["long_settled"]).abs() / t["allowed"]).to_numpy(dtype=float)
         worst = t.iloc[int(np.nanargmax(score))] if np.isfinite(score).any() else t.iloc[0]
         cfg = self.config
@@ -283,8 +284,8 @@ class SGLDCalibration:
         if len(nt):
             near = "; ".join(f"step {int(r.step)}: {r.profile:.3g} against {r.long_settled:.3g} ± {r.settled_se:.2g}"
                              for r in nt.itertuples())
-            parts.append(f"where the settled value is too near 0 for a ratio ({near}), it must lie within "
-                         f"{ADEQUATE_SIGMAS:g} standard errors of the {long_draws}-draw chain's settled value")
+            parts.append(f"where the {long_draws}-draw chain's settled value is within {ADEQUATE_SIGMAS:g} standard "
+                         f"errors of 0, too near 0 for a ratio ({near}), the estimate must lie within as many of it")
         good = int((self.cells.query("is_profile")["class"] == "good").sum())
         return (f"{self.setting}: the profile's budget ({budget} steps, ε = {cfg.epsilon:g}, nβ = {self.nbeta:.3g}, "
                 f"γ = {cfg.gamma:.3g}) is {verdict}: {'; '.join(parts)} (worst at step {int(worst['step'])}, "
@@ -502,7 +503,7 @@ def plot_running_llc(cal: SGLDCalibration):
         x = np.arange(1, lg.llc_trace.shape[1] + 1)
         allowed = table.loc[step, "allowed"]
         ax.axhspan(settled - allowed, settled + allowed, color="tab:green", alpha=0.15, lw=0,
-                   label=f"settled ± max(5%, {ADEQUATE_SIGMAS:g} SE)")
+                   label=f"settled ± 5% (± {ADEQUATE_SIGMAS:g} SE near 0)")
         ax.plot(x, lg.llc_trace[0], color="black", lw=1.4, label=f"1 chain × {len(x)}")
         xp = np.arange(1, p.llc_trace.shape[1] + 1)
         for c in range(p.llc_trace.shape[0]):
@@ -514,7 +515,7 @@ def plot_running_llc(cal: SGLDCalibration):
         ax.set_xlabel("SGLD draw τ")
         if k == 0:
             ax.set_ylabel("running λ̂_τ (eq. 26)")
-        if allowed > ADEQUATE_TOLERANCE * abs(settled):  # near 0: the gap against the long chain's noise
+        if table.loc[step, "near_zero"]:  # a ratio means nothing: the gap against the long chain's noise
             judged = f"profile − settled = {p.llc_mean - settled:.2g} (± {allowed:.2g})"
         else:
             judged = f"profile/settled = {table.loc[step, 'ratio']:.3f}"
