@@ -49,7 +49,6 @@ import pandas as pd
 
 from stagewise.cluster import sweep_executor
 from stagewise.clustering import cluster_table, curve_matrix
-from stagewise.data.domains import load_domain_contexts
 from stagewise.data.language import load_contexts, load_token_stream
 from stagewise.plotting import apply_style, plot_over_training, save_figure, stamp_setting
 from stagewise.probes.ablation import (cached_per_head_icl_scores, cached_tokens_in_context, classify_tokens_in_context,
@@ -57,9 +56,12 @@ from stagewise.probes.ablation import (cached_per_head_icl_scores, cached_tokens
 from stagewise.probes.language import (bigram_distribution, classify_heads, composition_at, head_scores_at,
                                        icl_tokens, lm_probe_checkpoints, lm_probe_config)
 from stagewise.profiles import default_profile, get_profile
-from stagewise.refined import data_llc_sweep, head_labels, head_llc_sweep
-from stagewise.runs import language_analysis_steps, language_run, language_sgld_contexts, language_sgld_model
-from stagewise.train import analysis_steps
+from stagewise.refined import head_labels
+from stagewise.runs import language_run, rllc_head_sweeps, rllc_inputs, rllc_whole_model_sweep
+
+# `stagewise-figures --jobs 2` may run this notebook's LLC sweeps from the other end on an idle core
+# (shared through the cache; the numbers do not depend on it):
+# stagewise-helper: stagewise.runs:rllc_sweep_helper
 
 notebook_start = time.perf_counter()
 profile = profile or default_profile()
@@ -85,14 +87,11 @@ def stamp(fig):
 # corpus's held-out `sgld` split (as the paper used separate Pile lines).
 
 # %%
-run = language_run(lm)
-steps = analysis_steps(language_analysis_steps(lm, run)[1:], cfg.num_checkpoints)
-checkpoints = [(int(s), run.checkpoint_path(s)) for s in steps]
+inputs = rllc_inputs(cfg)  # notebook 01's trained model (trained here if missing), checkpoints, data sets
+steps, checkpoints, data = inputs.steps, inputs.checkpoints, inputs.data
+model_fn, loss = inputs.model_fn, inputs.loss  # the LM profile's LLC fast path (plain-torch twin, strided loss)
+run = language_run(lm)  # the same run, for its checkpoints' HookedTransformers (probes)
 n_ctx = lm.model.n_ctx
-data = {"train": (language_sgld_contexts(lm),)}  # the training distribution's held-out lines (with an analogue's repeats)
-for name, domain in zip(cfg.domain_names, cfg.domains):
-    data[name] = (load_domain_contexts(domain, n_ctx).long(),)
-model_fn, loss = language_sgld_model(lm)  # the LM profile's LLC fast path (plain-torch twin, strided loss)
 print(f"checkpoints: {steps.tolist()}")
 print({k: tuple(v[0].shape) for k, v in data.items()})
 
@@ -125,12 +124,9 @@ CLASS_COLORS = {"previous-token": "tab:green", "current-token": "tab:orange", "i
 
 # %%
 t0 = time.perf_counter()
-wr = head_llc_sweep(checkpoints, model_fn, loss, {"train": data["train"]}, cfg.sgld, heads=cfg.heads or None,
-                    compute_dtype=lm.sgld_dtype, executor=llc_executor)
+wr, wdr = rllc_head_sweeps(cfg, inputs, executor=llc_executor)  # head_llc_sweep on train, then on head_domains
 dr_cfg = dataclasses.replace(cfg.sgld, nbeta=cfg.data_refined_nbeta)
-head_domains = cfg.head_domains if cfg.head_domains is not None else cfg.domain_names
-wdr = head_llc_sweep(checkpoints, model_fn, loss, {k: data[k] for k in head_domains}, dr_cfg, heads=cfg.heads or None,
-                     compute_dtype=lm.sgld_dtype, executor=llc_executor)
+head_domains = inputs.head_domains
 heads_frame = pd.concat([wr, wdr], ignore_index=True)
 n_est = len(heads_frame)
 n_heads, n_data = heads_frame["head"].nunique(), heads_frame["data"].nunique()
@@ -202,8 +198,7 @@ display(pd.concat([ratio, classes.rename("class")], axis=1).groupby("class")["co
 
 # %%
 t0 = time.perf_counter()
-whole = data_llc_sweep(checkpoints, model_fn, loss, data, lm.sgld, compute_dtype=lm.sgld_dtype,
-                       executor=llc_executor)
+whole = rllc_whole_model_sweep(cfg, inputs, executor=llc_executor)  # data_llc_sweep with the LM's own SGLD settings
 print(f"whole-model (dr)LLCs in {time.perf_counter() - t0:.0f} s")
 fig, ax = plt.subplots(figsize=(6, 3.2))
 plot_over_training(ax, steps, {name: g.set_index("step").loc[steps, "llc_mean"] for name, g in whole.groupby("data")},

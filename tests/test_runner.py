@@ -167,3 +167,69 @@ def test_plan_flag_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     report = json.loads((out / "plan.json").read_text())
     assert report["profile"] == "smoke" and [n["notebook"] for n in report["notebooks"]] == ["02_regression_stages"]
     assert not (out / "timings.json").exists()
+
+
+def test_notebook_helper_lines_and_notebook_04s_helper(tmp_path):
+    from stagewise.runner import notebook_helper, notebook_helpers, run_helper  # noqa: F401
+
+    nb = tmp_path / "07_x.py"
+    _notebook(nb, "# a comment\n# stagewise-helper: pkg.mod:work_hard\nx = 1\n")
+    assert notebook_helper(nb) == "pkg.mod:work_hard"
+    _notebook(nb, "x = 1  # stagewise-helper: pkg.mod:work_hard\n")  # not a line of its own: nothing declared
+    assert notebook_helper(nb) is None
+    # notebook 04 declares its sweeps' helper, which exists; the others declare none
+    helpers = notebook_helpers(NOTEBOOKS, {})
+    assert helpers == {"04_rllc_heads": "stagewise.runs:rllc_sweep_helper"}
+    import stagewise.runs
+
+    assert callable(stagewise.runs.rllc_sweep_helper)
+    # a parameter override may change what the notebook computes: no helper then
+    assert notebook_helpers(NOTEBOOKS, {"dask_scheduler": "tcp://x:1"}) == {}
+
+
+@pytest.mark.slow
+def test_an_idle_job_runs_the_notebooks_helper_until_the_notebook_ends(tmp_path, monkeypatch):
+    """`--jobs 2 --only` one notebook that declares a helper: the second job runs the helper (with
+    the profile, pinned to its own cores) while the notebook runs, and stops it when the notebook
+    ends; timings.json lists it. Both jobs are put on this process's first core, so the test needs one."""
+    import stagewise.runner as runner
+
+    core = runner.available_cores()[0]
+    monkeypatch.setattr(runner, "available_cores", lambda: [core, core])
+    monkeypatch.setattr(runner, "HELPER_POLL_S", 0.2)
+    mods, nbs, log = tmp_path / "mods", tmp_path / "nbs", tmp_path / "log"
+    for d in (mods, nbs, log):
+        d.mkdir()
+    (mods / "fake_helper.py").write_text(
+        "import json, os, sys, time\n"
+        "def work(profile):\n"
+        f"    json.dump({{'profile': profile, 'pid': os.getpid(), 'cores': sorted(os.sched_getaffinity(0))}}, "
+        f"open({str(log / 'helper.json')!r}, 'w'))\n"
+        "    time.sleep(600)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(mods), os.environ.get("PYTHONPATH", "")]))
+    _notebook(nbs / "07_helped.py",
+              "# stagewise-helper: fake_helper:work\n"
+              "import json, os, time\n"
+              f"path = {str(log / 'helper.json')!r}\n"
+              "deadline = time.time() + 120\n"
+              "while not os.path.exists(path) and time.time() < deadline:\n"
+              "    time.sleep(0.2)\n"
+              "time.sleep(0.5)\n"
+              f"json.dump({{'saw_helper': os.path.exists(path)}}, open({str(log / 'nb.json')!r}, 'w'))\n")
+    out = tmp_path / "out"
+    assert main(["--profile", "smoke", "--notebooks", str(nbs), "--executed-dir", str(out), "--jobs", "2"]) == 0
+    helper = json.loads((log / "helper.json").read_text())
+    assert json.loads((log / "nb.json").read_text()) == {"saw_helper": True}
+    assert helper["profile"] == "smoke" and helper["cores"] == [core]
+    with pytest.raises(ProcessLookupError):  # stopped when the notebook ended, not left running
+        os.kill(helper["pid"], 0)
+    record = json.loads((out / "timings.json").read_text())
+    assert [r["status"] for r in record["notebooks"]] == ["ok"]
+    assert [(h["notebook"], h["status"], h["cores"]) for h in record["helpers"]] == [("07_helped", "stopped", [core])]
+    # with a parameter override the same run has no helper (and one job)
+    (log / "helper.json").unlink()
+    _notebook(nbs / "07_helped.py", "# stagewise-helper: fake_helper:work\nx = 1\n")
+    assert main(["--profile", "smoke", "--notebooks", str(nbs), "--executed-dir", str(out), "--jobs", "2",
+                 "-p", "x=2"]) == 0
+    assert not (log / "helper.json").exists()
+    assert json.loads((out / "timings.json").read_text())["helpers"] == []

@@ -96,3 +96,55 @@ def test_language_run_with_analogue_data_trains_the_curriculum_then_the_mix(tmp_
     sgld_mixed = language_sgld_contexts(analogue)
     assert torch.equal(language_sgld_contexts(plain), sgld_plain)
     assert torch.equal(sgld_mixed, mix.apply(sgld_plain, 0)) and not torch.equal(sgld_mixed, sgld_plain)
+
+
+@pytest.mark.slow
+def test_rllc_sweep_helper_never_trains_and_computes_the_notebooks_estimates_from_the_other_end(tmp_cache,
+                                                                                                monkeypatch):
+    """The helper beside notebook 04 waits for the language model (never trains it), then computes
+    the notebook's per-head and whole-model estimates in reverse order: afterwards the notebook's own
+    sweeps (forward) find every estimate in the cache and recompute none."""
+    import dataclasses
+
+    import stagewise.llc.sweep as sw
+    import stagewise.profiles.rllc as R
+    import stagewise.runs as runs
+
+    cfg = dataclasses.replace(R.PROFILES["smoke"], heads=("0:0", "1:1"))
+    monkeypatch.setitem(R.PROFILES, "smoke", cfg)
+    assert runs.rllc_inputs(cfg, progress=False, train_missing=False) is None
+    assert not list(tmp_cache.glob("language_runs/*/done.json"))
+
+    real = runs.language_run
+    calls = []
+
+    def language_run(profile, progress=True, device=None, train_missing=True):
+        calls.append(train_missing)
+        if len(calls) == 2:  # meanwhile the notebook finishes training it
+            real(profile, progress=False)
+        return real(profile, progress=progress, device=device, train_missing=train_missing)
+
+    monkeypatch.setattr(runs, "language_run", language_run)
+    monkeypatch.setattr(runs, "HELPER_POLL_S", 0.0)
+    runs.rllc_sweep_helper("smoke")
+    assert calls == [False, False]  # waited once, then loaded; never asked to train
+    monkeypatch.setattr(runs, "language_run", real)
+
+    def must_not_run(payload):
+        raise AssertionError("recomputed an estimate the helper wrote")
+
+    monkeypatch.setattr(sw, "_run_checkpoint", must_not_run)
+    inputs = runs.rllc_inputs(cfg, progress=False)
+    wr, wdr = runs.rllc_head_sweeps(cfg, inputs, progress=False)
+    whole = runs.rllc_whole_model_sweep(cfg, inputs, progress=False)
+    assert set(wr["head"]) == {"0:0", "1:1"} and set(wr["data"]) == {"train"}
+    assert set(wdr["data"]) == set(inputs.head_domains) == set(cfg.domain_names)
+    assert set(whole["data"]) == {"train", *cfg.domain_names} and len(whole) == 3 * len(inputs.steps)
+    assert len(wr) == 2 * len(inputs.steps) and len(wdr) == 2 * 2 * len(inputs.steps)
+
+    def tidy(frame):
+        return frame.sort_values(["data", "head", "step"]).reset_index(drop=True)
+
+    wr_back, wdr_back = runs.rllc_head_sweeps(cfg, inputs, reverse=True, progress=False)
+    pd.testing.assert_frame_equal(tidy(wr_back), tidy(wr))
+    pd.testing.assert_frame_equal(tidy(wdr_back), tidy(wdr))

@@ -18,17 +18,22 @@ cores. A notebook that reads another's cache (04 after 01, 05 after 02:
 cache is not locked against two writers. A notebook that spreads its own work over one worker
 process per core (03: :data:`stagewise.plan.WIDE`) runs first, alone, on all the cores, and the other
 chains after it side by side (:func:`schedule`): on 2 cores this keeps both busy to the end instead of
-leaving 03 to run on one core after the longest chain.
+leaving 03 to run on one core after the longest chain. A job left without a notebook helps one that
+declares a helper (a ``# stagewise-helper: module:function`` line; 04's runs its LLC sweeps from the
+other end, sharing them through the cache) until that notebook ends — so ``--jobs 2 --only 04``
+uses both cores too. Helpers run only when no ``-p`` parameter changes what the notebook computes.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import json
 import logging
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -39,13 +44,18 @@ from pathlib import Path
 from stagewise.profiles import DEFAULT_PROFILE, PROFILE_NAMES, check_profile
 
 __all__ = ["NotebookFailure", "NotebookTiming", "discover_notebooks", "run_notebook", "dependency_chains",
-           "schedule", "job_threads", "job_environment", "timings_table", "write_timings", "main"]
+           "schedule", "job_threads", "job_environment", "notebook_helper", "timings_table", "write_timings", "main"]
 
 CORES_VARIABLE = "STAGEWISE_JOB_CORES"  # cores a --jobs child pins itself to (comma-separated)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS")
 
 log = logging.getLogger(__name__)
+
+# A notebook may declare work that another core can do beside it: a top-level comment line
+# "# stagewise-helper: module:function"; the function is called with the profile name.
+HELPER_LINE = re.compile(r"^# stagewise-helper: ([A-Za-z_][\w.]*:[A-Za-z_]\w*)[ \t]*$", re.MULTILINE)
+HELPER_POLL_S = 2.0  # how often an idle job looks for a notebook to help, and a helper's notebook for its end
 
 
 @dataclass
@@ -156,15 +166,17 @@ def timings_table(timings: list[NotebookTiming], wall_seconds: float | None = No
     return "\n".join(lines)
 
 
-def write_timings(path: Path, profile: str, timings: list[NotebookTiming], jobs: int, wall_seconds: float) -> Path:
-    """``timings.json``: profile, jobs, wall and summed seconds, and one record per notebook."""
+def write_timings(path: Path, profile: str, timings: list[NotebookTiming], jobs: int, wall_seconds: float,
+                  helpers: list[dict] | None = None) -> Path:
+    """``timings.json``: profile, jobs, wall and summed seconds, one record per notebook, and the
+    helpers that ran beside them ({notebook, cores, seconds, status})."""
     from stagewise.cache import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"profile": profile, "jobs": jobs, "wall_seconds": wall_seconds,
               "total_seconds": sum(t.seconds for t in timings), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "notebooks": [asdict(t) for t in timings]}
+              "notebooks": [asdict(t) for t in timings], "helpers": list(helpers or [])}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path
 
@@ -200,6 +212,19 @@ def schedule(notebooks: list[Path]) -> tuple[list[list[Path]], list[list[Path]]]
     chains = dependency_chains(notebooks)
     wide = [c for c in chains if c[0].stem in WIDE]
     return wide, [c for c in chains if c[0].stem not in WIDE]
+
+
+def notebook_helper(nb: Path) -> str | None:
+    """The ``module:function`` that ``nb`` declares an idle core may run beside it (its
+    ``# stagewise-helper:`` line), or None."""
+    match = HELPER_LINE.search(nb.read_text())
+    return match.group(1) if match else None
+
+
+def run_helper(spec: str, profile: str) -> None:
+    """Call the helper ``spec`` ('module:function') with ``profile``."""
+    module, _, name = spec.partition(":")
+    getattr(importlib.import_module(module), name)(profile)
 
 
 def available_cores() -> list[int]:
@@ -240,32 +265,53 @@ def _child_command(nb: Path, profile: str, params: dict, executed_dir: Path | No
     return cmd
 
 
+def notebook_helpers(notebooks: list[Path], params: dict) -> dict[str, str]:
+    """{stem: helper spec} of the ``notebooks`` that declare one — none when ``params`` override
+    anything (a helper recomputes the notebook's work from the profile alone)."""
+    if params:
+        return {}
+    return {nb.stem: spec for nb in notebooks if (spec := notebook_helper(nb))}
+
+
 def run_parallel(notebooks: list[Path], profile: str, params: dict, executed_dir: Path, jobs: int,
-                 notebook_dir: Path) -> list[NotebookTiming]:
+                 notebook_dir: Path, helper_log: list | None = None) -> list[NotebookTiming]:
     """Run ``notebooks`` on up to ``jobs`` concurrent jobs (:func:`schedule`): the wide chains first,
     one at a time on all the cores, then the other dependency chains side by side, each notebook in
-    its own process with its job's threads and cores; a failure stops only its own chain."""
+    its own process with its job's threads and cores; a failure stops only its own chain. A job with
+    no chain left helps a running notebook that declares a helper (:func:`notebook_helper`); each
+    help is appended to ``helper_log`` ({notebook, cores, seconds, status})."""
     cores = available_cores()
     wide, narrow = schedule(notebooks)
+    helpers = notebook_helpers(notebooks, params)
     results: dict[str, NotebookTiming] = {}
     lock = threading.Lock()
+    helper_log = [] if helper_log is None else helper_log
     if wide:
         log.info("%d wide chain(s) first, each alone on %d core(s)", len(wide), len(cores))
-        _run_chains(wide, 1, cores, profile, params, executed_dir, notebook_dir, results, lock)
+        _run_chains(wide, 1, cores, profile, params, executed_dir, notebook_dir, results, lock, {}, helper_log)
     if narrow:
-        _run_chains(narrow, jobs, cores, profile, params, executed_dir, notebook_dir, results, lock)
+        _run_chains(narrow, jobs, cores, profile, params, executed_dir, notebook_dir, results, lock, helpers,
+                    helper_log)
     return [results[nb.stem] for nb in notebooks]
 
 
+def _helper_command(spec: str, profile: str) -> list[str]:
+    return [sys.executable, "-m", "stagewise.runner", "--profile", profile, "--helper", spec]
+
+
 def _run_chains(chains: list[list[Path]], jobs: int, cores: list[int], profile: str, params: dict,
-                executed_dir: Path, notebook_dir: Path, results: dict, lock: threading.Lock) -> None:
-    """Run ``chains`` on ``min(jobs, cores, chains)`` slots of ``cores // jobs`` pinned cores each."""
+                executed_dir: Path, notebook_dir: Path, results: dict, lock: threading.Lock,
+                helpers: dict[str, str], helper_log: list) -> None:
+    """Run ``chains`` on ``min(jobs, cores, chains + chains led by a helped notebook)`` slots of
+    ``cores // jobs`` pinned cores each; a slot with no chain left runs helpers (:func:`_help`)."""
     jobs, threads = job_threads(jobs, len(cores))
-    jobs = min(jobs, len(chains))
+    # a chain that starts with a notebook declaring a helper gets a second slot to run it
+    jobs = min(jobs, len(chains) + sum(c[0].stem in helpers for c in chains))
     log.info("%d chain(s) on %d job(s) x %d thread(s)", len(chains), jobs, threads)
     work: queue.Queue = queue.Queue()
     for chain in chains:
         work.put(chain)
+    state = {"chains_left": len(chains), "running": set(), "helped": set()}
 
     def slot(k: int) -> None:
         mine = cores[k * threads:(k + 1) * threads]
@@ -275,6 +321,8 @@ def _run_chains(chains: list[list[Path]], jobs: int, cores: list[int], profile: 
             try:
                 chain = work.get_nowait()
             except queue.Empty:
+                if helpers:
+                    _help(k, mine, env, profile, executed_dir, helpers, state, lock, helper_log)
                 return
             failed = None
             for nb in chain:
@@ -286,9 +334,15 @@ def _run_chains(chains: list[list[Path]], jobs: int, cores: list[int], profile: 
                 logfile.parent.mkdir(parents=True, exist_ok=True)
                 log.info("start %s (job %d, cores %s)", nb.stem, k, mine)
                 t0 = time.perf_counter()
-                with open(logfile, "w") as fh:
-                    proc = subprocess.run(_child_command(nb, profile, params, executed_dir, notebook_dir), env=env,
-                                          stdout=fh, stderr=subprocess.STDOUT)
+                with lock:
+                    state["running"].add(nb.stem)
+                try:
+                    with open(logfile, "w") as fh:
+                        proc = subprocess.run(_child_command(nb, profile, params, executed_dir, notebook_dir),
+                                              env=env, stdout=fh, stderr=subprocess.STDOUT)
+                finally:
+                    with lock:
+                        state["running"].discard(nb.stem)
                 secs = time.perf_counter() - t0
                 if proc.returncode == 0:
                     timing = NotebookTiming(nb.stem, secs, "ok", threads=threads)
@@ -299,12 +353,54 @@ def _run_chains(chains: list[list[Path]], jobs: int, cores: list[int], profile: 
                 log.info("%s %s in %.0f s", timing.status, nb.stem, secs)
                 with lock:
                     results[nb.stem] = timing
+            with lock:
+                state["chains_left"] -= 1
 
     workers = [threading.Thread(target=slot, args=(k,), daemon=True) for k in range(jobs)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
+
+
+def _help(k: int, cores: list[int], env: dict, profile: str, executed_dir: Path, helpers: dict[str, str],
+          state: dict, lock: threading.Lock, helper_log: list) -> None:
+    """Slot ``k``, out of chains: until every chain has ended, run the helper of each notebook that
+    declares one while that notebook runs (once per notebook), pinned to this slot's ``cores``; the
+    helper is stopped when its notebook ends (what it finished is in the cache)."""
+    while True:
+        with lock:
+            if state["chains_left"] == 0:
+                return
+            target = next((nb for nb in sorted(state["running"]) if nb in helpers and nb not in state["helped"]), None)
+            if target is not None:
+                state["helped"].add(target)
+        if target is None:
+            time.sleep(HELPER_POLL_S)
+            continue
+        logfile = executed_dir / f"{target}.helper.log"
+        log.info("job %d helps %s on cores %s (%s)", k, target, cores, helpers[target])
+        t0 = time.perf_counter()
+        with open(logfile, "w") as fh:
+            helper = subprocess.Popen(_helper_command(helpers[target], profile), env=env, stdout=fh,
+                                      stderr=subprocess.STDOUT)
+            while helper.poll() is None:
+                with lock:
+                    if target not in state["running"]:
+                        break
+                time.sleep(HELPER_POLL_S)
+            status = "finished" if helper.poll() == 0 else "failed" if helper.poll() is not None else "stopped"
+            if helper.poll() is None:
+                helper.terminate()
+                try:
+                    helper.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    helper.kill()
+                    helper.wait()
+        secs = time.perf_counter() - t0
+        log.info("helper of %s %s after %.0f s (log: %s)", target, status, secs, logfile)
+        with lock:
+            helper_log.append({"notebook": target, "cores": list(cores), "seconds": secs, "status": status})
 
 
 # ------------------------------------------------------------------------------------ plan
@@ -349,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan-no-calibration", action="store_true",
                         help="skip the measured steps on this machine (GPU projection only)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one notebook of a --jobs run
+    parser.add_argument("--helper", default=None, help=argparse.SUPPRESS)  # a notebook's helper (module:function)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -361,15 +458,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     params = dict(args.param)
     executed_dir = Path(args.executed_dir or repo_root() / "executed" / args.profile)
-    if args.child and os.environ.get(CORES_VARIABLE) and hasattr(os, "sched_setaffinity"):
+    if (args.child or args.helper) and os.environ.get(CORES_VARIABLE) and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {int(c) for c in os.environ[CORES_VARIABLE].split(",")})
+    if args.helper:
+        run_helper(args.helper, args.profile)
+        return 0
     if args.plan:
         print_plan(args.profile, notebooks, params, args.plan_gpu, not args.plan_no_calibration,
                    executed_dir / "plan.json")
         return 0
     t_start = time.perf_counter()
-    if args.jobs > 1 and len(notebooks) > 1:
-        timings = run_parallel(notebooks, args.profile, params, executed_dir, args.jobs, notebook_dir)
+    helper_log: list[dict] = []
+    if args.jobs > 1 and (len(notebooks) > 1 or notebook_helpers(notebooks, params)):
+        timings = run_parallel(notebooks, args.profile, params, executed_dir, args.jobs, notebook_dir, helper_log)
     else:
         timings = _run_sequential(notebooks, args.profile, params, executed_dir, progress=not args.child)
     wall = time.perf_counter() - t_start
@@ -379,7 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return 1 if failures else 0
     print(timings_table(timings, wall if args.jobs > 1 else None))
-    path = write_timings(executed_dir / "timings.json", args.profile, timings, args.jobs, wall)
+    for h in helper_log:
+        print(f"helper of {h['notebook']} on cores {h['cores']}: {h['seconds']:.0f} s ({h['status']})")
+    path = write_timings(executed_dir / "timings.json", args.profile, timings, args.jobs, wall, helper_log)
     print(f"timings written to {path}")
     return 1 if failures else 0
 

@@ -10,6 +10,7 @@ cached per checkpoint.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,10 +28,13 @@ from stagewise.train import TrainConfig, TrainedRun, train_cached
 __all__ = ["RegressionRunKey", "regression_run", "regression_run_directory", "regression_llc", "regression_hessian", "LanguageRunKey",
            "language_run", "regression_probe_batch", "regression_probes", "language_analysis_steps", "language_llc",
            "language_sgld_model", "regression_outputs", "language_outputs", "ED_NUM_SEQUENCES", "ED_NUM_CONTEXTS",
-           "ED_POSITION_STRIDE", "language_sgld_contexts", "language_offset_drops", "OFFSET_PROBE"]
+           "ED_POSITION_STRIDE", "language_sgld_contexts", "language_offset_drops", "OFFSET_PROBE", "RefinedInputs",
+           "rllc_inputs", "rllc_head_sweeps", "rllc_whole_model_sweep", "rllc_sweep_helper"]
 
 # Behavioural essential dynamics (stagewise.essential_dynamics; [DL] §3.2 eq. 7): the outputs of
 # every checkpoint on one fixed input set, a few thousand numbers per checkpoint
+log = logging.getLogger(__name__)
+
 ED_NUM_SEQUENCES = 256  # regression: ŷ_k of 256 fixed sequences, K = 8 each (2,048 numbers)
 ED_NUM_CONTEXTS = 32  # LM: log p(next token) in 32 fixed validation contexts...
 ED_POSITION_STRIDE = 4  # ...at every 4th position (64 per context at n_ctx 256: 2,048 numbers)
@@ -224,14 +228,19 @@ def _language_key(profile) -> LanguageRunKey:
                           profile.repeat_mix if profile.repeat_mix.fraction else None, profile.curriculum)
 
 
-def language_run(profile, progress: bool = True, device=None) -> TrainedRun:
+def language_run(profile, progress: bool = True, device=None, train_missing: bool = True) -> TrainedRun | None:
     """Train (or load) the ``profile``'s attention-only language model (main paper §5, App. D.1).
-    ``device``: where to train (None: a GPU if one is visible, else the CPU)."""
+    ``device``: where to train (None: a GPU if one is visible, else the CPU). ``train_missing=False``
+    only loads: None unless the run has finished training (a helper process must never train beside
+    the notebook that does)."""
+    from stagewise.cache import artifact_dir
     from stagewise.data.language import LMBatches, load_contexts
     from stagewise.models.language import lm_loss, make_language_model
 
-    contexts = load_contexts(profile.corpus, "train", profile.model.n_ctx)  # int32; LMBatches widens each batch
     key = _language_key(profile)
+    if not train_missing and not (artifact_dir("language_runs", key) / "done.json").exists():
+        return None
+    contexts = load_contexts(profile.corpus, "train", profile.model.n_ctx)  # int32; LMBatches widens each batch
     if profile.train_model == "fast":
         from stagewise.models.language_fast import lm_fast_train_loss, make_trainable_fast_language_model
 
@@ -397,6 +406,122 @@ def language_sgld_model(profile):
         return partial(make_fast_language_model, profile.model), loss
     loss = lm_forward_loss if profile.sgld_stride == 1 else partial(lm_forward_loss_subsampled, stride=profile.sgld_stride)
     return partial(make_language_model, profile.model), loss
+
+
+# --------------------------------------------------------------------------------------------
+# Refined LLCs (notebook 04, [W]): the inputs and sweeps, shared with a helper process
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class RefinedInputs:
+    """What notebook 04's LLC sweeps run on: the analysed ``steps`` of the language run and their
+    ``checkpoints`` [(step, path)], the SGLD ``data`` sets {'train': ..., domain: ...} (each a
+    1-tuple of contexts), the LM's SGLD ``model_fn`` and ``loss``, and the ``head_domains`` whose
+    per-head wdrLLC is computed."""
+
+    steps: np.ndarray
+    checkpoints: list
+    data: dict
+    model_fn: object
+    loss: object
+    head_domains: tuple
+
+
+def rllc_inputs(cfg, progress: bool = True, train_missing: bool = True) -> RefinedInputs | None:
+    """The inputs of the refined-LLC sweeps of ``cfg`` (a :class:`~stagewise.profiles.rllc.RefinedLLCProfile`):
+    ``cfg.num_checkpoints`` of the language run's analysis checkpoints (initialisation excluded), even
+    in log(step); the training distribution's held-out SGLD contexts and each of ``cfg.domains``
+    (loaded offline, :func:`stagewise.data.domains.load_domain_contexts`). ``train_missing=False``:
+    None while the language model has not finished training (:func:`language_run`)."""
+    from stagewise.data.domains import load_domain_contexts
+    from stagewise.profiles import get_profile
+    from stagewise.train import analysis_steps
+
+    lm = get_profile("language", cfg.language)
+    run = language_run(lm, progress=progress, train_missing=train_missing)
+    if run is None:
+        return None
+    steps = analysis_steps(language_analysis_steps(lm, run)[1:], cfg.num_checkpoints)
+    data = {"train": (language_sgld_contexts(lm),)}
+    for name, domain in zip(cfg.domain_names, cfg.domains):
+        data[name] = (load_domain_contexts(domain, lm.model.n_ctx).long(),)
+    model_fn, loss = language_sgld_model(lm)
+    head_domains = tuple(cfg.head_domains if cfg.head_domains is not None else cfg.domain_names)
+    return RefinedInputs(steps, [(int(s), run.checkpoint_path(s)) for s in steps], data, model_fn, loss, head_domains)
+
+
+def _maybe_reversed(items, reverse: bool) -> list:
+    return list(items)[::-1] if reverse else list(items)
+
+
+def rllc_head_sweeps(cfg, inputs: RefinedInputs, executor="serial", reverse: bool = False, progress: bool = True):
+    """(wr, wdr): the per-head wrLLC on the training data (``cfg.sgld``) and wdrLLC on each head
+    domain (nβ = ``cfg.data_refined_nbeta``) at every checkpoint (:func:`stagewise.refined.head_llc_sweep`,
+    each estimate cached). ``reverse``: the same estimates in the opposite order (domains first,
+    last head and checkpoint first), as a second process sharing the sweep runs them
+    (:func:`rllc_sweep_helper`); the frames are the same up to row order."""
+    import dataclasses
+
+    from stagewise.profiles import get_profile
+    from stagewise.refined import head_labels, head_llc_sweep
+
+    lm = get_profile("language", cfg.language)
+    heads = list(cfg.heads) if cfg.heads else head_labels(lm.model.n_layers, lm.model.n_heads)
+    common = dict(heads=_maybe_reversed(heads, reverse), compute_dtype=lm.sgld_dtype, executor=executor,
+                  progress=progress)
+    checkpoints = _maybe_reversed(inputs.checkpoints, reverse)
+    dr_cfg = dataclasses.replace(cfg.sgld, nbeta=cfg.data_refined_nbeta)
+    domains = {k: inputs.data[k] for k in _maybe_reversed(inputs.head_domains, reverse)}
+
+    def train():
+        return head_llc_sweep(checkpoints, inputs.model_fn, inputs.loss, {"train": inputs.data["train"]}, cfg.sgld,
+                              **common)
+
+    def other():
+        return head_llc_sweep(checkpoints, inputs.model_fn, inputs.loss, domains, dr_cfg, **common)
+
+    if reverse:
+        wdr = other()
+        return train(), wdr
+    wr = train()
+    return wr, other()
+
+
+def rllc_whole_model_sweep(cfg, inputs: RefinedInputs, executor="serial", reverse: bool = False,
+                           progress: bool = True):
+    """The whole-model (dr)LLC on every data set at every checkpoint, with the language profile's
+    own SGLD settings (:func:`stagewise.refined.data_llc_sweep`; [W] Fig. 12). ``reverse`` as in
+    :func:`rllc_head_sweeps`."""
+    from stagewise.profiles import get_profile
+    from stagewise.refined import data_llc_sweep
+
+    lm = get_profile("language", cfg.language)
+    data = {k: inputs.data[k] for k in _maybe_reversed(inputs.data, reverse)}
+    return data_llc_sweep(_maybe_reversed(inputs.checkpoints, reverse), inputs.model_fn, inputs.loss, data, lm.sgld,
+                          compute_dtype=lm.sgld_dtype, executor=executor, progress=progress)
+
+
+HELPER_POLL_S = 10.0  # how often a helper looks for the language model it waits for
+
+
+def rllc_sweep_helper(profile: str, progress: bool = False) -> None:
+    """Notebook 04's LLC sweeps at ``profile``, in reverse order, for a second core: started beside
+    the notebook (``stagewise-figures --jobs 2``, on a core no other notebook needs), it computes the
+    estimates from the other end and writes each to the cache, where the notebook's serial sweep finds
+    it (:mod:`stagewise.refined` looks in the cache again before each estimate). The notebook's
+    numbers do not depend on which process computed an estimate: the same seed, data and weights.
+    It never trains: while the language model is missing (the notebook training it) it waits."""
+    import time
+
+    from stagewise.profiles import get_profile
+
+    cfg = get_profile("rllc", profile)
+    while (inputs := rllc_inputs(cfg, progress=progress, train_missing=False)) is None:
+        log.info("refined-LLC helper (%s): waiting for the language model to finish training", profile)
+        time.sleep(HELPER_POLL_S)
+    rllc_head_sweeps(cfg, inputs, reverse=True, progress=progress)
+    rllc_whole_model_sweep(cfg, inputs, reverse=True, progress=progress)
 
 
 def _checkpoint_outputs(run: TrainedRun, kind: str, key: dict, fn, progress: bool, desc: str):
