@@ -6,7 +6,8 @@ PROFILE ?= cpu
 ONLY    ?=
 # notebooks run at once by `make figures` (threads per job = cores // JOBS; 04 runs after 01 and 05
 # after 02 in the same job; 03, which spreads its runs over one process per core, runs first on all
-# cores): on 2 cores, 03 on both, then two single-thread jobs (docs/profiles.md)
+# cores): on 2 cores, 03 on both, then two single-thread jobs; a job with nothing left runs the
+# helper a running notebook declares (04: its LLC sweeps from the other end) (docs/profiles.md)
 JOBS    ?= 2
 NBMAKE  := build/nbmake
 

@@ -624,7 +624,8 @@ def _calibration_records(data: dict) -> list[tuple[str, str, str]]:
 def t_sgld_calibration(data: dict) -> str:
     """Per notebook, profile and setting: the profile's SGLD budget, its estimate against the long
     chain's settled value at each calibration checkpoint (ratio; * = flagged unconverged), the
-    usable grid cells, the verdict (±5%), and the share of the notebook's sweep flagged unconverged."""
+    usable grid cells, the verdict (±5%, or ±2 standard errors where the settled value is within 2 of
+    0), and the share of the notebook's sweep flagged unconverged."""
     rows = []
     for profile, nb, path in _calibration_records(data):
         src = f"{profile}/{nb}"
@@ -632,9 +633,15 @@ def t_sgld_calibration(data: dict) -> str:
         ch = rec["chosen"]
         budget = (f"{ch['chains']} × ({ch['burnin']} + {ch['draws']}), ε {_hl(f'{src}:{path}.chosen.epsilon;.2g')}, "
                   f"nβ {_hl(f'{src}:{path}.chosen.nbeta;.3g')}, γ {_hl(f'{src}:{path}.chosen.gamma;.3g')}")
-        ratios = ", ".join(f"{r['label']} {_hl(f'{src}:{path}.long_chain.{i}.step;int')}: "
-                           f"{_hl(f'{src}:{path}.long_chain.{i}.ratio;.3f')}" + ("*" if r["profile_unconverged"] else "")
-                           for i, r in enumerate(rec["long_chain"]))
+        def judged(i: int, r: dict) -> str:
+            at = f"{src}:{path}.long_chain.{i}"
+            if r.get("near_zero"):  # settled within 2 SE of 0: the gap against the noise, not a ratio
+                return (f"{_hl(f'{at}.profile;.2f')} vs {_hl(f'{at}.long_settled;.2f')} ± "
+                        f"{_hl(f'{at}.settled_se;.2f')} (≈ 0)")
+            return _hl(f"{at}.ratio;.3f")
+
+        ratios = ", ".join(f"{r['label']} {_hl(f'{src}:{path}.long_chain.{i}.step;int')}: {judged(i, r)}"
+                           + ("*" if r["profile_unconverged"] else "") for i, r in enumerate(rec["long_chain"]))
         tried = len({(c["epsilon"], c["nbeta"], c["gamma"]) for c in rec["cells"]})
         sweep_path = f"{path}.sweep" if "sweep" in rec else (
             "sgld_calibration.sweep" if "sweep" in data[src]["sgld_calibration"] else None)
@@ -644,7 +651,7 @@ def t_sgld_calibration(data: dict) -> str:
                      f"{len(rec['usable'])} of {tried}", _hl(f"{src}:{path}.adequate"), sweep])
     return _table(["profile", "notebook", "setting", "profile's budget (chains × (burn-in + draws))",
                    "profile / long chain at the calibration checkpoints (* unconverged)", "usable grid cells",
-                   "adequate (±5%)", "sweep's estimates unconverged"], rows)
+                   "adequate (±5%; ±2 SE where ≈ 0)", "sweep's estimates unconverged"], rows)
 
 
 TABLES = {
