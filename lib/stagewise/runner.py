@@ -324,37 +324,39 @@ def _run_chains(chains: list[list[Path]], jobs: int, cores: list[int], profile: 
                 if helpers:
                     _help(k, mine, env, profile, executed_dir, helpers, state, lock, helper_log)
                 return
-            failed = None
-            for nb in chain:
-                if failed is not None:
+            try:
+                failed = None
+                for nb in chain:
+                    if failed is not None:
+                        with lock:
+                            results[nb.stem] = NotebookTiming(nb.stem, 0.0, "not run", f"after {failed} failed", threads)
+                        continue
+                    logfile = executed_dir / f"{nb.stem}.log"
+                    logfile.parent.mkdir(parents=True, exist_ok=True)
+                    log.info("start %s (job %d, cores %s)", nb.stem, k, mine)
+                    t0 = time.perf_counter()
                     with lock:
-                        results[nb.stem] = NotebookTiming(nb.stem, 0.0, "not run", f"after {failed} failed", threads)
-                    continue
-                logfile = executed_dir / f"{nb.stem}.log"
-                logfile.parent.mkdir(parents=True, exist_ok=True)
-                log.info("start %s (job %d, cores %s)", nb.stem, k, mine)
-                t0 = time.perf_counter()
-                with lock:
-                    state["running"].add(nb.stem)
-                try:
-                    with open(logfile, "w") as fh:
-                        proc = subprocess.run(_child_command(nb, profile, params, executed_dir, notebook_dir),
-                                              env=env, stdout=fh, stderr=subprocess.STDOUT)
-                finally:
+                        state["running"].add(nb.stem)
+                    try:
+                        with open(logfile, "w") as fh:
+                            proc = subprocess.run(_child_command(nb, profile, params, executed_dir, notebook_dir),
+                                                  env=env, stdout=fh, stderr=subprocess.STDOUT)
+                    finally:
+                        with lock:
+                            state["running"].discard(nb.stem)
+                    secs = time.perf_counter() - t0
+                    if proc.returncode == 0:
+                        timing = NotebookTiming(nb.stem, secs, "ok", threads=threads)
+                    else:
+                        tail = logfile.read_text(errors="replace").strip().splitlines()[-3:]
+                        timing = NotebookTiming(nb.stem, secs, "failed", " | ".join(tail) + f" (log: {logfile})", threads)
+                        failed = nb.stem
+                    log.info("%s %s in %.0f s", timing.status, nb.stem, secs)
                     with lock:
-                        state["running"].discard(nb.stem)
-                secs = time.perf_counter() - t0
-                if proc.returncode == 0:
-                    timing = NotebookTiming(nb.stem, secs, "ok", threads=threads)
-                else:
-                    tail = logfile.read_text(errors="replace").strip().splitlines()[-3:]
-                    timing = NotebookTiming(nb.stem, secs, "failed", " | ".join(tail) + f" (log: {logfile})", threads)
-                    failed = nb.stem
-                log.info("%s %s in %.0f s", timing.status, nb.stem, secs)
+                        results[nb.stem] = timing
+            finally:  # a chain that raised has ended too: helpers must not wait for it
                 with lock:
-                    results[nb.stem] = timing
-            with lock:
-                state["chains_left"] -= 1
+                    state["chains_left"] -= 1
 
     workers = [threading.Thread(target=slot, args=(k,), daemon=True) for k in range(jobs)]
     for w in workers:
