@@ -798,9 +798,10 @@ VERDICTS = [
      "results/03_transient_ridge"),
     ("[W]: per-head refined LLCs differentiate; drLLC ordered by domain; induction heads separate first in layer 1",
      "**partly**: heads differentiate by layer, whole-model drLLC train > German > code (both profiles); at `long` "
-     "whether the induction heads form a cluster of their own is undecided: layer 1's clusters are within the "
-     "chains' noise at the per-head budget, which reads "
-     "{hl}`long/04:sgld_calibration.wrllc.long_chain.2.ratio;pct` of a 200-draw chain at the last checkpoint",
+     "layer 1's heads differentiate late (CV {hl}`long/04:wrllc_cv.layer_1.first;.2f` → "
+     "{hl}`long/04:wrllc_cv.layer_1.last;.2f`), but the induction heads are not in a cluster of their own and "
+     "layer 1's clusters are not reproduced chain by chain (ARI {hl}`long/04:clustering.layer_1.chain_split.agreement;.2f`): "
+     "the chains' noise at the first checkpoints decides them, so the finding is undecided at this budget",
      "results/04_rllc_heads"),
 ]
 
