@@ -31,10 +31,10 @@ __all__ = ["RegressionRunKey", "regression_run", "regression_run_directory", "re
            "ED_POSITION_STRIDE", "language_sgld_contexts", "language_offset_drops", "OFFSET_PROBE", "RefinedInputs",
            "rllc_inputs", "rllc_head_sweeps", "rllc_whole_model_sweep", "rllc_sweep_helper"]
 
-# Behavioural essential dynamics (stagewise.essential_dynamics; [DL] §3.2 eq. 7): the outputs of
-# every checkpoint on one fixed input set, a few thousand numbers per checkpoint
 log = logging.getLogger(__name__)
 
+# Behavioural essential dynamics (stagewise.essential_dynamics; [DL] §3.2 eq. 7): the outputs of
+# every checkpoint on one fixed input set, a few thousand numbers per checkpoint
 ED_NUM_SEQUENCES = 256  # regression: ŷ_k of 256 fixed sequences, K = 8 each (2,048 numbers)
 ED_NUM_CONTEXTS = 32  # LM: log p(next token) in 32 fixed validation contexts...
 ED_POSITION_STRIDE = 4  # ...at every 4th position (64 per context at n_ctx 256: 2,048 numbers)
