@@ -288,8 +288,8 @@ class SGLDCalibration:
                          f"errors of 0, too near 0 for a ratio ({near}), the estimate must lie within as many of it")
         good = int((self.cells.query("is_profile")["class"] == "good").sum())
         return (f"{self.setting}: the profile's budget ({budget} steps, ε = {cfg.epsilon:g}, nβ = {self.nbeta:.3g}, "
-                f"γ = {cfg.gamma:.3g}) is {verdict}: {'; '.join(parts)} (worst at step {int(worst['step'])}, "
-                f"{worst['label']}), and {good} of {len(t)} short-chain cells at its setting are good.")
+                f"γ = {cfg.gamma:.3g}) is {verdict}: {'; '.join(parts)}; worst at step {int(worst['step'])} "
+                f"({worst['label']}), and {good} of {len(t)} short-chain cells at its setting are good.")
 
     def to_record(self, sweep: LLCSweep | None = None) -> dict:
         """The headline JSON's ``sgld_calibration``: settings tried, the chosen one, the convergence
