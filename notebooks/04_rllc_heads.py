@@ -57,7 +57,7 @@ from stagewise.probes.language import (bigram_distribution, classify_heads, comp
                                        icl_tokens, lm_probe_checkpoints, lm_probe_config)
 from stagewise.profiles import default_profile, get_profile
 from stagewise.refined import head_labels
-from stagewise.runs import language_run, rllc_head_sweeps, rllc_inputs, rllc_whole_model_sweep
+from stagewise.runs import rllc_head_sweeps, rllc_inputs, rllc_whole_model_sweep
 
 # `stagewise-figures --jobs 2` may run this notebook's LLC sweeps from the other end on an idle core
 # (shared through the cache; the numbers do not depend on it):
@@ -88,9 +88,8 @@ def stamp(fig):
 
 # %%
 inputs = rllc_inputs(cfg)  # notebook 01's trained model (trained here if missing), checkpoints, data sets
-steps, checkpoints, data = inputs.steps, inputs.checkpoints, inputs.data
+run, steps, checkpoints, data = inputs.run, inputs.steps, inputs.checkpoints, inputs.data
 model_fn, loss = inputs.model_fn, inputs.loss  # the LM profile's LLC fast path (plain-torch twin, strided loss)
-run = language_run(lm)  # the same run, for its checkpoints' HookedTransformers (probes)
 n_ctx = lm.model.n_ctx
 print(f"checkpoints: {steps.tolist()}")
 print({k: tuple(v[0].shape) for k, v in data.items()})

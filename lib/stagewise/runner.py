@@ -391,8 +391,9 @@ def _help(k: int, cores: list[int], env: dict, profile: str, executed_dir: Path,
                     if target not in state["running"]:
                         break
                 time.sleep(HELPER_POLL_S)
-            status = "finished" if helper.poll() == 0 else "failed" if helper.poll() is not None else "stopped"
-            if helper.poll() is None:
+            rc = helper.poll()
+            status = "stopped" if rc is None else "finished" if rc == 0 else "failed"
+            if rc is None:
                 helper.terminate()
                 try:
                     helper.wait(timeout=30)

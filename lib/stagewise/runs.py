@@ -415,17 +415,21 @@ def language_sgld_model(profile):
 
 @dataclass(frozen=True, eq=False)
 class RefinedInputs:
-    """What notebook 04's LLC sweeps run on: the analysed ``steps`` of the language run and their
-    ``checkpoints`` [(step, path)], the SGLD ``data`` sets {'train': ..., domain: ...} (each a
+    """What notebook 04's LLC sweeps run on: the language ``run`` and its analysed ``steps`` (their
+    ``checkpoints`` [(step, path)]), the SGLD ``data`` sets {'train': ..., domain: ...} (each a
     1-tuple of contexts), the LM's SGLD ``model_fn`` and ``loss``, and the ``head_domains`` whose
     per-head wdrLLC is computed."""
 
+    run: TrainedRun
     steps: np.ndarray
-    checkpoints: list
     data: dict
     model_fn: object
     loss: object
     head_domains: tuple
+
+    @property
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        return [(int(s), self.run.checkpoint_path(s)) for s in self.steps]
 
 
 def rllc_inputs(cfg, progress: bool = True, train_missing: bool = True) -> RefinedInputs | None:
@@ -448,7 +452,7 @@ def rllc_inputs(cfg, progress: bool = True, train_missing: bool = True) -> Refin
         data[name] = (load_domain_contexts(domain, lm.model.n_ctx).long(),)
     model_fn, loss = language_sgld_model(lm)
     head_domains = tuple(cfg.head_domains if cfg.head_domains is not None else cfg.domain_names)
-    return RefinedInputs(steps, [(int(s), run.checkpoint_path(s)) for s in steps], data, model_fn, loss, head_domains)
+    return RefinedInputs(run, steps, data, model_fn, loss, head_domains)
 
 
 def _maybe_reversed(items, reverse: bool) -> list:

@@ -30,7 +30,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from stagewise.llc.diagnostics import _mean_noise_variance, draws_from_trace
+from stagewise.llc.diagnostics import draws_from_trace, settled_standard_error
 from stagewise.llc.sampler import LLCResult, SGLDConfig
 from stagewise.llc.sweep import Checkpoint, LLCSweep, estimate_llc_sweep
 
@@ -239,8 +239,7 @@ class SGLDCalibration:
             trace = lg.llc_trace[0]
             d = draws_from_trace(lg.llc_trace)[0]
             settled = float(d[len(d) // 2:].mean())
-            n_half = len(d) - len(d) // 2
-            se = float(np.sqrt(_mean_noise_variance(d[None, :]) / n_half)) if n_half > 0 else float("nan")
+            se = settled_standard_error(d)
             near_zero = bool(np.isfinite(se) and abs(settled) <= ADEQUATE_SIGMAS * se)
             allowed = ADEQUATE_SIGMAS * se if near_zero else ADEQUATE_TOLERANCE * abs(settled)
             rows.append({"label": label, "step": step, "profile": p.llc_mean,

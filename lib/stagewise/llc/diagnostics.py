@@ -30,7 +30,7 @@ import numpy as np
 from scipy import stats
 
 __all__ = ["FLAGS", "ESTIMATE_FLAGS", "chain_diagnostics", "estimate_convergence", "split_rhat", "draws_from_trace",
-           "synthetic_llc_trace"]
+           "settled_standard_error", "synthetic_llc_trace"]
 
 FLAGS = ("nan", "divergence", "not_converged", "escape")
 # per estimate (all chains together), in LLCResult.convergence, not in the per-chain diagnostics
@@ -164,6 +164,16 @@ def _mean_noise_variance(d: np.ndarray) -> float:
     acov = np.fft.irfft(f * np.conj(f), axis=1)[:, :n].sum(axis=0)
     tau = _ips_from_acf(acov / acov[0]) if acov[0] > 0 else 1.0
     return float(resid_m.var(ddof=2)) * tau
+
+
+def settled_standard_error(draws: np.ndarray) -> float:
+    """Standard error of the mean of the second half of draws d_t [C, T] (the chains' mean draw),
+    with the noise and autocorrelation time estimated as for the drift test; NaN with < 2 draws."""
+    draws = np.atleast_2d(draws)
+    n_half = draws.shape[1] - draws.shape[1] // 2
+    if n_half < 1:
+        return float("nan")
+    return float(np.sqrt(_mean_noise_variance(draws) / n_half))
 
 
 def _ips_from_acf(acf: np.ndarray) -> float:
