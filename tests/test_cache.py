@@ -145,3 +145,31 @@ def test_atomic_writes_get_an_ordinary_files_mode(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.pt").stat().st_mode & 0o777 == 0o644
+
+
+def _write_in_worker(path: str) -> None:
+    from stagewise.cache import atomic_save as save
+
+    save({"x": 1}, path)
+
+
+def test_writes_under_the_cache_are_counted_per_run_including_worker_processes(tmp_cache, tmp_path, monkeypatch):
+    import multiprocessing
+
+    from stagewise.cache import RUN_ENV_VAR, artifacts_written, new_run
+
+    monkeypatch.setenv(RUN_ENV_VAR, "test-run-a")
+    assert artifacts_written() == 0
+    atomic_save({"x": 1}, artifact_dir("kind", {"a": 1}) / "value.pt")
+    atomic_save({"x": 1}, tmp_path / "elsewhere.pt")  # not under the cache: not an artifact
+    assert artifacts_written() == 1
+    # a spawned worker inherits the token: its artifact counts for this run
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_write_in_worker, args=(str(artifact_dir("kind", {"a": 2}) / "value.pt"),))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert artifacts_written() == 2
+    token = new_run()  # a new run starts from zero; the old one's count is kept under its token
+    assert token != "test-run-a" and artifacts_written() == 0
+    assert artifacts_written("test-run-a") == 2

@@ -20,17 +20,56 @@ def test_values_become_plain_json_and_bad_keys_are_named():
         to_json_value({"x": object()})
 
 
-def test_write_is_atomic_json_beside_the_figures(tmp_path):
+@pytest.fixture
+def fresh_run(tmp_cache, monkeypatch):
+    """An empty cache and a run that has written nothing to it yet."""
+    from stagewise.cache import RUN_ENV_VAR
+
+    monkeypatch.setenv(RUN_ENV_VAR, "headline-test-run")
+    return tmp_cache
+
+
+def test_write_is_atomic_json_beside_the_figures(tmp_path, fresh_run):
     path = write_headline("02_regression_stages", "long", {"llc_max": np.float64(3.0), "missing": math.inf},
                           wall_time_s=12.5, directory=tmp_path)
     assert path == tmp_path / "02_regression_stages.json"
     data = json.loads(path.read_text())  # strict JSON: no NaN/Infinity tokens
-    assert data == {"notebook": "02_regression_stages", "profile": "long", "wall_time_s": 12.5, "llc_max": 3.0,
-                    "missing": None}
+    assert data == {"notebook": "02_regression_stages", "profile": "long", "wall_time_s": 12.5,
+                    "artifacts_computed": 0, "llc_max": 3.0, "missing": None}
     assert read_headline("02_regression_stages", "long", directory=tmp_path) == data
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError, match="reserved"):
         write_headline("x", "cpu", {"profile": "y"}, 1.0, directory=tmp_path)
+    with pytest.raises(ValueError, match="reserved.*cached_rerun_s"):
+        write_headline("x", "cpu", {"cached_rerun_s": 1.0}, 1.0, directory=tmp_path)
+
+
+def test_a_rerun_served_from_the_cache_keeps_the_measured_seconds(tmp_path, fresh_run, monkeypatch):
+    from stagewise.cache import RUN_ENV_VAR, artifact_dir, atomic_save
+
+    def write(wall, profile="cpu"):
+        timings = {"training": wall / 2, "total": wall}
+        path = write_headline("02_x", profile, {"llc_max": 3.0, "timings_s": timings}, wall, directory=tmp_path)
+        return json.loads(path.read_text())
+
+    atomic_save(1, artifact_dir("llc", {"step": 1}) / "value.pt")  # this run computed an estimate
+    first = write(300.0)
+    assert (first["wall_time_s"], first["artifacts_computed"], first["timings_s"]["total"]) == (300.0, 1, 300.0)
+    assert "cached_rerun_s" not in first
+
+    monkeypatch.setenv(RUN_ENV_VAR, "rerun-from-cache")  # loads everything, writes nothing
+    rerun = write(4.0)
+    assert rerun["wall_time_s"] == 300.0 and rerun["timings_s"] == first["timings_s"]
+    assert (rerun["cached_rerun_s"], rerun["artifacts_computed"]) == (4.0, 0)
+    assert write(5.0)["wall_time_s"] == 300.0  # kept over any number of cached reruns
+
+    assert write(6.0, profile="long")["wall_time_s"] == 6.0  # the file's seconds are another profile's: not kept
+
+    monkeypatch.setenv(RUN_ENV_VAR, "recompute")  # a run that computes anything measures itself
+    atomic_save(2, artifact_dir("llc", {"step": 2}) / "value.pt")
+    third = write(120.0, profile="long")
+    assert (third["wall_time_s"], third["artifacts_computed"], third["timings_s"]["total"]) == (120.0, 1, 120.0)
+    assert "cached_rerun_s" not in third
 
 
 def test_stage_headline_reports_boundaries_directions_and_llc_there():

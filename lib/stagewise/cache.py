@@ -11,6 +11,14 @@ from a checkout (ignored by git), else ``~/.cache/stagewise``.
 Every write goes through :func:`atomic_save` / :func:`atomic_write_text`: the data is written to a
 temporary file in the same directory, flushed to disk, then renamed over the target, so a killed
 run never leaves a half-written file under a real name.
+
+Every write under the cache is also counted for the current *run* (:func:`artifacts_written`): a
+process tree that shares the ``STAGEWISE_RUN_TOKEN`` environment variable (a notebook's kernel and
+the worker processes it starts) appends one line per artifact to ``<cache_dir>/.runs/<token>``.
+``stagewise-figures`` gives each notebook a fresh token (:func:`new_run`); a kernel opened by hand gets
+one when it first imports this module. The headline writer uses the count to tell a run that
+computed something from a rerun served entirely from the cache, whose seconds say nothing about
+the computation (:func:`stagewise.headline.write_headline`).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,9 +48,13 @@ __all__ = [
     "load_artifact",
     "cached_value",
     "tensor_digest",
+    "new_run",
+    "run_token",
+    "artifacts_written",
 ]
 
 ENV_VAR = "STAGEWISE_CACHE"
+RUN_ENV_VAR = "STAGEWISE_RUN_TOKEN"
 
 # Field metadata for options added to a config after runs were cached under it:
 # ``x: int = field(default=0, metadata=HASH_OMIT_DEFAULT)`` leaves ``x`` out of config_to_dict (so
@@ -138,6 +151,52 @@ def artifact_dir(kind: str, config: Any, root: Path | None = None) -> Path:
     return path
 
 
+def new_run() -> str:
+    """Start a new run: a fresh token in ``os.environ`` (inherited by processes started afterwards)."""
+    token = f"{os.getpid()}-{time.time_ns()}"
+    os.environ[RUN_ENV_VAR] = token
+    return token
+
+
+def run_token() -> str:
+    """This process tree's run token (a new one if none was inherited)."""
+    token = os.environ.get(RUN_ENV_VAR, "")
+    if not token or not all(c.isalnum() or c in "-_" for c in token):
+        token = new_run()
+    return token
+
+
+def _runs_log(token: str | None = None) -> Path:
+    return cache_dir() / ".runs" / (token or run_token())
+
+
+def artifacts_written(token: str | None = None) -> int:
+    """How many artifacts the run ``token`` (default: this process tree's) wrote under the cache."""
+    try:
+        with open(_runs_log(token), "rb") as fh:
+            return sum(1 for _ in fh)
+    except FileNotFoundError:
+        return 0
+
+
+def _record_write(path: Path) -> None:
+    try:
+        root = cache_dir().resolve()
+        rel = path.resolve().relative_to(root)
+    except ValueError:  # not under the cache (figures, headline JSON, shipped runs)
+        return
+    if (rel.parts and rel.parts[0] == ".runs") or rel.name == "config.json":
+        return  # the run log itself; an artifact's config (written on lookup too) is not a result
+    log = _runs_log()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    # One short O_APPEND write per artifact: lines from concurrent workers do not interleave.
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        os.write(fd, (str(rel) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -161,6 +220,7 @@ def _atomic_replace(path: Path, write) -> None:
         except FileNotFoundError:
             pass
         raise
+    _record_write(path)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -205,3 +265,6 @@ def cached_value(kind: str, key: Any, compute: Callable[[], Any], root: Path | N
     value = compute()
     atomic_save(value, path)
     return value
+
+
+run_token()  # before any worker process starts, so that the workers inherit it

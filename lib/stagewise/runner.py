@@ -112,6 +112,9 @@ def run_notebook(path: Path, profile: str, parameters: dict | None = None,
     nbformat.write(nb, source_nb)
     out = executed_dir / f"{path.stem}.ipynb"
     params = {"profile": profile, **(parameters or {})}
+    from stagewise.cache import new_run
+
+    new_run()  # the kernel and its workers count their cache writes apart from other notebooks'
     try:
         pm.execute_notebook(str(source_nb), str(out), parameters=params, kernel_name=kernel_name, language="python",
                             cwd=str(path.parent), progress_bar=False, log_output=False)
