@@ -49,18 +49,15 @@ import pandas as pd
 
 from stagewise.cluster import sweep_executor
 from stagewise.clustering import cluster_table, curve_matrix
-from stagewise.data.language import load_contexts, load_token_stream
 from stagewise.plotting import apply_style, plot_over_training, save_figure, stamp_setting
-from stagewise.probes.ablation import (cached_per_head_icl_scores, cached_tokens_in_context, classify_tokens_in_context,
-                                       pattern_fractions, vocabulary_strings)
-from stagewise.probes.language import (bigram_distribution, classify_heads, composition_at, head_scores_at,
-                                       icl_tokens, lm_probe_checkpoints, lm_probe_config)
+from stagewise.probes.ablation import classify_tokens_in_context, pattern_fractions, vocabulary_strings
+from stagewise.probes.language import classify_heads, composition_at, head_scores_at
 from stagewise.profiles import default_profile, get_profile
-from stagewise.refined import head_labels
-from stagewise.runs import rllc_head_sweeps, rllc_inputs, rllc_whole_model_sweep
+from stagewise.runs import (rllc_ablation_inputs, rllc_head_sweeps, rllc_icl_scores, rllc_inputs, rllc_probe_table,
+                            rllc_tokens_in_context, rllc_whole_model_sweep)
 
-# `stagewise-figures --jobs 2` may run this notebook's LLC sweeps from the other end on an idle core
-# (shared through the cache; the numbers do not depend on it):
+# `stagewise-figures --jobs 2` may run this notebook's ablation scores and LLC sweeps from the other
+# end on an idle core (shared through the cache; the numbers do not depend on it):
 # stagewise-helper: stagewise.runs:rllc_sweep_helper
 
 notebook_start = time.perf_counter()
@@ -90,7 +87,6 @@ def stamp(fig):
 inputs = rllc_inputs(cfg)  # notebook 01's trained model (trained here if missing), checkpoints, data sets
 run, steps, checkpoints, data = inputs.run, inputs.steps, inputs.checkpoints, inputs.data
 model_fn, loss = inputs.model_fn, inputs.loss  # the LM profile's LLC fast path (plain-torch twin, strided loss)
-n_ctx = lm.model.n_ctx
 print(f"checkpoints: {steps.tolist()}")
 print({k: tuple(v[0].shape) for k, v in data.items()})
 
@@ -100,14 +96,12 @@ print({k: tuple(v[0].shape) for k, v in data.items()})
 # prefix-matching score on repeated random sequences; thresholds in `stagewise.probes.language_structure`).
 
 # %%
-val = load_contexts(lm.corpus, "validation", n_ctx).long()
-bigrams = bigram_distribution(load_token_stream(lm.corpus, "train"), lm.model.d_vocab)
-probe_table = lm_probe_checkpoints(run.load_model, steps, val, bigrams, lm_probe_config(lm.name))
-final = int(steps[-1])
+val, probe_table = rllc_probe_table(cfg, inputs)  # notebook 01's probe rows, from the cache
+ablation = rllc_ablation_inputs(cfg, inputs, val, probe_table)  # what the ablation sections read
+final, labels = ablation.final, ablation.labels
 scores = head_scores_at(probe_table, final)
 classes = classify_heads(scores)
 display(pd.concat([scores, classes], axis=1).round(3))
-labels = head_labels(lm.model.n_layers, lm.model.n_heads)
 CLASS_COLORS = {"previous-token": "tab:green", "current-token": "tab:orange", "induction": "tab:red",
                 "multigram": "tab:blue"}
 
@@ -215,16 +209,8 @@ plt.show()
 # paper's induction heads 1:6 and 1:7 where they exist).
 
 # %%
-layer1 = scores[scores.index.str.startswith("1:")] if lm.model.n_layers > 1 else scores.iloc[:0]
-pair = list(layer1.sort_values("prefix_matching", ascending=False).index[:2])
-k1, k2 = icl_tokens(n_ctx)
-ablation_ref = load_contexts(lm.corpus, "train", n_ctx)[: cfg.ablation_contexts].long()
-icl_eval = val[: min(len(val), 256)]
-rows = []
-for s in steps:
-    model = run.load_model(int(s))
-    rows.append({"step": int(s), **cached_per_head_icl_scores(model, icl_eval, k1, k2, pair, reference=ablation_ref)})
-icl_frame = pd.DataFrame(rows).set_index("step")
+pair, k1, k2 = ablation.pair, ablation.k1, ablation.k2
+icl_frame = rllc_icl_scores(inputs, ablation)  # cached per checkpoint (the helper may have computed them)
 fig, ax = plt.subplots(figsize=(6, 3.2))
 plot_over_training(ax, icl_frame.index, {f"{c} alone (others ablated)" if ":" in c else c: icl_frame[c] for c in icl_frame},
                    ylabel=f"ICL score (loss at {k2} − at {k1}, nats)", marker="o", ms=2.5)
@@ -242,11 +228,9 @@ icl_frame.round(3)
 # span recurs), or unexplained.
 
 # %%
-model = run.load_model(final)
 vocab = vocabulary_strings()
-tic_tokens = val[: min(len(val), cfg.ablation_contexts)]
-tic = cached_tokens_in_context(model, tic_tokens, labels, top_k=cfg.tokens_in_context, reference=ablation_ref)
-patterns = classify_tokens_in_context(tic, tic_tokens, vocab)
+tic = rllc_tokens_in_context(cfg, inputs, ablation)
+patterns = classify_tokens_in_context(tic, ablation.tic_tokens, vocab)
 fractions = pattern_fractions(tic, patterns)
 fractions["head class (probes)"] = classes
 display(fractions.round(3))

@@ -102,8 +102,9 @@ def test_language_run_with_analogue_data_trains_the_curriculum_then_the_mix(tmp_
 def test_rllc_sweep_helper_never_trains_and_computes_the_notebooks_estimates_from_the_other_end(tmp_cache,
                                                                                                 monkeypatch):
     """The helper beside notebook 04 waits for the language model (never trains it), then computes
-    the notebook's per-head and whole-model estimates in reverse order: afterwards the notebook's own
-    sweeps (forward) find every estimate in the cache and recompute none."""
+    the notebook's ablation scores and its per-head and whole-model estimates in reverse order:
+    afterwards the notebook's own sweeps (forward) and ablation sections find every estimate and
+    score in the cache and recompute none."""
     import dataclasses
 
     import stagewise.llc.sweep as sw
@@ -148,3 +149,18 @@ def test_rllc_sweep_helper_never_trains_and_computes_the_notebooks_estimates_fro
     wr_back, wdr_back = runs.rllc_head_sweeps(cfg, inputs, reverse=True, progress=False)
     pd.testing.assert_frame_equal(tidy(wr_back), tidy(wr))
     pd.testing.assert_frame_equal(tidy(wdr_back), tidy(wdr))
+
+    import stagewise.probes.ablation as ablation_probes
+    import stagewise.probes.language as language_probes
+
+    for module, name in ((language_probes, "lm_probe_row"), (ablation_probes, "per_head_icl_scores"),
+                         (ablation_probes, "tokens_in_context")):
+        monkeypatch.setattr(module, name, lambda *a, _name=name, **k: pytest.fail(f"recomputed {_name}"))
+    val, table = runs.rllc_probe_table(cfg, inputs, progress=False)
+    ablation = runs.rllc_ablation_inputs(cfg, inputs, val, table)
+    assert len(ablation.pair) == 2 and all(h.startswith("1:") for h in ablation.pair)
+    assert ablation.final == int(inputs.steps[-1]) and ablation.k1 < ablation.k2
+    icl = runs.rllc_icl_scores(inputs, ablation)
+    assert list(icl.index) == sorted(int(s) for s in inputs.steps) and set(ablation.pair) <= set(icl.columns)
+    tic = runs.rllc_tokens_in_context(cfg, inputs, ablation)
+    assert len(tic) > 0

@@ -29,7 +29,8 @@ __all__ = ["RegressionRunKey", "regression_run", "regression_run_directory", "re
            "language_run", "regression_probe_batch", "regression_probes", "language_analysis_steps", "language_llc",
            "language_sgld_model", "regression_outputs", "language_outputs", "ED_NUM_SEQUENCES", "ED_NUM_CONTEXTS",
            "ED_POSITION_STRIDE", "language_sgld_contexts", "language_offset_drops", "OFFSET_PROBE", "RefinedInputs",
-           "rllc_inputs", "rllc_head_sweeps", "rllc_whole_model_sweep", "rllc_sweep_helper"]
+           "rllc_inputs", "rllc_head_sweeps", "rllc_whole_model_sweep", "rllc_sweep_helper", "rllc_probe_table",
+           "AblationInputs", "rllc_ablation_inputs", "rllc_icl_scores", "rllc_tokens_in_context"]
 
 log = logging.getLogger(__name__)
 
@@ -506,6 +507,85 @@ def rllc_whole_model_sweep(cfg, inputs: RefinedInputs, executor="serial", revers
                           compute_dtype=lm.sgld_dtype, executor=executor, progress=progress)
 
 
+def rllc_probe_table(cfg, inputs: RefinedInputs, progress: bool = True):
+    """(validation contexts, probe table): notebook 01's probes (:func:`stagewise.probes.language.lm_probe_checkpoints`,
+    rows cached per checkpoint, so notebook 01's are loaded) at the refined-LLC checkpoints."""
+    from stagewise.data.language import load_contexts, load_token_stream
+    from stagewise.probes.language import bigram_distribution, lm_probe_checkpoints, lm_probe_config
+    from stagewise.profiles import get_profile
+
+    lm = get_profile("language", cfg.language)
+    val = load_contexts(lm.corpus, "validation", lm.model.n_ctx).long()
+    bigrams = bigram_distribution(load_token_stream(lm.corpus, "train"), lm.model.d_vocab)
+    table = lm_probe_checkpoints(inputs.run.load_model, inputs.steps, val, bigrams, lm_probe_config(lm.name),
+                                 progress=progress)
+    return val, table
+
+
+@dataclass(frozen=True)
+class AblationInputs:
+    """What notebook 04's mean-ablation sections read ([W] Fig. 10, App. B): the ``pair`` of layer-1
+    heads whose ICL score is taken alone (the two with the highest prefix-matching score at the final
+    checkpoint), the ICL score's token positions ``k1`` < ``k2``, the ``reference`` contexts whose
+    head outputs are the ablation means (training data), the validation contexts ``icl_tokens`` and
+    ``tic_tokens`` the scores are taken on, every head's ``labels`` and the ``final`` step."""
+
+    pair: list
+    k1: int
+    k2: int
+    reference: object
+    icl_tokens: object
+    tic_tokens: object
+    labels: list
+    final: int
+
+
+def rllc_ablation_inputs(cfg, inputs: RefinedInputs, val, probe_table) -> AblationInputs:
+    """The :class:`AblationInputs` of ``cfg`` from the validation contexts and probe table of
+    :func:`rllc_probe_table`."""
+    from stagewise.data.language import load_contexts
+    from stagewise.probes.language import head_scores_at, icl_tokens
+    from stagewise.profiles import get_profile
+    from stagewise.refined import head_labels
+
+    lm = get_profile("language", cfg.language)
+    final = int(inputs.steps[-1])
+    scores = head_scores_at(probe_table, final)
+    layer1 = scores[scores.index.str.startswith("1:")] if lm.model.n_layers > 1 else scores.iloc[:0]
+    pair = list(layer1.sort_values("prefix_matching", ascending=False).index[:2])
+    k1, k2 = icl_tokens(lm.model.n_ctx)
+    reference = load_contexts(lm.corpus, "train", lm.model.n_ctx)[: cfg.ablation_contexts].long()
+    return AblationInputs(pair=pair, k1=int(k1), k2=int(k2), reference=reference, icl_tokens=val[: min(len(val), 256)],
+                          tic_tokens=val[: min(len(val), cfg.ablation_contexts)],
+                          labels=head_labels(lm.model.n_layers, lm.model.n_heads), final=final)
+
+
+def rllc_icl_scores(inputs: RefinedInputs, ablation: AblationInputs, reverse: bool = False):
+    """The ICL score of the model and of each head of ``ablation.pair`` with the other mean-ablated,
+    at every checkpoint (:func:`stagewise.probes.ablation.cached_per_head_icl_scores`, cached): a
+    frame indexed by step (ascending whatever ``reverse``, which only sets the order of computing)."""
+    import pandas as pd
+
+    from stagewise.probes.ablation import cached_per_head_icl_scores
+
+    rows = []
+    for s in _maybe_reversed(inputs.steps, reverse):
+        model = inputs.run.load_model(int(s))
+        rows.append({"step": int(s), **cached_per_head_icl_scores(model, ablation.icl_tokens, ablation.k1, ablation.k2,
+                                                                  ablation.pair, reference=ablation.reference)})
+    return pd.DataFrame(rows).set_index("step").sort_index()
+
+
+def rllc_tokens_in_context(cfg, inputs: RefinedInputs, ablation: AblationInputs):
+    """For every head, the ``cfg.tokens_in_context`` tokens whose loss rises most under its mean
+    ablation at the final checkpoint (:func:`stagewise.probes.ablation.cached_tokens_in_context`, cached)."""
+    from stagewise.probes.ablation import cached_tokens_in_context
+
+    model = inputs.run.load_model(ablation.final)
+    return cached_tokens_in_context(model, ablation.tic_tokens, ablation.labels, top_k=cfg.tokens_in_context,
+                                    reference=ablation.reference)
+
+
 HELPER_POLL_S = 10.0  # how often a helper looks for the language model it waits for
 
 
@@ -515,7 +595,10 @@ def rllc_sweep_helper(profile: str, progress: bool = False) -> None:
     estimates from the other end and writes each to the cache, where the notebook's serial sweep finds
     it (:mod:`stagewise.refined` looks in the cache again before each estimate). The notebook's
     numbers do not depend on which process computed an estimate: the same seed, data and weights.
-    It never trains: while the language model is missing (the notebook training it) it waits."""
+    It never trains: while the language model is missing (the notebook training it) it waits.
+
+    It starts with the mean-ablation scores (the ICL score per checkpoint, in reverse, and the tokens
+    in context), which the notebook reaches only after its sweeps, so that they are cached by then."""
     import time
 
     from stagewise.profiles import get_profile
@@ -524,6 +607,10 @@ def rllc_sweep_helper(profile: str, progress: bool = False) -> None:
     while (inputs := rllc_inputs(cfg, progress=progress, train_missing=False)) is None:
         log.info("refined-LLC helper (%s): waiting for the language model to finish training", profile)
         time.sleep(HELPER_POLL_S)
+    val, table = rllc_probe_table(cfg, inputs, progress=progress)
+    ablation = rllc_ablation_inputs(cfg, inputs, val, table)
+    rllc_icl_scores(inputs, ablation, reverse=True)
+    rllc_tokens_in_context(cfg, inputs, ablation)
     rllc_head_sweeps(cfg, inputs, reverse=True, progress=progress)
     rllc_whole_model_sweep(cfg, inputs, reverse=True, progress=progress)
 
