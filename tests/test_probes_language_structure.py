@@ -189,6 +189,35 @@ def test_scores_of_a_random_model_sum_with_the_rest_to_one():
     assert chance == again[2]
 
 
+def test_attention_scores_through_the_twin_equal_transformer_lens_hooks(monkeypatch):
+    """The paper's architecture takes the plain-torch twin's pattern rows at the queries only; every
+    score equals the one read from TransformerLens' ``hook_pattern`` (the path other models take)."""
+    import stagewise.probes.language_structure as S
+    from stagewise.models.language_fast import twin_of
+
+    model = tiny_model(n_ctx=32, seed=5)
+    with torch.no_grad():  # peaked, position-dependent attention instead of near-uniform rows
+        for block in model.blocks:
+            block.attn.W_Q.mul_(30)
+            block.attn.W_K.mul_(30)
+        model.pos_embed.W_pos.mul_(30)
+    assert twin_of(model) is not None
+
+    def scores():
+        return (L.previous_and_current_token_scores(model, 40, lengths=(4, 24), batch_size=16)[:2]
+                + L.prefix_matching_scores(model, 30, length=32, batch_size=8)[:2]
+                + L.induction_scores(model, 12, length=31, batch_size=5)[:1])
+
+    fast = scores()
+    monkeypatch.setattr(S, "twin_of", lambda model: None)  # the TransformerLens hook path
+    hooked = scores()
+    assert max(float(f.std()) for f in fast) > 0.05  # the heads differ: a real comparison
+    for f, h in zip(fast, hooked):
+        torch.testing.assert_close(f, h, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="queries"):
+        twin_of(model).attention_rows(torch.zeros(2, 8, dtype=torch.long), torch.tensor([[8], [0]]))
+
+
 # --- classification ------------------------------------------------------------------------------
 
 

@@ -200,6 +200,35 @@ class FastAttentionOnlyLM(nn.Module):
             x = torch.gather(x, 1, positions[:, :, None].expand(-1, -1, x.shape[-1]))
         return self._logits(x)
 
+    @torch.no_grad()
+    def attention_rows(self, tokens: Tensor, queries: Tensor) -> list[Tensor]:
+        """Every layer's attention pattern at the query positions ``queries`` [B, P] (row b's
+        positions): one [B, n_heads, P, T] tensor per layer, what TransformerLens'
+        ``attn.hook_pattern`` holds at those rows. Each layer's scores are computed at the queries
+        only; the residual stream the next layer reads is the full forward's."""
+        T = self._check_inputs(tokens, queries)
+        if queries is None or queries.dtype not in (torch.int32, torch.int64):
+            raise ValueError("queries must be an integer tensor [batch, P] of positions")
+        if len(queries) and (int(queries.min()) < 0 or int(queries.max()) >= T):
+            raise ValueError(f"queries must lie in [0, {T - 1}] for {T} positions")
+        x = self.embed.W_E[tokens]
+        pos = self.pos_embed.W_pos[:T]
+        B, P = queries.shape
+        allowed = (torch.arange(T, device=tokens.device)[None, None, :] <= queries[:, :, None])[:, None]
+        out = []
+        for i, block in enumerate(self.blocks):
+            attn = block.attn
+            qk_in = block.ln1(x) + pos
+            H, dh = attn.W_Q.shape[0], attn.W_Q.shape[2]
+            q = torch.gather(qk_in, 1, queries[:, :, None].expand(B, P, qk_in.shape[-1])) @ attn._fused(attn.W_Q)
+            q = (q + attn.b_Q.reshape(-1)).view(B, P, H, dh).transpose(1, 2)
+            k = (qk_in @ attn._fused(attn.W_K) + attn.b_K.reshape(-1)).view(B, T, H, dh).transpose(1, 2)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(dh)
+            out.append(scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1))
+            if i < len(self.blocks) - 1:
+                x = block(x, pos, None)
+        return out
+
 
 class HeadChainLM(FastAttentionOnlyLM):
     """:class:`FastAttentionOnlyLM` for SGLD chains that move only some heads of one layer (the

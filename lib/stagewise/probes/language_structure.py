@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from stagewise.models.language_fast import twin_of
 from stagewise.probes.language_behaviour import default_bos_id
 
 __all__ = [
@@ -315,6 +316,13 @@ def _attention_at(model, tokens: Tensor, query: Tensor, keys: dict[str, Tensor])
     """Attention weight of every head from position ``query[i, j]`` to ``keys[name][i, j]`` of
     sequence i (index tensors [N] or [N, m]): name -> the sum over (i, j), [n_layers, n_heads]."""
     n_layers = model.cfg.n_layers
+    twin = twin_of(model)
+    if twin is not None:  # the paper's architecture: pattern rows at the queries only, no hooks
+        q2 = query.reshape(len(tokens), -1).long()
+        patterns = twin.attention_rows(tokens.long(), q2)
+        return {name: torch.stack([p.gather(3, key.reshape(len(tokens), 1, -1, 1).long().expand(-1, p.shape[1], -1, 1))
+                                   .double().sum((0, 2, 3)) for p in patterns])
+                for name, key in keys.items()}
     out = {name: [None] * n_layers for name in keys}
     rows = torch.arange(len(tokens)).view(-1, *([1] * (query.dim() - 1)))
 
