@@ -18,8 +18,8 @@ The Sphinx extension (``docs/_ext/headline.py``) renders each reference as
 span whose text is not what the JSON gives now (a stale page), and on any reference that no longer
 resolves. Tables (``TABLES``) and the verdicts (``VERDICTS``) are markdown with such references.
 
-    python docs/generate.py --readme          # rewrite README.md's verdict block from VERDICTS
-    python docs/generate.py --check-readme    # exit 1 when README.md's block is out of date
+    python docs/generate.py --readme          # rewrite README.md's generated blocks (verdicts, command times)
+    python docs/generate.py --check-readme    # exit 1 when a README.md block is out of date
     python docs/generate.py --check-html build/docs/html
     python docs/generate.py --check-sources   # every reference in docs/**/*.md resolves
 """
@@ -833,25 +833,56 @@ def readme_block(data: dict) -> str:
     return render_plain(verdict_table(data, link_prefix="docs/"), data)
 
 
+# README.md's quick-start table: the `make figures` row from the timed run's record
+# (benchmarks/results/make_figures_cpu_timings.json), the other commands' measured times as text.
+COMMAND_TIMES = [
+    ("`make figures`",
+     "{hl}`bench/make_figures_cpu_timings:wall_seconds_running;h` from an empty cache on both cores "
+     "({hl}`bench/make_figures_cpu_timings:machine`, {hl}`bench/make_figures_cpu_timings:written`; each notebook's "
+     "time on the [profiles page](docs/profiles.md)); {hl}`bench/make_figures_cpu_timings:cached_rerun_wall_seconds;int` s "
+     "with the cache full"),
+    ("`make test`", "≈ 3 min to install in a fresh clone, then ≈ 6–7 min (585 tests and the five notebooks at `smoke`)"),
+    ("`make lab`", "`STAGEWISE_PROFILE=smoke make lab` runs each notebook in 10–35 s"),
+    ("`make docs`", "106 s from scratch (one core shared with other jobs); CI mode: [contributing](docs/contributing.md)"),
+]
+
+
+def times_block(data: dict) -> str:
+    return render_plain(_table(["command", "measured on a 2-core machine, no GPU"], [list(r) for r in COMMAND_TIMES]),
+                        data)
+
+
+# name -> (start marker, end marker, renderer) of each generated block of README.md
+README_BLOCKS = {
+    "verdicts": (README_START, README_END, readme_block),
+    "times": ("<!-- times:start -->", "<!-- times:end -->", times_block),
+}
+
+
 def rewrite_readme(path: Path, data: dict) -> bool:
-    """Replace the block between the verdict markers; True when the file changed."""
-    text = path.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{path}: no {README_START} … {README_END} block")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    new = f"{head}{README_START}\n{readme_block(data)}{README_END}{tail}"
-    if new != text:
-        path.write_text(new)
-    return new != text
+    """Replace each generated block (:data:`README_BLOCKS`); True when the file changed."""
+    text = original = path.read_text()
+    present = [(start, end, render) for start, end, render in README_BLOCKS.values() if start in text and end in text]
+    if not present:
+        raise SystemExit(f"{path}: none of the generated blocks ({', '.join(README_BLOCKS)}) has its markers")
+    for start, end, render in present:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{render(data)}{end}{tail}"
+    if text != original:
+        path.write_text(text)
+    return text != original
 
 
 def readme_in_sync(path: Path, data: dict) -> bool:
     text = path.read_text()
-    if README_START not in text:
-        return True  # no block (yet): nothing to keep in sync
-    block = text.split(README_START, 1)[1].split(README_END, 1)[0]
-    return block.strip() == readme_block(data).strip()
+    for start, end, render in README_BLOCKS.values():
+        if start not in text:
+            continue  # no block (yet): nothing to keep in sync
+        block = text.split(start, 1)[1].split(end, 1)[0]
+        if block.strip() != render(data).strip():
+            return False
+    return True
 
 
 # -------------------------------------------------------------------------------- checks
@@ -917,8 +948,8 @@ def check_links(html_dir: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--readme", action="store_true", help="rewrite README.md's verdict block")
-    parser.add_argument("--check-readme", action="store_true", help="exit 1 when README.md's verdict block is stale")
+    parser.add_argument("--readme", action="store_true", help="rewrite README.md's generated blocks")
+    parser.add_argument("--check-readme", action="store_true", help="exit 1 when a README.md generated block is stale")
     parser.add_argument("--check-html", type=Path, help="check every generated number of a built site")
     parser.add_argument("--check-sources", action="store_true", help="every reference in docs/ resolves")
     parser.add_argument("--print-table", help="print one table (markdown, numbers rendered)")
@@ -927,9 +958,9 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
     if args.readme:
         changed = rewrite_readme(ROOT / "README.md", data)
-        print("README.md verdict block " + ("rewritten" if changed else "already up to date"))
+        print("README.md generated blocks " + ("rewritten" if changed else "already up to date"))
     if args.check_readme and not readme_in_sync(ROOT / "README.md", data):
-        problems.append("README.md: the verdict block differs from `python docs/generate.py --readme`")
+        problems.append("README.md: a generated block differs from `python docs/generate.py --readme`")
     if args.check_sources:
         problems += check_sources(data)
     if args.check_html:

@@ -120,11 +120,19 @@ def test_readme_verdict_block_is_in_sync():
 
 def test_readme_block_rewrite(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{g.README_START}\nold\n{g.README_END}\n\nrest\n")
+    start, end, _ = g.README_BLOCKS["times"]
+    readme.write_text(f"# x\n\n{g.README_START}\nold\n{g.README_END}\n\nmid\n{start}\nold\n{end}\nrest\n")
     assert not g.readme_in_sync(readme, DATA)
     assert g.rewrite_readme(readme, DATA)
-    assert g.readme_in_sync(readme, DATA) and readme.read_text().endswith("rest\n")
-    assert "[02](docs/results/02_regression_stages.md)" in readme.read_text()
+    text = readme.read_text()
+    assert g.readme_in_sync(readme, DATA) and text.endswith("rest\n") and "\nmid\n" in text and "old" not in text
+    assert "[02](docs/results/02_regression_stages.md)" in text
+    # the make figures time is the timed run's, read from its record
+    run = DATA["bench/make_figures_cpu_timings"]
+    assert g.fmt(run["wall_seconds_running"], "h") in text.split(start)[1]
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="markers"):
+        g.rewrite_readme(readme, DATA)
 
 
 def test_docs_point_at_nothing_outside_the_repository():

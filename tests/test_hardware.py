@@ -1,6 +1,8 @@
 """Device and core choices: named errors, affinity-sized pools, batches moved with their structure."""
 
 import os
+import platform
+import sys
 
 import pytest
 import torch
@@ -37,3 +39,47 @@ def test_batches_move_with_their_structure():
     assert isinstance(moved, RegressionBatch) and moved.tokens.shape == (2, 4, 3)
     pair = _to_device((torch.ones(1), [torch.zeros(2)]), torch.device("cpu"))
     assert isinstance(pair, tuple) and isinstance(pair[1], list) and pair[1][0].shape == (2,)
+
+
+def test_malloc_environment_adds_the_settings_unless_set_or_declined():
+    from stagewise.hardware import MALLOC_SETTINGS, malloc_environment
+
+    env = malloc_environment({"PATH": "/bin"})
+    assert env == {"PATH": "/bin", **MALLOC_SETTINGS}
+    assert malloc_environment({"MALLOC_MMAP_MAX_": "7"})["MALLOC_MMAP_MAX_"] == "7"  # the user's own wins
+    assert malloc_environment({"STAGEWISE_MALLOC": "system"}) == {"STAGEWISE_MALLOC": "system"}
+    with pytest.raises(ValueError, match="STAGEWISE_MALLOC.*'tuned' or 'system'.*'fast'"):
+        malloc_environment({"STAGEWISE_MALLOC": "fast"})
+
+
+_FAULTS = """
+import resource, torch
+torch.set_num_threads(1)
+x, w = torch.randn(2048, 256), torch.randn(256, 8192)
+for i in range(12):
+    if i == 8:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    y = (x @ w).log_softmax(-1)  # two 64 MiB tensors per step: above glibc's largest mmap threshold
+    del y
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's allocator only")
+def test_the_settings_stop_glibc_from_faulting_in_each_large_block_again():
+    """The mechanism itself, on the pattern of a training or Hessian step: a step that makes two
+    64 MiB tensors page-faults them in again at every step under the default allocator (16,384
+    pages each), and, once the heap has settled, not at all with freed memory kept."""
+    import subprocess
+
+    from stagewise.hardware import malloc_environment
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def faults(env):
+        out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True)
+        return int(out.stdout.strip())  # over the last four of twelve steps
+
+    assert faults({**base, "STAGEWISE_MALLOC": "system"}) > 4 * 16_000
+    assert faults(malloc_environment(base)) < 1_000

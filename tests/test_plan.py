@@ -96,7 +96,8 @@ def test_trace_matches_measured_peak_rss_of_real_steps():
     # when freed, so the RSS follows the live tensors. With glibc's dynamic threshold, freed blocks
     # were reused or kept by the heap, and the measurement of the same step moved from 0.75x to 1.3x
     # of the trace from run to run.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    # (Without the mmap-off settings make test and stagewise-figures give their processes.)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     for kind, g in got.items():

@@ -107,6 +107,29 @@ def _notebook(path, body):
     path.write_text('# %% tags=["parameters"]\nprofile = None\n\n# %%\n' + body)
 
 
+def test_each_kernel_gets_the_allocator_settings_and_its_own_run_token(tmp_path, monkeypatch):
+    """What a notebook's kernel inherits from stagewise-figures: glibc's allocator settings
+    (stagewise.hardware.MALLOC_SETTINGS, unless the user set their own) and a run token of its own,
+    under which its cache writes are counted apart from another notebook's."""
+    from stagewise.hardware import MALLOC_SETTINGS
+
+    for name in MALLOC_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")  # a user's own value is kept
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    seen = tmp_path / "seen"
+    for name in ("01_a", "02_b"):
+        _notebook(nbs / f"{name}.py", "import json, os\n"
+                  f"open({str(seen / name)!r}, 'w').write(json.dumps({{k: os.environ.get(k) for k in "
+                  "('MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_', 'STAGEWISE_RUN_TOKEN')}))\n")
+    seen.mkdir()
+    assert main(["--profile", "smoke", "--notebooks", str(nbs), "--executed-dir", str(tmp_path / "out")]) == 0
+    a, b = (json.loads((seen / name).read_text()) for name in ("01_a", "02_b"))
+    assert a["MALLOC_MMAP_MAX_"] == MALLOC_SETTINGS["MALLOC_MMAP_MAX_"] and a["MALLOC_TRIM_THRESHOLD_"] == "12345"
+    assert a["STAGEWISE_RUN_TOKEN"] and b["STAGEWISE_RUN_TOKEN"] and a["STAGEWISE_RUN_TOKEN"] != b["STAGEWISE_RUN_TOKEN"]
+
+
 def test_sequential_run_writes_timings_json_and_stops_at_a_failure(tmp_path, capsys):
     nbs = tmp_path / "nbs"
     nbs.mkdir()

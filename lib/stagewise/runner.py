@@ -460,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         notebooks = discover_notebooks(notebook_dir, args.only)
         if args.jobs < 1:
             raise ValueError(f"--jobs must be an integer >= 1, got {args.jobs}")
+        if not args.child and not args.helper:  # every process started from here on keeps its freed memory
+            from stagewise.hardware import malloc_environment
+
+            os.environ.update(malloc_environment())
     except ValueError as exc:
         parser.error(str(exc))
     params = dict(args.param)
