@@ -522,14 +522,11 @@ def t_profiles(data: dict) -> str:
         for prof in ("cpu", "long"):
             wall = lookup(data, f"{prof}/{nb}:wall_time_s")
             cell = _hl(f"{prof}/{nb}:wall_time_s;min")
-            try:
-                computed = lookup(data, f"{prof}/{nb}:artifacts_computed")
-            except KeyError:  # written before the writer counted cache writes
-                computed = None if wall < 120 else 1
-            if not computed:  # nothing computed, and no earlier measured record to keep
+            record = data[f"{prof}/{nb}"]
+            # a rerun that computed nothing and found no measured record to keep, or an old record
+            # (before the writer kept measured times) that a cached rerun wrote
+            if (record.get("artifacts_computed") == 0 and "cached_rerun_s" not in record) or wall < 120:
                 cell += " (a rerun from the cache)"
-            elif prof == "cpu" and nb == "03":
-                cell += " (includes the pause)"
             row.append(cell)
         training = []
         for prof in ("cpu", "long"):
@@ -837,11 +834,12 @@ def readme_block(data: dict) -> str:
 # (benchmarks/results/make_figures_cpu_timings.json), the other commands' measured times as text.
 COMMAND_TIMES = [
     ("`make figures`",
-     "{hl}`bench/make_figures_cpu_timings:wall_seconds_running;h` from an empty cache on both cores "
-     "({hl}`bench/make_figures_cpu_timings:machine`, {hl}`bench/make_figures_cpu_timings:written`; each notebook's "
-     "time on the [profiles page](docs/profiles.md)); {hl}`bench/make_figures_cpu_timings:cached_rerun_wall_seconds;int` s "
-     "with the cache full"),
-    ("`make test`", "≈ 3 min to install in a fresh clone, then ≈ 6–7 min (585 tests and the five notebooks at `smoke`)"),
+     "{hl}`bench/make_figures_cpu_timings:wall_seconds_running;h` from an empty cache on both cores when last timed "
+     "end to end ({hl}`bench/make_figures_cpu_timings:machine`, {hl}`bench/make_figures_cpu_timings:written`), "
+     "before the SGLD calibration sections; what each part costs now, and a projection for a whole run on a Zen 3 "
+     "({hl}`bench/make_figures_cpu_parts_zen3:projection_s;h`, not measured), on the [profiles page](docs/profiles.md); {hl}`bench/make_figures_cpu_cached:wall_seconds;int` s with the cache "
+     "full ({hl}`bench/make_figures_cpu_cached:machine`)"),
+    ("`make test`", "≈ 3 min to install in a fresh clone, then ≈ 6–7 min (591 tests and the five notebooks at `smoke`)"),
     ("`make lab`", "`STAGEWISE_PROFILE=smoke make lab` runs each notebook in 10–35 s"),
     ("`make docs`", "106 s from scratch (one core shared with other jobs); CI mode: [contributing](docs/contributing.md)"),
 ]

@@ -121,15 +121,16 @@ def test_readme_verdict_block_is_in_sync():
 def test_readme_block_rewrite(tmp_path):
     readme = tmp_path / "README.md"
     start, end, _ = g.README_BLOCKS["times"]
-    readme.write_text(f"# x\n\n{g.README_START}\nold\n{g.README_END}\n\nmid\n{start}\nold\n{end}\nrest\n")
+    readme.write_text(f"# x\n\n{g.README_START}\nSTALE\n{g.README_END}\n\nmid\n{start}\nSTALE\n{end}\nrest\n")
     assert not g.readme_in_sync(readme, DATA)
     assert g.rewrite_readme(readme, DATA)
     text = readme.read_text()
-    assert g.readme_in_sync(readme, DATA) and text.endswith("rest\n") and "\nmid\n" in text and "old" not in text
+    assert g.readme_in_sync(readme, DATA) and text.endswith("rest\n") and "\nmid\n" in text and "STALE" not in text
     assert "[02](docs/results/02_regression_stages.md)" in text
     # the make figures time is the timed run's, read from its record
-    run = DATA["bench/make_figures_cpu_timings"]
-    assert g.fmt(run["wall_seconds_running"], "h") in text.split(start)[1]
+    run, cached = DATA["bench/make_figures_cpu_timings"], DATA["bench/make_figures_cpu_cached"]
+    block = text.split(start)[1]
+    assert g.fmt(run["wall_seconds_running"], "h") in block and g.fmt(cached["wall_seconds"], "int") + " s" in block
     readme.write_text("# no markers\n")
     with pytest.raises(SystemExit, match="markers"):
         g.rewrite_readme(readme, DATA)
