@@ -85,7 +85,7 @@ def stamp(fig):
 
 # %%
 inputs = rllc_inputs(cfg)  # notebook 01's trained model (trained here if missing), checkpoints, data sets
-run, steps, checkpoints, data = inputs.run, inputs.steps, inputs.checkpoints, inputs.data
+steps, checkpoints, data = inputs.steps, inputs.checkpoints, inputs.data
 model_fn, loss = inputs.model_fn, inputs.loss  # the LM profile's LLC fast path (plain-torch twin, strided loss)
 print(f"checkpoints: {steps.tolist()}")
 print({k: tuple(v[0].shape) for k, v in data.items()})

@@ -555,8 +555,8 @@ def rllc_ablation_inputs(cfg, inputs: RefinedInputs, val, probe_table) -> Ablati
     pair = list(layer1.sort_values("prefix_matching", ascending=False).index[:2])
     k1, k2 = icl_tokens(lm.model.n_ctx)
     reference = load_contexts(lm.corpus, "train", lm.model.n_ctx)[: cfg.ablation_contexts].long()
-    return AblationInputs(pair=pair, k1=int(k1), k2=int(k2), reference=reference, icl_tokens=val[: min(len(val), 256)],
-                          tic_tokens=val[: min(len(val), cfg.ablation_contexts)],
+    return AblationInputs(pair=pair, k1=int(k1), k2=int(k2), reference=reference, icl_tokens=val[:256],
+                          tic_tokens=val[: cfg.ablation_contexts],
                           labels=head_labels(lm.model.n_layers, lm.model.n_heads), final=final)
 
 

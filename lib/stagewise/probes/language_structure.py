@@ -312,17 +312,18 @@ def offset_repeat_losses(model, num_sequences: int = 256, length: int = 128, seg
 
 
 @torch.no_grad()
-def _attention_at(model, tokens: Tensor, query: Tensor, keys: dict[str, Tensor]) -> dict[str, Tensor]:
+def _attention_at(model, tokens: Tensor, query: Tensor, keys: dict[str, Tensor], twin=None) -> dict[str, Tensor]:
     """Attention weight of every head from position ``query[i, j]`` to ``keys[name][i, j]`` of
-    sequence i (index tensors [N] or [N, m]): name -> the sum over (i, j), [n_layers, n_heads]."""
-    n_layers = model.cfg.n_layers
-    twin = twin_of(model)
+    sequence i (index tensors [N] or [N, m]): name -> the sum over (i, j), [n_layers, n_heads].
+    ``twin``: ``model``'s :func:`~stagewise.models.language_fast.twin_of` (made once per probe by the
+    callers), whose pattern rows at the queries replace the model's hooks; None: the hooks."""
     if twin is not None:  # the paper's architecture: pattern rows at the queries only, no hooks
         q2 = query.reshape(len(tokens), -1).long()
         patterns = twin.attention_rows(tokens.long(), q2)
         return {name: torch.stack([p.gather(3, key.reshape(len(tokens), 1, -1, 1).long().expand(-1, p.shape[1], -1, 1))
                                    .double().sum((0, 2, 3)) for p in patterns])
                 for name, key in keys.items()}
+    n_layers = model.cfg.n_layers
     out = {name: [None] * n_layers for name in keys}
     rows = torch.arange(len(tokens)).view(-1, *([1] * (query.dim() - 1)))
 
@@ -357,11 +358,12 @@ def previous_and_current_token_scores(model, num_sequences: int = 10_000, length
     _check_model_positions(model, lengths[1], "lengths")
     tokens, ls = previous_token_sequences(num_sequences, model.cfg.d_vocab, bos, lengths, seed)
     order = ls.argsort()
+    twin = twin_of(model)
     total = {"prev": 0.0, "cur": 0.0}
     for lo in range(0, num_sequences, batch_size):
         idx = order[lo:lo + batch_size]
         q = ls[idx] - 1
-        got = _attention_at(model, tokens[idx, :int(ls[idx].max())], q, {"prev": q - 1, "cur": q})
+        got = _attention_at(model, tokens[idx, :int(ls[idx].max())], q, {"prev": q - 1, "cur": q}, twin)
         for name in total:
             total[name] = total[name] + got[name]
     chance = float((1.0 / ls.double()).mean())
@@ -383,10 +385,11 @@ def prefix_matching_scores(model, num_sequences: int = 10_000, length: int = 128
     bos = default_bos_id(model) if bos_id is None else bos_id
     _check_model_positions(model, length, "length")
     tokens, a1, a2 = prefix_matching_sequences(num_sequences, model.cfg.d_vocab, bos, length, seed)
+    twin = twin_of(model)
     total = {"prefix": 0.0, "duplicate": 0.0}
     for lo in range(0, num_sequences, batch_size):
         sl = slice(lo, lo + batch_size)
-        got = _attention_at(model, tokens[sl], a2[sl], {"prefix": a1[sl] + 1, "duplicate": a1[sl]})
+        got = _attention_at(model, tokens[sl], a2[sl], {"prefix": a1[sl] + 1, "duplicate": a1[sl]}, twin)
         for name in total:
             total[name] = total[name] + got[name]
     chance = float((1.0 / (a2 + 1).double()).mean())
@@ -411,11 +414,12 @@ def induction_scores(model, num_sequences: int = 1000, length: int = 128, seed: 
     tokens = repeated_sequences(num_sequences, model.cfg.d_vocab, bos, length, seed)
     half = (length - 1) // 2
     queries = torch.arange(half + 1, 2 * half + 1)  # the second copy
+    twin = twin_of(model)
     total = 0.0
     for lo in range(0, num_sequences, batch_size):
         chunk = tokens[lo:lo + batch_size]
         q = queries.expand(len(chunk), -1)
-        total = total + _attention_at(model, chunk, q, {"induction": q - half + 1})["induction"]
+        total = total + _attention_at(model, chunk, q, {"induction": q - half + 1}, twin)["induction"]
     chance = float((1.0 / (queries + 1).double()).mean())
     return (total / (num_sequences * len(queries))).float(), chance
 
