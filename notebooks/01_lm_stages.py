@@ -43,7 +43,7 @@
 # %% tags=["parameters"]
 profile = None  # smoke, cpu, long or paper; None reads STAGEWISE_PROFILE, else cpu
 one_layer = True  # also train and analyse the one-layer model (App. B.5, Figs. B.6-B.7)
-seeds = None  # training seeds of Fig. B.1a (first = the main run); None keeps the profile's
+seeds = None  # training seeds of Fig. B.1a (the first is the main run); None keeps the profile's
 dask_scheduler = None  # Dask scheduler address for the LLC sweeps; None reads $STAGEWISE_DASK_SCHEDULER, else in-process
 
 # %%

@@ -29,6 +29,21 @@ def test_each_notebook_has_one_parameters_cell_with_profile(path):
     assert any("default_profile()" in c.source for c in nb.cells)
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter_with_its_help(path):
+    """`papermill --help-notebook` lists what the parameters cell assigns (a second `=` on a line,
+    even in its comment, makes papermill skip that parameter with a warning)."""
+    import ast
+
+    from papermill.translators import PythonTranslator
+
+    cell = next(c for c in jupytext.read(path).cells if "parameters" in c.metadata.get("tags", []))
+    assigned = [t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets]
+    parsed = PythonTranslator.inspect(cell)
+    assert [p.name for p in parsed] == assigned
+    assert all(p.help for p in parsed), "every parameter carries a comment saying what it does"
+
+
 def test_unknown_notebook_selection_lists_what_exists():
     with pytest.raises(ValueError, match="02_regression_stages"):
         discover_notebooks(REPO / "notebooks", ["99"])
