@@ -4,33 +4,24 @@ The runner writes ``executed/<profile>/timings.json`` (per notebook: seconds, st
 helpers it ran). This copies it and adds what the docs print beside it: the machine (CPU, cores,
 whether SGLD ran in bf16 there), the seconds the process tree was paused (``--paused``, when other
 work had to run on the cores mid-run), the running time, the wall time of a rerun with the cache
-full (``--cached-rerun``, a second ``timings.json``), and a note. The README's ``make figures`` row
+full (``--cached-rerun``, a second ``timings.json``), the install that ``make figures`` ran first in a
+fresh clone (``--install-seconds``), and a note. The README's ``make figures`` row
 and the profiles page read the result (``docs/generate.py``).
 
     python benchmarks/record_make_figures.py --profile cpu --note "..." \\
-        [--timings executed/cpu/timings.json] [--cached-rerun /tmp/rerun/timings.json] [--paused 0]
+        [--timings executed/cpu/timings.json] [--cached-rerun /tmp/rerun/timings.json] [--paused 0] \\
+        [--install-seconds S]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
+from stagewise.hardware import machine_description
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from machine_info import cpu_name  # noqa: E402
-
-
-def machine() -> str:
-    from stagewise.llc.sampler import fast_bf16_support
-
-    bf16, why = fast_bf16_support("cpu")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cores}-core {cpu_name()}, SGLD in {'bf16' if bf16 else 'fp32'}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timings", type=Path, help="the run's timings.json (default executed/<profile>/timings.json)")
     parser.add_argument("--cached-rerun", type=Path, help="timings.json of a rerun with the cache full")
     parser.add_argument("--paused", type=float, default=0.0, help="seconds the process tree was stopped mid-run")
+    parser.add_argument("--install-seconds", type=float,
+                        help="seconds `make figures` spent installing the venv before the runner started (fresh clone)")
     parser.add_argument("--machine", help="override the machine description (default: read from this machine)")
     parser.add_argument("--note", required=True, help="what else ran, which commit, anything a reader needs")
     parser.add_argument("--failed-at-end", action="append", default=[], metavar="NB",
@@ -57,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
                          "(--failed-at-end NB only for one that failed after its work, with the why in --note)")
     if not 0 <= args.paused < record["wall_seconds"]:
         raise SystemExit(f"--paused must be in [0, {record['wall_seconds']:.0f}) s, got {args.paused}")
-    record["machine"] = args.machine or machine()
+    if args.install_seconds is not None and not 0 <= args.install_seconds < 3600:
+        raise SystemExit(f"--install-seconds must be in [0, 3600) s, got {args.install_seconds}")
+    record["machine"] = args.machine or machine_description("cpu")
     record["paused_seconds"] = args.paused
     record["wall_seconds_running"] = record["wall_seconds"] - args.paused
+    if args.install_seconds is not None:
+        record["install_seconds"] = args.install_seconds
     if args.cached_rerun:
         rerun = json.loads(args.cached_rerun.read_text())
         record["cached_rerun_wall_seconds"] = rerun["wall_seconds"]

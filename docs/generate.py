@@ -834,10 +834,12 @@ def readme_block(data: dict) -> str:
 # (benchmarks/results/make_figures_cpu_timings.json), the other commands' measured times as text.
 COMMAND_TIMES = [
     ("`make figures`",
-     "{hl}`bench/make_figures_cpu_timings:wall_seconds_running;h` from an empty cache on both cores when last timed "
-     "end to end ({hl}`bench/make_figures_cpu_timings:machine`, {hl}`bench/make_figures_cpu_timings:written`), "
-     "before the SGLD calibration sections; what each part costs now, and a projection for a whole run on a Zen 3 "
-     "({hl}`bench/make_figures_cpu_parts_zen3:projection_s;h`, not measured), on the [profiles page](docs/profiles.md); {hl}`bench/make_figures_cpu_cached:wall_seconds;int` s with the cache "
+     "{hl}`bench/make_figures_cpu_timings:wall_seconds_running;h` of notebooks from an empty cache on both cores, "
+     "after {hl}`bench/make_figures_cpu_timings:install_seconds;min` of installing, when last timed end to end in a "
+     "fresh clone with nothing else running ({hl}`bench/make_figures_cpu_timings:machine`, "
+     "{hl}`bench/make_figures_cpu_timings:written`); per notebook, and what the slowest CPU these machines have had "
+     "would take (a Zen 3: {hl}`bench/make_figures_cpu_parts_zen3:projection_s;h`, projected from measured parts), on "
+     "the [profiles page](docs/profiles.md); {hl}`bench/make_figures_cpu_cached:wall_seconds;int` s with the cache "
      "full ({hl}`bench/make_figures_cpu_cached:machine`)"),
     ("`make test`", "≈ 3 min to install in a fresh clone, then ≈ 6–7 min (591 tests and the five notebooks at `smoke`)"),
     ("`make lab`", "`STAGEWISE_PROFILE=smoke make lab` runs each notebook in 10–35 s"),

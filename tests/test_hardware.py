@@ -83,3 +83,12 @@ def test_the_settings_stop_glibc_from_faulting_in_each_large_block_again():
 
     assert faults({**base, "STAGEWISE_MALLOC": "system"}) > 4 * 16_000
     assert faults(malloc_environment(base)) < 1_000
+
+
+def test_machine_description_names_cores_cpu_and_sgld_dtype():
+    from stagewise.hardware import available_cores, machine_description
+    from stagewise.llc.sampler import fast_bf16_support
+
+    text = machine_description("cpu")
+    assert text.startswith(f"{available_cores()}-core ")
+    assert text.endswith("SGLD in bf16" if fast_bf16_support("cpu")[0] else "SGLD in fp32")

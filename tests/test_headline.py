@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from stagewise.hardware import machine_description
 from stagewise.headline import read_headline, snake_case, stage_headline, to_json_value, write_headline
 from stagewise.stages import detect_stages, synthetic_stage_curve
 
@@ -35,13 +36,15 @@ def test_write_is_atomic_json_beside_the_figures(tmp_path, fresh_run):
     assert path == tmp_path / "02_regression_stages.json"
     data = json.loads(path.read_text())  # strict JSON: no NaN/Infinity tokens
     assert data == {"notebook": "02_regression_stages", "profile": "long", "wall_time_s": 12.5,
-                    "artifacts_computed": 0, "llc_max": 3.0, "missing": None}
+                    "machine": machine_description(), "artifacts_computed": 0, "llc_max": 3.0, "missing": None}
     assert read_headline("02_regression_stages", "long", directory=tmp_path) == data
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError, match="reserved"):
         write_headline("x", "cpu", {"profile": "y"}, 1.0, directory=tmp_path)
     with pytest.raises(ValueError, match="reserved.*cached_rerun_s"):
         write_headline("x", "cpu", {"cached_rerun_s": 1.0}, 1.0, directory=tmp_path)
+    with pytest.raises(ValueError, match="reserved.*machine"):
+        write_headline("x", "cpu", {"machine": "mine"}, 1.0, directory=tmp_path)
 
 
 def test_a_rerun_served_from_the_cache_keeps_the_measured_seconds(tmp_path, fresh_run, monkeypatch):
@@ -57,9 +60,14 @@ def test_a_rerun_served_from_the_cache_keeps_the_measured_seconds(tmp_path, fres
     assert (first["wall_time_s"], first["artifacts_computed"], first["timings_s"]["total"]) == (300.0, 1, 300.0)
     assert "cached_rerun_s" not in first
 
+    assert first["machine"] == machine_description()
+    measured_on = "2-core Some CPU (avx512_bf16), SGLD in bf16"  # as if measured on another machine
+    (tmp_path / "02_x.json").write_text(json.dumps({**first, "machine": measured_on}))
+
     monkeypatch.setenv(RUN_ENV_VAR, "rerun-from-cache")  # loads everything, writes nothing
     rerun = write(4.0)
     assert rerun["wall_time_s"] == 300.0 and rerun["timings_s"] == first["timings_s"]
+    assert rerun["machine"] == measured_on  # the seconds kept, with where they were measured
     assert (rerun["cached_rerun_s"], rerun["artifacts_computed"]) == (4.0, 0)
     assert write(5.0)["wall_time_s"] == 300.0  # kept over any number of cached reruns
 
@@ -69,7 +77,7 @@ def test_a_rerun_served_from_the_cache_keeps_the_measured_seconds(tmp_path, fres
     atomic_save(2, artifact_dir("llc", {"step": 2}) / "value.pt")
     third = write(120.0, profile="long")
     assert (third["wall_time_s"], third["artifacts_computed"], third["timings_s"]["total"]) == (120.0, 1, 120.0)
-    assert "cached_rerun_s" not in third
+    assert "cached_rerun_s" not in third and third["machine"] == machine_description()
 
 
 def test_stage_headline_reports_boundaries_directions_and_llc_there():

@@ -5,6 +5,8 @@
   it never oversubscribe a pinned job.
 * :func:`default_device` — ``"cuda"`` when a GPU is visible, else ``"cpu"``: training and the LLC
   sweeps run there unless told otherwise.
+* :func:`machine_description` — the machine in a few words (cores, CPU or GPU, SGLD's dtype there),
+  which each headline JSON records beside the seconds it measured.
 * :func:`malloc_environment` — the environment with glibc's allocator told to keep freed memory
   (:data:`MALLOC_SETTINGS`), which ``stagewise-figures``, ``make lab`` and ``make test`` give every
   process they start.
@@ -26,10 +28,13 @@ Other C libraries ignore these variables.
 from __future__ import annotations
 
 import os
+import platform
+from pathlib import Path
 
 import torch
 
-__all__ = ["available_cores", "default_device", "resolve_device", "MALLOC_SETTINGS", "malloc_environment"]
+__all__ = ["available_cores", "default_device", "resolve_device", "cpu_name", "machine_description",
+           "MALLOC_SETTINGS", "malloc_environment"]
 
 # glibc's allocator: no mmap-served blocks, no trimming of the heap below 4 GiB free (read once,
 # when a process starts, so they must be in the environment of the process to be tuned)
@@ -53,6 +58,37 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was requested but no CUDA device is available; use 'cpu' or None")
     return device
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere what :mod:`platform` says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_description(device: str | torch.device | None = None) -> str:
+    """Where a measured time was measured, e.g. ``"2-core Intel(R) Xeon(R) Processor (amx_bf16),
+    SGLD in bf16"``: the cores this process may use, the CPU (with the flag that decides SGLD's dtype,
+    :func:`stagewise.llc.sampler.fast_bf16_support`) or the GPU, and that dtype."""
+    from stagewise.llc.sampler import fast_bf16_support
+
+    device = resolve_device(device)
+    bf16, _ = fast_bf16_support(device)
+    dtype = "bf16" if bf16 else "fp32"
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, SGLD in {dtype}"
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    flag = next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), "AVX2" if "avx2" in flags else None)
+    return f"{available_cores()}-core {cpu_name()}{f' ({flag})' if flag else ''}, SGLD in {dtype}"
 
 
 def malloc_environment(base: dict | None = None) -> dict[str, str]:

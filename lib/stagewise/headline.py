@@ -90,32 +90,39 @@ TIMING_KEYS = ("timings_s",)  # per-part seconds a notebook may report beside ``
 
 def write_headline(notebook: str, profile: str, results: Mapping[str, Any], wall_time_s: float,
                    directory: Path | None = None) -> Path:
-    """Write ``{"notebook", "profile", "wall_time_s", "artifacts_computed", **results}`` to
+    """Write ``{"notebook", "profile", "wall_time_s", "machine", "artifacts_computed", **results}`` to
     ``<figures_dir(profile)>/<notebook>.json``.
+
+    ``machine`` (:func:`stagewise.hardware.machine_description`) says where ``wall_time_s`` was
+    measured: the cores, the CPU and SGLD's dtype, which differ between machines and move the
+    estimates' last digits (the same seed and config give the same numbers on the same machine).
 
     ``artifacts_computed`` counts the artifacts this run wrote to the cache
     (:func:`stagewise.cache.artifacts_written`). A rerun that computed none — every checkpoint and
     estimate loaded from the cache — measured only loading, so it keeps the ``wall_time_s`` (and
     ``timings_s``) of the file it replaces, when that file is of the same profile, and records its
-    own seconds as ``cached_rerun_s``.
+    own seconds as ``cached_rerun_s``, and keeps the ``machine`` those seconds were measured on.
     """
     from stagewise.cache import artifacts_written, atomic_write_text
+    from stagewise.hardware import machine_description
     from stagewise.plotting import figures_dir
 
     if not notebook or any(c in notebook for c in "/\\ ."):
         raise ValueError(f"notebook must be a plain name like '02_regression_stages', got {notebook!r}")
-    clash = {"notebook", "profile", "wall_time_s", "artifacts_computed", "cached_rerun_s"} & set(results)
+    clash = {"notebook", "profile", "wall_time_s", "machine", "artifacts_computed", "cached_rerun_s"} & set(results)
     if clash:
         raise ValueError(f"results must not set the reserved keys {sorted(clash)}")
     path = Path(directory) if directory is not None else figures_dir(profile)
     path.mkdir(parents=True, exist_ok=True)
     path = path / f"{notebook}.json"
     computed = artifacts_written()
-    times: dict[str, Any] = {"wall_time_s": wall_time_s}
+    times: dict[str, Any] = {"wall_time_s": wall_time_s, "machine": machine_description()}
     if computed == 0:
         previous = _read_or_none(path)
         if previous is not None and previous.get("profile") == profile and previous.get("wall_time_s") is not None:
             times = {"wall_time_s": previous["wall_time_s"], "cached_rerun_s": wall_time_s}
+            if previous.get("machine"):
+                times["machine"] = previous["machine"]
             results = {**results, **{k: previous[k] for k in TIMING_KEYS if k in previous and k in results}}
     record = to_json_value({"notebook": notebook, "profile": profile, **times, "artifacts_computed": computed,
                             **results})
