@@ -7,7 +7,9 @@ Every number on a results page is written in the page source as a reference, nev
 
 ``cpu/NN`` is ``figures/NN_*.json``, ``long/NN`` is ``figures/long/NN_*.json``, ``runs/NAME`` a
 shipped run's manifest ``data/runs/NAME.json``, ``bench/NAME`` ``benchmarks/results/NAME.json`` and
-``bench/pilots/NAME`` ``benchmarks/results/pilots/NAME.json``.
+``bench/pilots/NAME`` ``benchmarks/results/pilots/NAME.json``, ``xm/RUN/NN`` the headline JSON of
+another machine's run kept in ``benchmarks/results/cross_machine/RUN/`` (compared by
+``benchmarks/compare_headlines.py``).
 A path is dot-separated: dictionary keys, list indices, or ``field=value`` (the list element whose
 ``field`` is ``value``). After ``;`` comes a format: a Python format spec, or one of ``int``
 (rounded, thousands separator), ``min`` (seconds as minutes), ``h`` (seconds as h min), ``pct``
@@ -60,7 +62,8 @@ def variant_profiles(root: Path = ROOT) -> tuple[str, ...]:
 
 def load(root: Path = ROOT) -> dict[str, dict]:
     """Every headline JSON, keyed ``cpu/NN``, ``long/NN`` (and ``<variant>/NN``, see
-    :func:`profile_folders`); shipped-run manifests ``runs/NAME``; benchmark results ``bench/NAME`` (pilots' ``bench/pilots/NAME``)."""
+    :func:`profile_folders`); shipped-run manifests ``runs/NAME``; benchmark results ``bench/NAME`` (pilots' ``bench/pilots/NAME``); another machine's
+    headline JSON ``xm/RUN/NN``."""
     data: dict[str, dict] = {}
     for profile, folder in profile_folders(root):
         for path in sorted(folder.glob("[0-9][0-9]_*.json")):
@@ -73,6 +76,8 @@ def load(root: Path = ROOT) -> dict[str, dict]:
         data[f"bench/pilots/{path.stem}"] = json.loads(path.read_text())
     for path in sorted((root / "benchmarks" / "results" / "pilots").glob("long-*/[0-9][0-9]_*.json")):
         data[f"pilot/{path.parent.name}/{path.name[:2]}"] = json.loads(path.read_text())
+    for path in sorted((root / "benchmarks" / "results" / "cross_machine").glob("*/[0-9][0-9]_*.json")):
+        data[f"xm/{path.parent.name}/{path.name[:2]}"] = json.loads(path.read_text())
     data["derived"] = derived(data)
     return data
 
@@ -514,7 +519,8 @@ def t_profiles(data: dict) -> str:
         row = [name]
         if nb in timing:
             cell = _hl(f"bench/make_figures_cpu_timings:notebooks.{timing[nb]}.seconds;min")
-            if nb == "03":  # the run's process tree was paused while 03 ran (the JSON's note)
+            if nb == "03" and lookup(data, "bench/make_figures_cpu_timings:paused_seconds"):
+                # the run's process tree was paused while 03 ran (the JSON's note)
                 cell += f" (running: {_hl('derived:make_figures_03_running_s;min')})"
             row.append(cell)
         else:
@@ -655,8 +661,23 @@ def t_sgld_calibration(data: dict) -> str:
                    "adequate (±5%; ±2 SE where ≈ 0)", "sweep's estimates unconverged"], rows)
 
 
+def t_cross_machine(data: dict) -> str:
+    """The same code, seed and config on two machines (benchmarks/compare_headlines.py)."""
+    rows = []
+    for nb, rec in lookup(data, "bench/cross_machine_cpu:notebooks").items():
+        p = f"bench/cross_machine_cpu:notebooks.{nb}"
+        flipped = "; ".join(f"`{f}`" for f in rec["flags_flipped"]) or "none"
+        only = ", ".join(f"`{e}`" for e in rec["in_one_run_only"]) or "none"
+        rows.append([NOTEBOOK_TITLES[nb], _hl(f"{p}.numbers"), _hl(f"{p}.identical;pct"), _hl(f"{p}.within_1pct;pct"),
+                     _hl(f"{p}.within_5pct;pct"), f"{len(rec['flags_flipped'])} of {_hl(f'{p}.flags')}: {flipped}",
+                     only])
+    return _table(["notebook", "numbers compared", "identical", "within 1%", "within 5%", "yes/no findings flipped",
+                   "entries in one run only"], rows)
+
+
 TABLES = {
     "verdicts": t_verdicts,
+    "cross-machine": t_cross_machine,
     "sgld-calibration": t_sgld_calibration,
     "regression-pilots": t_regression_pilots,
     "regression-boundaries": t_regression_boundaries,
@@ -837,8 +858,8 @@ COMMAND_TIMES = [
      "{hl}`bench/make_figures_cpu_timings:wall_seconds_running;h` of notebooks from an empty cache on both cores, "
      "after {hl}`bench/make_figures_cpu_timings:install_seconds;min` of installing, when last timed end to end in a "
      "fresh clone with nothing else running ({hl}`bench/make_figures_cpu_timings:machine`, "
-     "{hl}`bench/make_figures_cpu_timings:written`); per notebook, and what the slowest CPU these machines have had "
-     "would take (a Zen 3: {hl}`bench/make_figures_cpu_parts_zen3:projection_s;h`, projected from measured parts), on "
+     "{hl}`bench/make_figures_cpu_timings:written`): over the 2 h this project aims at on that CPU; per notebook, and a "
+     "Zen 3's parts (projected at {hl}`bench/make_figures_cpu_parts_zen3:projection_s;h`, not measured), on "
      "the [profiles page](docs/profiles.md); {hl}`bench/make_figures_cpu_cached:wall_seconds;int` s with the cache "
      "full ({hl}`bench/make_figures_cpu_cached:machine`)"),
     ("`make test`", "≈ 3 min to install in a fresh clone, then ≈ 6–7 min (591 tests and the five notebooks at `smoke`)"),
