@@ -523,10 +523,15 @@ def plot_running_llc(cal: SGLDCalibration):
         hi = max(np.nanmax(lg.llc_trace[0][len(x) // 20:]), p.llc_mean, settled + allowed)
         pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1e-3)
         ax.set_ylim(lo - pad, hi + pad)
-    axes[0][0].legend(fontsize=6, loc="lower right")
+    # below the panels, never over a chain's trace
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    ncol = 3 if n >= 2 else 1
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
     fig.suptitle(f"{cal.setting}: the profile's running estimate against a {cal.long[next(iter(cal.long))].config.num_draws}"
                  "-draw chain", fontsize=9)
-    fig.tight_layout()
+    legend_in = 0.16 * -(-len(handles) // ncol) + 0.1  # inches the legend's rows take
+    fig.set_figheight(fig.get_figheight() + legend_in)
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
     return fig
 
 
