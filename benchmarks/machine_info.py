@@ -20,6 +20,7 @@ def busy_cpu_seconds() -> float:
 
 
 def cpu_name() -> str:
+    """A standard-library copy of :func:`stagewise.hardware.cpu_name`, for the devinterp environment."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
