@@ -69,3 +69,53 @@ def test_zero_predictor_loss_is_d_plus_sigma2():
     task = RegressionTask(task_size=4, noise_variance=0.125)
     b = sample_batch(task, 50_000, torch.Generator().manual_seed(0))
     assert abs((b.ys**2).mean().item() - 4.125) < 0.06
+
+
+def test_predictions_only_training_loss_is_the_papers_loss_and_gradient():
+    """train_loss="predictions_only" trains on the same function as the papers' full forward: equal
+    loss and gradient (to float rounding) at weights away from the initialisation."""
+    from stagewise.data.regression import regression_train_loss
+
+    torch.manual_seed(0)
+    model = RegressionTransformer(RegressionTransformerConfig())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    b = sample_batch(RegressionTask(), 64, torch.Generator().manual_seed(1))
+    assert regression_train_loss("full") is regression_loss
+    losses, grads = [], []
+    for path in ("full", "predictions_only"):
+        model.zero_grad()
+        loss = regression_train_loss(path)(model, (b.tokens, b.ys))
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    assert grads[0].abs().max() > 1e-3  # the comparison is not between two zero vectors
+
+
+def test_unknown_training_loss_path_names_the_parameter():
+    from stagewise.data.regression import regression_train_loss
+    from stagewise.profiles.regression import RegressionProfile
+
+    with pytest.raises(ValueError, match="train_loss must be one of full, predictions_only"):
+        regression_train_loss("fast")
+    with pytest.raises(ValueError, match="train_loss must be one of"):
+        RegressionProfile(name="x", train_loss="fast")
+
+
+def test_training_loss_path_is_in_the_run_key_only_when_not_the_papers():
+    """Runs cached before the field existed keep their key ("full" is omitted from the hash); a
+    predictions-only run is another run."""
+    import dataclasses
+
+    from stagewise.cache import config_hash, config_to_dict
+    from stagewise.profiles.regression import PROFILES
+    from stagewise.runs import _regression_key
+
+    full = dataclasses.replace(PROFILES["smoke"], train_loss="full")
+    pred = dataclasses.replace(PROFILES["smoke"], train_loss="predictions_only")
+    assert "train_loss" not in config_to_dict(_regression_key(full, 0))
+    assert config_to_dict(_regression_key(pred, 0))["train_loss"] == "predictions_only"
+    assert config_hash(_regression_key(pred, 0)) != config_hash(_regression_key(full, 0))

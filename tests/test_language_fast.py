@@ -276,3 +276,23 @@ def test_head_chain_bad_arguments_are_named():
         HeadChainLM(CFG, 0, (0, 4))
     with pytest.raises(ValueError, match="heads must be distinct"):
         HeadChainLM(CFG, 0, ())
+
+
+def test_attention_runs_in_fp32_under_cpu_bf16_autocast():
+    """Under the SGLD's bf16 autocast on a CPU the attention itself runs in fp32 (faster there, and
+    closer to the fp32 model): the same output as F.scaled_dot_product_attention on the bf16 inputs
+    upcast, not as the bf16 kernel."""
+    import torch.nn.functional as F
+
+    from stagewise.models.language_fast import _attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 24, 8, generator=g).bfloat16() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _attention(q, k, v, is_causal=True)
+    assert out.dtype == torch.float32
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    # outside autocast: the plain kernel in the inputs' dtype
+    assert _attention(q.float(), k.float(), v.float(), is_causal=True).dtype == torch.float32
+    assert _attention(q, k, v, is_causal=True).dtype == torch.bfloat16

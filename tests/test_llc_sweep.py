@@ -173,3 +173,21 @@ def test_cuda_graph_none_resolves_to_where_it_applies():
     assert not _resolve_cuda_graph(None, "cuda", "loop", False) and not _resolve_cuda_graph(None, "cuda", "auto", True)
     assert _resolve_cuda_graph(True, "cpu", "loop", False) is True  # explicit: estimate_llc then says why not
     assert _resolve_cuda_graph(False, "cuda", "vmap", False) is False
+
+
+def test_bf16_keys_name_the_models_numerics_revision_fp32_keys_do_not():
+    """The plain-torch LM's bf16 numerics changed (attention in fp32 under autocast): its bf16
+    estimates get a new key, its fp32 ones keep theirs, and a model without a revision is unchanged."""
+    from functools import partial
+
+    from stagewise.llc.sweep import sweep_cache_key
+    from stagewise.models.language import LanguageModelConfig
+    from stagewise.models.language_fast import lm_fast_loss, make_fast_language_model
+    from stagewise.models.regression import RegressionTransformer
+
+    cfg = SGLDConfig(epsilon=1e-3, gamma=100.0, nbeta=20.0, num_chains=1, num_draws=4)
+    lm = partial(make_fast_language_model, LanguageModelConfig(n_layers=1, n_ctx=8, d_model=8, n_heads=2, d_vocab=10))
+    assert sweep_cache_key(cfg, lm, lm_fast_loss, None, compute_dtype="bfloat16")["bf16_numerics"] == 2
+    assert "bf16_numerics" not in sweep_cache_key(cfg, lm, lm_fast_loss, None, compute_dtype=None)
+    assert "bf16_numerics" not in sweep_cache_key(cfg, RegressionTransformer, lm_fast_loss, None,
+                                                  compute_dtype="bfloat16")

@@ -19,7 +19,7 @@ import numpy as np
 
 from stagewise.cache import HASH_OMIT_DEFAULT
 from stagewise.data.regression import (RegressionBatches, RegressionTask, regression_loss, regression_sgld_loss,
-                                       sgld_dataset)
+                                       regression_train_loss, sgld_dataset)
 from stagewise.models.regression import RegressionTransformer, RegressionTransformerConfig
 from stagewise.profiles.regression import RegressionProfile
 from stagewise.shipped import run_identity
@@ -51,12 +51,16 @@ class RegressionRunKey:
     train: TrainConfig
     batch_size: int
     data_seed: int
+    # the training loss's forward (stagewise.data.regression.regression_train_loss); "full" is left
+    # out of the hash, so the keys of runs trained before this field existed stay valid
+    train_loss: str = field(default="full", metadata=HASH_OMIT_DEFAULT)
 
 
 def _regression_key(profile: RegressionProfile, seed: int) -> RegressionRunKey:
     from dataclasses import replace
 
-    return RegressionRunKey(profile.task, profile.model, replace(profile.train, seed=seed), profile.batch_size, seed)
+    return RegressionRunKey(profile.task, profile.model, replace(profile.train, seed=seed), profile.batch_size, seed,
+                            profile.train_loss)
 
 
 def regression_run_directory(profile: RegressionProfile, seed: int) -> Path:
@@ -94,7 +98,7 @@ def regression_run(profile: RegressionProfile, seed: int, progress: bool = True,
         "regression_runs",
         key,
         model_fn=model_fn,
-        loss_fn=regression_loss,
+        loss_fn=regression_train_loss(key.train_loss),
         batch_fn=RegressionBatches(profile.task, profile.batch_size, seed),
         config=key.train,
         progress=progress,

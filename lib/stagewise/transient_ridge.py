@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from stagewise.cache import artifact_dir, atomic_save, config_to_dict, load_artifact
 from stagewise.data.regression import (RegressionBatch, RegressionBatches, RegressionTask, regression_loss,
-                                       regression_sgld_loss, sample_batch, sgld_dataset, task_set)
+                                       regression_sgld_loss, regression_train_loss, sample_batch, sgld_dataset, task_set)
 from stagewise.essential_dynamics import TrajectoryPCA, fit_pca, smooth_trajectory
 from stagewise.hardware import available_cores
 from stagewise.models.regression import RegressionTransformer
@@ -73,7 +73,7 @@ def run_task(profile: TransientRidgeProfile, M: int | None) -> RegressionTask:
 
 def _run_key(profile: TransientRidgeProfile, M: int | None) -> RegressionRunKey:
     return RegressionRunKey(run_task(profile, M), profile.model, replace(profile.train, seed=profile.seed),
-                            profile.batch_size, profile.seed)
+                            profile.batch_size, profile.seed, profile.train_loss)
 
 
 def transient_ridge_run(profile: TransientRidgeProfile, M: int | None, progress: bool = True, device=None,
@@ -86,7 +86,7 @@ def transient_ridge_run(profile: TransientRidgeProfile, M: int | None, progress:
     return train_cached(
         "transient_ridge_runs", key,
         model_fn=partial(RegressionTransformer, profile.model),
-        loss_fn=regression_loss,
+        loss_fn=regression_train_loss(key.train_loss),
         batch_fn=RegressionBatches(key.task, profile.batch_size, profile.seed),
         config=key.train, progress=progress, description=f"M = {m_label(M)}",
         device=device, cuda_graph=cuda_graph,

@@ -203,7 +203,19 @@ def sweep_cache_key(config: SGLDConfig, model_fn: Callable, loss: Callable, data
            "param_mask": _tensor_digest(param_mask) if param_mask else None}
     if compute_dtype is not None:
         key["compute_dtype"] = compute_dtype
+        # a model whose reduced-precision numerics changed (e.g. the plain-torch LM, whose attention
+        # runs in fp32 under bf16 autocast) names its revision (``bf16_numerics``), so estimates
+        # cached by its earlier code are not read back as this code's; fp32 keys stay as they were
+        revision = getattr(_root_function(model_fn), "bf16_numerics", None)
+        if revision is not None:
+            key["bf16_numerics"] = revision
     return key
+
+
+def _root_function(fn: Callable) -> Callable:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
 
 
 def _make_executor(executor, max_workers: int | None):

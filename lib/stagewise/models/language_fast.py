@@ -59,6 +59,19 @@ class _LayerNorm(nn.Module):
         return F.layer_norm(x, (x.shape[-1],), self.w, self.b, LN_EPS)
 
 
+def _attention(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
+    """``F.scaled_dot_product_attention``, in float32 on a CPU under bf16 autocast (the SGLD chains'
+    ``compute_dtype="bfloat16"``): torch's CPU flash attention is slower in bf16 than in fp32 for
+    these shapes, backward ~3x (16 vs 5.5 ms per call at the `cpu` LM's SGLD batch, one Intel Xeon
+    thread with AMX), so a bf16 chain-step ran 13-15% faster with the attention in fp32
+    (benchmarks/results/llc_benchmark.md). The matmuls around it stay bf16; the result is float32,
+    which autocast casts back where the next matmul needs it. Elsewhere (fp32, GPU) unchanged."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
 class _Attention(nn.Module):
     def __init__(self, cfg: LanguageModelConfig):
         super().__init__()
@@ -114,9 +127,9 @@ class _Attention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(dh)
             z = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1) @ v
         elif queries is None:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            z = _attention(q, k, v, is_causal=True)
         else:
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+            z = _attention(q, k, v, attn_mask=allowed)
         out = z.transpose(1, 2).reshape(B, P, H * dh) @ W_O.reshape(H * dh, d)
         return out + self.b_O if heads is None else out
 
@@ -336,9 +349,19 @@ def make_head_chain_language_model(config: LanguageModelConfig, layer: int, head
     return HeadChainLM(config, layer, heads)
 
 
+# the bf16 numerics revision in the LLC cache key (stagewise.llc.sweep.sweep_cache_key): 2 = the
+# attention in fp32 under bf16 autocast on a CPU (_attention)
+make_head_chain_language_model.bf16_numerics = 2
+
+
 def make_fast_language_model(config: LanguageModelConfig) -> FastAttentionOnlyLM:
     """A :class:`FastAttentionOnlyLM` of ``config`` (load a checkpoint into it before use)."""
     return FastAttentionOnlyLM(config)
+
+
+# the bf16 numerics revision in the LLC cache key (stagewise.llc.sweep.sweep_cache_key): 2 = the
+# attention in fp32 under bf16 autocast on a CPU (_attention)
+make_fast_language_model.bf16_numerics = 2
 
 
 def make_trainable_fast_language_model(config: LanguageModelConfig) -> FastAttentionOnlyLM:

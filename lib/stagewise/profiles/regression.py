@@ -43,6 +43,10 @@ class RegressionProfile:
     # machine runs bf16 faster (stagewise.llc.fast_bf16_support), else fp32 (resolve_compute_dtype)
     sgld_loss: str = "predictions_only"
     sgld_dtype: str = "auto"
+    # the training loss's forward (part of the run's cache key when not "full"): "full" (every output,
+    # the papers' code) or "predictions_only" (the same loss and gradient up to float rounding, ≈ 0.8x
+    # the FLOPs; stagewise.data.regression.regression_train_loss)
+    train_loss: str = "full"
     # SGLD calibration (App. D.3.3; notebook 02's section, stagewise.llc.calibration): an ε × nβ grid
     # of short chains at 4 representative checkpoints and one chain 5x the profile's draws at its
     # setting. Default (paper, cpu, long): ε and nβ at 0.3x-10x and 0.3x-3x the profile's, one chain
@@ -76,6 +80,7 @@ class RegressionProfile:
         if not set(self.llc_seeds) <= set(self.seeds):
             raise ValueError(f"llc_seeds {self.llc_seeds} must be among the training seeds {self.seeds}")
         _check_sgld_path(self.sgld_loss, self.sgld_dtype)
+        _check_train_loss(self.train_loss)
         if self.task.task_size != self.model.task_size or self.task.max_examples != self.model.max_examples:
             raise ValueError(
                 f"task (D={self.task.task_size}, K={self.task.max_examples}) and model "
@@ -94,6 +99,13 @@ class RegressionProfile:
         return replace(self,
                        num_analysis_checkpoints=self.other_seeds_llc_checkpoints or self.num_analysis_checkpoints,
                        sgld=self.other_seeds_sgld or self.sgld)
+
+
+def _check_train_loss(loss: str) -> None:
+    from stagewise.data.regression import TRAIN_LOSS_PATHS
+
+    if loss not in TRAIN_LOSS_PATHS:
+        raise ValueError(f"train_loss must be one of {', '.join(TRAIN_LOSS_PATHS)}, got {loss!r}")
 
 
 def _check_sgld_path(loss: str, dtype: str) -> None:
@@ -118,6 +130,9 @@ PROFILES = {
         seeds=(0, 1, 2, 3, 4),
         num_eval=1024,  # probes at 60 checkpoints x 5 seeds: ~0.45 s per checkpoint (2048: 0.9 s)
         num_analysis_checkpoints=60,
+        # trained through the predictions-only forward: the papers' loss and gradient up to float
+        # rounding, a step 1.27x faster on one Intel Xeon thread (benchmarks/results/training_loss_path.json)
+        train_loss="predictions_only",
         # the paper's ε, β̃, γ̃ with fewer, shorter chains on smaller batches: 10.5 s per checkpoint.
         # Calibrated (benchmarks/results/sgld_calibration/regression_cpu.md): 95.1-99.8% of a 1,000-draw
         # chain's settled value at 4 checkpoints (early, peak, boundary, late), none unconverged.

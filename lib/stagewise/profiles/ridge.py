@@ -66,6 +66,7 @@ class TransientRidgeProfile:
                                              batch_size=1024)
     num_sgld_samples: int = 2**20
     sgld_loss: str = "predictions_only"  # LLC fast path, as in RegressionProfile
+    train_loss: str = "full"  # the training loss's forward, as in RegressionProfile (key when not "full")
     sgld_dtype: str = "auto"
     smoothing: float = 1.0
     executor: str = "serial"  # how the notebook trains the runs: "serial" or "processes" (one per core)
@@ -78,9 +79,10 @@ class TransientRidgeProfile:
                                                                 long_factor=5, num_checkpoints=1)
 
     def __post_init__(self):
-        from stagewise.profiles.regression import _check_sgld_path
+        from stagewise.profiles.regression import _check_sgld_path, _check_train_loss
 
         _check_sgld_path(self.sgld_loss, self.sgld_dtype)
+        _check_train_loss(self.train_loss)
         if not self.m_grid or any(not isinstance(m, int) or m < 1 for m in self.m_grid):
             raise ValueError(f"m_grid must hold task counts M >= 1 (integers), got {self.m_grid}")
         if list(self.m_grid) != sorted(set(self.m_grid)):
@@ -126,6 +128,9 @@ PROFILES = {
         train=TrainConfig(num_steps=10_000, lr=3e-3, schedule="constant", num_linear=50, num_log=50,
                           resume_every=2_000),
         batch_size=128,
+        # trained through the predictions-only forward, as the regression `cpu` profile (a step 1.12x
+        # faster at this model and batch, benchmarks/results/training_loss_path.json)
+        train_loss="predictions_only",
         m_grid=sqrt2_grid(64),
         num_eval=4096,
         pca_batch=512,
