@@ -117,7 +117,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--settings: unknown {unknown}; allowed: {', '.join(SETTINGS)}")
     here = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "lib"))
-    sides = {"this tree": here}
+    sides = {"this_tree": here}
     if args.against:
         sides["against"] = os.path.join(os.path.abspath(args.against), "lib")
     rows = []
@@ -139,15 +139,20 @@ def main() -> None:
                                       and x["side"] == side])) for side in sides}
         summary[setting] = {"median_ms_per_chain_step": med}
         if args.against:
-            summary[setting]["against_over_this"] = med["against"] / med["this tree"]
+            summary[setting]["against_over_this"] = med["against"] / med["this_tree"]
         print(setting, summary[setting])
     if args.out:
         from stagewise.hardware import machine_description
 
+        def commit(tree: str) -> str | None:
+            out = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+            return out.stdout.strip() or None
+
         with open(args.out, "w") as f:
             json.dump({"written": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
-                       "draws": args.draws, "rounds": args.rounds, "against": args.against, "rows": rows,
-                       "summary": summary}, f, indent=1)
+                       "draws": args.draws, "rounds": args.rounds, "this_commit": commit(os.path.dirname(here)),
+                       "against": args.against, "against_commit": commit(args.against) if args.against else None,
+                       "rows": rows, "summary": summary}, f, indent=1)
 
 
 if __name__ == "__main__":

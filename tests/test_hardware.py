@@ -86,9 +86,22 @@ def test_the_settings_stop_glibc_from_faulting_in_each_large_block_again():
 
 
 def test_machine_description_names_cores_cpu_and_sgld_dtype():
-    from stagewise.hardware import available_cores, machine_description
+    from stagewise.hardware import machine_description
     from stagewise.llc.sampler import fast_bf16_support
 
     text = machine_description("cpu")
-    assert text.startswith(f"{available_cores()}-core ")
-    assert text.endswith("SGLD in bf16" if fast_bf16_support("cpu")[0] else "SGLD in fp32")
+    assert text.startswith(f"{os.cpu_count()}-core ")
+    assert ("SGLD in bf16" if fast_bf16_support("cpu")[0] else "SGLD in fp32") in text
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs 2 cores and affinity")
+def test_machine_description_of_a_pinned_process_names_the_machines_cores_and_the_ones_used():
+    from stagewise.hardware import machine_description
+
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        text = machine_description("cpu")
+    finally:
+        os.sched_setaffinity(0, before)
+    assert text.startswith(f"{os.cpu_count()}-core ") and text.endswith(", 1 core used")

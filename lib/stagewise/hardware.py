@@ -73,8 +73,10 @@ def cpu_name() -> str:
 
 def machine_description(device: str | torch.device | None = None) -> str:
     """Where a measured time was measured, e.g. ``"2-core Intel(R) Xeon(R) Processor (amx_bf16),
-    SGLD in bf16"``: the cores this process may use, the CPU (with the flag that decides SGLD's dtype,
-    :func:`stagewise.llc.sampler.fast_bf16_support`) or the GPU, and that dtype."""
+    SGLD in bf16"``: the machine's cores, the CPU (with the flag that decides SGLD's dtype,
+    :func:`stagewise.llc.sampler.fast_bf16_support`) or the GPU, and that dtype; ``", 1 core used"``
+    added when this process may use fewer cores than the machine has (a notebook pinned to one core
+    of two by ``make figures``)."""
     from stagewise.llc.sampler import fast_bf16_support
 
     device = resolve_device(device)
@@ -88,7 +90,9 @@ def machine_description(device: str | torch.device | None = None) -> str:
     except (OSError, StopIteration):
         flags = set()
     flag = next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), "AVX2" if "avx2" in flags else None)
-    return f"{available_cores()}-core {cpu_name()}{f' ({flag})' if flag else ''}, SGLD in {dtype}"
+    total, used = os.cpu_count() or available_cores(), available_cores()
+    pinned = f", {used} core{'s' if used > 1 else ''} used" if used < total else ""
+    return f"{total}-core {cpu_name()}{f' ({flag})' if flag else ''}, SGLD in {dtype}{pinned}"
 
 
 def malloc_environment(base: dict | None = None) -> dict[str, str]:

@@ -31,12 +31,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from stagewise.cache import artifact_dir, atomic_save, load_artifact
 from stagewise.hardware import available_cores
 from stagewise.llc import LLCResult, SGLDConfig, estimate_llc_sweep, resolve_compute_dtype
 from stagewise.llc.sweep import _load_state
+from stagewise.progress import tqdm
 
 __all__ = ["HEAD_PARAMS", "head_param_mask", "heads_param_mask", "head_labels", "parse_head", "head_chain_model_fn",
            "head_llc_sweep", "data_llc_sweep", "head_sgld_calibration"]

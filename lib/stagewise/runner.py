@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_sequential(notebooks: list[Path], profile: str, params: dict, executed_dir: Path,
                     progress: bool = True) -> list[NotebookTiming]:
     """One notebook after another in this process; the first failure stops the run."""
-    from tqdm.auto import tqdm
+    from stagewise.progress import tqdm
 
     timings: list[NotebookTiming] = []
     bar = tqdm(notebooks, desc=f"notebooks ({profile})", unit="nb", disable=not progress)

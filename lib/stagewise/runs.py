@@ -175,7 +175,7 @@ def regression_hessian(profile: RegressionProfile, hessian, seed: int, progress:
     """
     import pandas as pd
     import torch
-    from tqdm.auto import tqdm
+    from stagewise.progress import tqdm
 
     from stagewise.cache import artifact_dir, atomic_save, config_to_dict, load_artifact
     from stagewise.data.regression import sample_batch
@@ -297,7 +297,7 @@ def regression_probes(profile: RegressionProfile, seed: int, num_checkpoints: in
     import inspect
 
     import pandas as pd
-    from tqdm.auto import tqdm
+    from stagewise.progress import tqdm
 
     from stagewise.cache import artifact_dir, atomic_save, config_to_dict, load_artifact
     from stagewise.probes import regression as probes_mod
@@ -622,7 +622,7 @@ def rllc_sweep_helper(profile: str, progress: bool = False) -> None:
 def _checkpoint_outputs(run: TrainedRun, kind: str, key: dict, fn, progress: bool, desc: str):
     """``fn(model)`` -> a numpy array at every checkpoint of ``run``, stacked [T, ...]; cached per run."""
     import numpy as np
-    from tqdm.auto import tqdm
+    from stagewise.progress import tqdm
 
     from stagewise.cache import cached_value
 

@@ -24,11 +24,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from stagewise.cache import HASH_OMIT_DEFAULT, artifact_dir, atomic_save, atomic_write_text, load_artifact
 from stagewise import cuda_graphs
 from stagewise.cuda_graphs import copy_batch, map_batch
+from stagewise.progress import tqdm
 
 __all__ = ["COMPUTE_DTYPES", "TrainConfig", "TrainedRun", "analysis_steps", "checkpoint_schedule", "train", "train_cached"]
 

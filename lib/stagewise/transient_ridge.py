@@ -29,7 +29,6 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from stagewise.cache import artifact_dir, atomic_save, config_to_dict, load_artifact
 from stagewise.data.regression import (RegressionBatch, RegressionBatches, RegressionTask, regression_loss,
@@ -38,6 +37,7 @@ from stagewise.essential_dynamics import TrajectoryPCA, fit_pca, smooth_trajecto
 from stagewise.hardware import available_cores
 from stagewise.models.regression import RegressionTransformer
 from stagewise.profiles.ridge import TransientRidgeProfile
+from stagewise.progress import tqdm
 from stagewise.ridge import dmmse_predict, ridge_predict
 from stagewise.runs import RegressionRunKey
 from stagewise.train import TrainedRun, train_cached

@@ -21,11 +21,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from stagewise.cache import HASH_OMIT_DEFAULT, artifact_dir, atomic_save, load_artifact
 from stagewise.data.corpus import SPLITS, CorpusConfig, check_corpus_source, check_train_tokens, load_corpus
 from stagewise.data.tokenizer import BOS_TOKEN, TOKENIZER_DIR, load_tokenizer
+from stagewise.progress import tqdm
 
 __all__ = ["tokenize_documents", "pack_contexts", "load_token_stream", "load_contexts", "RepeatMix", "LMBatches",
            "ContextCurriculum", "CurriculumBatches"]

@@ -41,11 +41,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from stagewise import cuda_graphs
 from stagewise.cuda_graphs import copy_batch, map_batch
 from stagewise.llc.diagnostics import FLAGS, chain_diagnostics, estimate_convergence
+from stagewise.progress import tqdm
 
 __all__ = ["SGLDConfig", "LLCResult", "estimate_llc", "default_nbeta", "derive_seed", "fast_bf16_support",
            "resolve_compute_dtype"]

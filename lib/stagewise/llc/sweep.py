@@ -32,12 +32,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from stagewise.cache import artifact_dir, atomic_save, config_to_dict, load_artifact
 from stagewise.hardware import available_cores
 from stagewise.llc.module import estimate_llc_module
 from stagewise.llc.sampler import LLCResult, SGLDConfig, resolve_compute_dtype
+from stagewise.progress import tqdm
 
 __all__ = ["LLCSweep", "estimate_llc_sweep", "sweep_cache_key", "compare_sweeps", "flagged_checkpoints", "convergence_summary"]
 

@@ -25,7 +25,6 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from stagewise.probes.language_behaviour import *  # noqa: F403 (re-export)
 from stagewise.probes.language_behaviour import __all__ as _behaviour_all
@@ -47,6 +46,7 @@ from stagewise.probes.language_structure import (
     prefix_matching_scores,
     previous_and_current_token_scores,
 )
+from stagewise.progress import tqdm
 
 __all__ = [*_behaviour_all, *_ngrams_all, *_structure_all, "NgramEntropies", "ngram_entropies", "per_position_loss",
            "LMProbeConfig", "PROBE_PRESETS", "lm_probe_config", "lm_probe_row", "lm_probe_checkpoints",

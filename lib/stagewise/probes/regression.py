@@ -18,7 +18,6 @@ from functools import partial
 import pandas as pd
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from stagewise.data.regression import RegressionBatch
 from stagewise.probes.regression_behaviour import *  # noqa: F403 (re-export)
@@ -37,6 +36,7 @@ from stagewise.probes.regression_structure import (
     positional_embedding_singular_values,
     unembedding_collapse,
 )
+from stagewise.progress import tqdm
 
 __all__ = [*_behaviour_all, *_structure_all, "ScalarProbe", "scalar_probes", "probe_checkpoint", "probe_checkpoints",
            "weights_over_training"]
