@@ -63,7 +63,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
     """``F.scaled_dot_product_attention``, in float32 on a CPU under bf16 autocast (the SGLD chains'
     ``compute_dtype="bfloat16"``): torch's CPU flash attention is slower in bf16 than in fp32 for
     these shapes, backward ~3x (16 vs 5.5 ms per call at the `cpu` LM's SGLD batch, one Intel Xeon
-    thread with AMX), so a bf16 chain-step ran 13-15% faster with the attention in fp32 (docs/guide/llc.md,
+    thread with AMX), so a bf16 chain-step ran 12-13% faster with the attention in fp32 (docs/guide/llc.md,
     benchmarks/results/sgld_step_cpu.json). The matmuls around it stay bf16; the result is float32,
     which autocast casts back where the next matmul needs it. Elsewhere (fp32, GPU) unchanged."""
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
