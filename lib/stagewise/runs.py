@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from stagewise.cache import HASH_OMIT_DEFAULT
-from stagewise.data.regression import (RegressionBatches, RegressionTask, regression_loss, regression_sgld_loss,
-                                       regression_train_loss, sgld_dataset)
+from stagewise.data.regression import (RegressionBatches, RegressionTask, regression_sgld_loss, regression_train_loss,
+                                       sgld_dataset)
 from stagewise.models.regression import RegressionTransformer, RegressionTransformerConfig
 from stagewise.profiles.regression import RegressionProfile
 from stagewise.shipped import run_identity

@@ -31,8 +31,8 @@ import pandas as pd
 import torch
 
 from stagewise.cache import artifact_dir, atomic_save, config_to_dict, load_artifact
-from stagewise.data.regression import (RegressionBatch, RegressionBatches, RegressionTask, regression_loss,
-                                       regression_sgld_loss, regression_train_loss, sample_batch, sgld_dataset, task_set)
+from stagewise.data.regression import (RegressionBatch, RegressionBatches, RegressionTask, regression_sgld_loss,
+                                       regression_train_loss, sample_batch, sgld_dataset, task_set)
 from stagewise.essential_dynamics import TrajectoryPCA, fit_pca, smooth_trajectory
 from stagewise.hardware import available_cores
 from stagewise.models.regression import RegressionTransformer

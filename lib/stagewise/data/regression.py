@@ -31,7 +31,6 @@ __all__ = [
     "task_set",
     "regression_loss",
     "regression_train_loss",
-    "regression_prediction_train_loss",
     "TRAIN_LOSS_PATHS",
     "per_token_loss",
     "regression_forward_loss",
@@ -177,24 +176,16 @@ SGLD_LOSS_PATHS = ("full", "predictions_only")
 TRAIN_LOSS_PATHS = SGLD_LOSS_PATHS
 
 
-def regression_prediction_train_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """:func:`regression_loss` through the predictions-only forward (``model(tokens,
-    predictions_only=True)``): the same function of the weights, with the same gradient up to float
-    rounding, at ≈ 0.8x the matmul FLOPs (a `cpu` regression training step 1.27x faster on one Intel
-    Xeon thread, benchmarks/results/training_loss_path.json)."""
-    tokens, ys = batch[0], batch[1]
-    if tokens.shape[1] != 2 * ys.shape[1]:
-        raise ValueError(f"tokens hold {tokens.shape[1] // 2} examples but ys has K = {ys.shape[1]}")
-    return ((model(tokens, predictions_only=True) - ys) ** 2).mean()
-
-
 def regression_train_loss(path: str):
-    """The training loss of a regression profile's ``train_loss`` setting: ``"full"`` (every output,
-    then the x positions' first component: :func:`regression_loss`, the papers') or
-    ``"predictions_only"`` (:func:`regression_prediction_train_loss`)."""
+    """The training loss ``loss(model, batch)`` of a regression profile's ``train_loss`` setting:
+    ``"full"`` (every output, then the x positions' first component: :func:`regression_loss`, the
+    papers') or ``"predictions_only"`` (:func:`regression_prediction_loss`, the model being its own
+    forward: the same function of the weights and gradient up to float rounding, ≈ 0.8x the matmul
+    FLOPs; a `cpu` regression training step 1.27x faster on one Intel Xeon thread,
+    benchmarks/results/training_loss_path.json)."""
     if path not in TRAIN_LOSS_PATHS:
         raise ValueError(f"train_loss must be one of {', '.join(TRAIN_LOSS_PATHS)}, got {path!r}")
-    return regression_loss if path == "full" else regression_prediction_train_loss
+    return regression_loss if path == "full" else regression_prediction_loss
 
 
 def regression_sgld_loss(path: str):

@@ -59,6 +59,11 @@ class _LayerNorm(nn.Module):
         return F.layer_norm(x, (x.shape[-1],), self.w, self.b, LN_EPS)
 
 
+# the bf16 numerics revision the plain-torch models name in the LLC cache key
+# (stagewise.llc.sweep.sweep_cache_key): 2 = the attention in fp32 under bf16 autocast on a CPU (_attention)
+BF16_NUMERICS = 2
+
+
 def _attention(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
     """``F.scaled_dot_product_attention``, in float32 on a CPU under bf16 autocast (the SGLD chains'
     ``compute_dtype="bfloat16"``): torch's CPU flash attention is slower in bf16 than in fp32 for
@@ -349,9 +354,7 @@ def make_head_chain_language_model(config: LanguageModelConfig, layer: int, head
     return HeadChainLM(config, layer, heads)
 
 
-# the bf16 numerics revision in the LLC cache key (stagewise.llc.sweep.sweep_cache_key): 2 = the
-# attention in fp32 under bf16 autocast on a CPU (_attention)
-make_head_chain_language_model.bf16_numerics = 2
+make_head_chain_language_model.bf16_numerics = BF16_NUMERICS
 
 
 def make_fast_language_model(config: LanguageModelConfig) -> FastAttentionOnlyLM:
@@ -359,9 +362,7 @@ def make_fast_language_model(config: LanguageModelConfig) -> FastAttentionOnlyLM
     return FastAttentionOnlyLM(config)
 
 
-# the bf16 numerics revision in the LLC cache key (stagewise.llc.sweep.sweep_cache_key): 2 = the
-# attention in fp32 under bf16 autocast on a CPU (_attention)
-make_fast_language_model.bf16_numerics = 2
+make_fast_language_model.bf16_numerics = BF16_NUMERICS
 
 
 def make_trainable_fast_language_model(config: LanguageModelConfig) -> FastAttentionOnlyLM:
