@@ -116,18 +116,17 @@ PROFILES = {
 # long: the cpu settings on the long language profile's checkpoints (the analogue-data run that forms
 # induction heads, issue #30), at 10 checkpoints instead of 6 so that the formation (~7k of 16k steps)
 # is bracketed by several of them; each SGLD step costs about half the cpu one's (context 128).
-# Per-head budget 2 x (100 burn-in + 100 draws), by calibration (notebook 04's section, induction
-# head 1:0): with cpu's 2 x (20 + 40) it read 68-92% of a 200-draw chain, which was still climbing
-# out of w* (settled after 97-171 draws), and 19% of the 320 estimates were unconverged. With
-# 2 x (100 + 100) the climb is gone: chain 0 at its 100th draw is 96% / 98% of a 500-draw chain's
-# settled value at steps 1 / 4 (113% at 16,000, where that value's own standard error is 4.5%), and
-# 8% of the estimates are unconverged. What is left is the chains' noise (two chains 1.43 and 1.01
-# at step 1, 2.98 and 2.59 at step 4), so the profile's mean still reads 82-112% (NOT adequate at
-# ±5%). Pilot (benchmarks/pilots/rllc_head_budget_long.py; 4 chains of heads 1:0, 1:4, 1:2, 1:6 at
-# steps 5,966 and 16,000): 4x the draws narrows the chains' sd from 0.048 to 0.028 for 2.4x the cost,
-# 4x the batch to 0.037 for 2.7x; at both checkpoints every budget puts 1:0, 1:4 and 1:6 at
-# 0.8-1.05 and 1:2 at 0.53-0.65. Cost: notebook 04 at long in 42.8 min of wall clock on two cores
-# (the notebook and its helper, `stagewise-figures --jobs 2`); 2 x (100 + 400) would take ~2.4x
-# the per-head sweeps, about 1 h 45 min on two cores.
+# Per-head budget 2 x (100 burn-in + 400 draws), by calibration (notebook 04's section, induction
+# head 1:0) and a pilot. With cpu's 2 x (20 + 40) the estimate read 68-92% of a 200-draw chain, which
+# was still climbing out of w* (settled after 97-171 draws), and 19% of the 320 estimates were
+# unconverged. With 2 x (100 + 100) the climb was gone (chain 0 at its 100th draw 96% / 98% of a
+# 500-draw chain's settled value at steps 1 / 4) and 8% were unconverged, but the chains' noise
+# remained (two chains 1.43 and 1.01 at step 1, 2.98 and 2.59 at step 4; the mean 82-112% of the
+# settled value, NOT adequate at ±5%), and layer 1's clusters were not reproduced chain by chain.
+# Pilot (benchmarks/pilots/rllc_head_budget_long.py; 4 chains of heads 1:0, 1:4, 1:2, 1:6 at steps
+# 5,966 and 16,000): 4x the draws narrows the chains' sd from 0.048 to 0.028 for 2.4x the cost,
+# 4x the batch only to 0.037 for 2.7x, so the draws are the lever. Cost at 2 x (100 + 100): notebook
+# 04 in 42.8 min on two Zen 3 cores (the notebook and its helper, `stagewise-figures --jobs 2`);
+# this budget's time is in the notebook's headline JSON (docs/profiles.md).
 PROFILES["long"] = replace(PROFILES["cpu"], name="long", language="long", num_checkpoints=10,
-                           sgld=replace(PROFILES["cpu"].sgld, num_burnin=100, num_draws=100))
+                           sgld=replace(PROFILES["cpu"].sgld, num_burnin=100, num_draws=400))
