@@ -821,9 +821,9 @@ VERDICTS = [
     ("[W]: per-head refined LLCs differentiate; drLLC ordered by domain; induction heads separate first in layer 1",
      "**partly**: heads differentiate by layer, whole-model drLLC train > German > code (both profiles); at `long` "
      "layer 1's heads differentiate late (CV {hl}`long/04:wrllc_cv.layer_1.first;.2f` → "
-     "{hl}`long/04:wrllc_cv.layer_1.last;.2f`), but the induction heads are not in a cluster of their own and "
-     "layer 1's clusters are not reproduced chain by chain (ARI {hl}`long/04:clustering.layer_1.chain_split.agreement;.2f`): "
-     "the chains' noise at the first checkpoints decides them, so the finding is undecided at this budget",
+     "{hl}`long/04:wrllc_cv.layer_1.last;.2f`) and cluster reproducibly chain by chain (ARI "
+     "{hl}`long/04:clustering.layer_1.chain_split.agreement;.2f`, with a calibrated budget), but the three induction "
+     "heads share their cluster with one multigram head: not in a cluster of their own, by one head",
      "results/04_rllc_heads"),
 ]
 
